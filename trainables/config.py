@@ -1,0 +1,372 @@
+"""Trial configuration: one dataclass per component, addressed by dotted keys.
+
+The dotted key of a field (``router.method``, ``train.steps``) is the one vocabulary of the
+project: a YAML key in a config or study spec, a Ray Tune config key and an MLflow param name
+are all the same string. ``TrialConfig.from_flat`` / ``to_flat`` convert between the nested
+dataclasses and that flat form, and ``validate`` collects every problem before raising once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from dataclasses import dataclass, field
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+from trainables.errors import ConfigError
+
+# Names of the domains trainables.data.sources can build; kept here so validation needs no I/O.
+BUILTIN_DOMAIN_NAMES = (
+    "english", "german", "spanish", "chinese", "python", "c", "json",
+    "math", "russian", "french",
+)
+
+METHODS = ("none", "lbl", "eb", "sh", "ba", "ec", "reference")
+SCOPES = ("sequence", "micro_batch", "global_batch")
+SCORE_FUNCTIONS = ("softmax", "sigmoid")
+DROP_POLICIES = ("probs", "position")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class DataConfig:
+    """Which domains, how much text of each, and how micro-batches are composed."""
+
+    domains: list[str] = field(
+        default_factory=lambda: ["english", "german", "chinese", "python", "c", "json"]
+    )
+    """Built-in domain names (see ``moe-study data describe``) and names of ``extra`` domains."""
+    extra: list[dict] = field(default_factory=list)
+    """User domains: ``{name, path | hf, format?, text_field?, split?}`` (local files or HF datasets)."""
+    bytes_per_domain: int = 1_500_000
+    """Text per domain before the train/validation split; every domain is cut to the same size."""
+    weights: dict[str, float] = field(default_factory=dict)
+    """Optional relative sampling weights per domain (default 1 each): a skewed mix."""
+    seq_len: int = 128
+    """Bytes per training sequence (the model is byte-level: vocabulary 256)."""
+    val_fraction: float = 0.1
+    """Share of each domain's documents held out for validation (split by document)."""
+    domains_per_micro_batch: Union[int, str] = 1
+    """How many domains one micro-batch holds: 1, n, or ``random`` (sequences drawn iid)."""
+    eval_sequences_per_domain: int = 32
+    """Validation sequences per domain for the final and periodic evaluation."""
+    cache_dir: str = ""
+    """Where built mixes are cached (default: ``$MOE_STUDY_CACHE`` or ``~/.cache/moe-routing-study``)."""
+    seed: int = 0
+    """Seed of the document split (the mix itself is content-hashed)."""
+
+
+@dataclass
+class ModelConfig:
+    """A small byte-level decoder-only transformer whose feed-forward layers are MoE."""
+
+    n_layers: int = 2
+    d_model: int = 128
+    n_heads: int = 4
+    n_experts: int = 24
+    top_k: int = 4
+    expert_hidden: int = 128
+    n_shared_experts: int = 0
+    """Always-on experts of width ``expert_hidden`` added to every MoE layer."""
+    score_fn: str = "softmax"
+    """Router scores: ``softmax`` over experts, or per-expert ``sigmoid`` (normalised over top-k)."""
+    dense: bool = False
+    """Replace every MoE layer by a dense FFN of the same active width (for baselines/benchmarks)."""
+
+
+@dataclass
+class RouterConfig:
+    """Routing and load balancing."""
+
+    method: str = "lbl"
+    """none | lbl | eb | sh | ba | ec | reference."""
+    scope: str = "global_batch"
+    """Tokens whose statistics the balancing acts on: sequence | micro_batch | global_batch."""
+    lbl_coef: float = 0.05
+    """alpha of the auxiliary load-balancing loss alpha * E * sum_i f_i P_i."""
+    z_loss_coef: float = 0.0
+    """Router z-loss coefficient (mean squared logsumexp of router logits); 0 disables it."""
+    bias_update_rate: float = 1e-3
+    """u of the expert-bias (EB) update b_i += u * sign(mean_load - load_i)."""
+    sinkhorn_iters: int = 20
+    """Maximum Sinkhorn normalisation rounds (stops early when the change < 1e-4)."""
+    auction_iters: int = 100
+    """Maximum auction rounds of balanced assignment (BA)."""
+    capacity_factor: float = 0.0
+    """Slots per expert = capacity_factor * tokens * k / E within the scope; 0 means dropless."""
+    drop_policy: str = "probs"
+    """Which over-capacity assignments are dropped: lowest router ``probs`` or latest ``position``."""
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and evaluation."""
+
+    steps: int = 400
+    micro_batch_size: int = 4
+    """Sequences per forward pass."""
+    grad_accum: int = 6
+    """Micro-batches per optimizer step (the global batch on one worker)."""
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 30
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    eval_every: int = 100
+    """Evaluate (and report) every this many optimizer steps; the last step always evaluates."""
+    seed: int = 0
+    device: str = "auto"
+    """auto (CUDA if available), cpu or cuda; CUDA runs under bf16 autocast."""
+    threads: int = 0
+    """torch intra-op threads; 0 keeps torch's default."""
+
+
+@dataclass
+class TrialConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    router: RouterConfig = field(default_factory=RouterConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    # -- flat dotted form ----------------------------------------------------------------------
+    @classmethod
+    def from_flat(cls, flat: dict[str, Any], *, check: bool = True) -> "TrialConfig":
+        """Build from ``{"router.method": "lbl", ...}``; unknown keys and bad types are errors."""
+        problems: list[str] = []
+        cfg = cls()
+        known = flat_field_types()
+        for key, value in flat.items():
+            if key not in known:
+                problems.append(_unknown_key_message(key, known))
+                continue
+            coerced, err = _coerce(value, known[key])
+            if err:
+                problems.append(f"{key}: {err} (got {value!r})")
+                continue
+            section, name = key.split(".", 1)
+            setattr(getattr(cfg, section), name, coerced)
+        if problems:
+            raise ConfigError(problems)
+        if check:
+            cfg.validate()
+        return cfg
+
+    @classmethod
+    def from_nested(cls, nested: dict[str, Any], *, check: bool = True) -> "TrialConfig":
+        """Build from a YAML-style mapping; nested sections and dotted keys may be mixed."""
+        return cls.from_flat(flatten(nested), check=check)
+
+    def to_flat(self) -> dict[str, Any]:
+        return {
+            f"{section.name}.{f.name}": getattr(getattr(self, section.name), f.name)
+            for section in dataclasses.fields(self)
+            for f in dataclasses.fields(getattr(self, section.name))
+        }
+
+    # -- derived quantities --------------------------------------------------------------------
+    @property
+    def n_domains(self) -> int:
+        return len(self.data.domains)
+
+    def experts_per_domain_group(self) -> int:
+        return self.model.n_experts // max(1, self.n_domains)
+
+    def balance_window_tokens(self, world_size: int = 1) -> int:
+        """Tokens over which the balancing statistics are taken (logged with every trial)."""
+        seq = self.data.seq_len
+        if self.router.scope == "sequence":
+            return seq
+        if self.router.scope == "micro_batch":
+            return seq * self.train.micro_batch_size
+        return seq * self.train.micro_batch_size * self.train.grad_accum * world_size
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Total and active parameters, computed without building the model."""
+        m = self.model
+        d, h = m.d_model, m.expert_hidden
+        vocab = 256
+        attn = 4 * d * d
+        norms = 2 * d
+        expert = 3 * d * h  # SwiGLU: gate, up, down
+        if m.dense:
+            ffn_total = ffn_active = 3 * d * h * m.top_k
+            router = 0
+        else:
+            router = d * m.n_experts
+            ffn_total = expert * (m.n_experts + m.n_shared_experts) + router
+            ffn_active = expert * (m.top_k + m.n_shared_experts) + router
+        embed = vocab * d * 2 + d  # untied embedding and head, final norm
+        return {
+            "total": embed + m.n_layers * (attn + norms + ffn_total),
+            "active": embed + m.n_layers * (attn + norms + ffn_active),
+        }
+
+    # -- validation ----------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Check value ranges and combinations; raise one ConfigError listing every problem."""
+        p: list[str] = []
+        d, m, r, t = self.data, self.model, self.router, self.train
+        _choice(p, "router.method", r.method, METHODS)
+        _choice(p, "router.scope", r.scope, SCOPES)
+        _choice(p, "router.drop_policy", r.drop_policy, DROP_POLICIES)
+        _choice(p, "model.score_fn", m.score_fn, SCORE_FUNCTIONS)
+        _choice(p, "train.device", t.device, DEVICES)
+        for key, value in [
+            ("model.n_layers", m.n_layers), ("model.d_model", m.d_model),
+            ("model.n_heads", m.n_heads), ("model.n_experts", m.n_experts),
+            ("model.top_k", m.top_k), ("model.expert_hidden", m.expert_hidden),
+            ("data.seq_len", d.seq_len), ("data.bytes_per_domain", d.bytes_per_domain),
+            ("data.eval_sequences_per_domain", d.eval_sequences_per_domain),
+            ("train.steps", t.steps), ("train.micro_batch_size", t.micro_batch_size),
+            ("train.grad_accum", t.grad_accum), ("train.eval_every", t.eval_every),
+            ("router.sinkhorn_iters", r.sinkhorn_iters), ("router.auction_iters", r.auction_iters),
+        ]:
+            if value < 1:
+                p.append(f"{key}: must be >= 1 (got {value})")
+        for key, value in [
+            ("model.n_shared_experts", m.n_shared_experts), ("train.warmup_steps", t.warmup_steps),
+            ("train.weight_decay", t.weight_decay), ("train.grad_clip", t.grad_clip),
+            ("router.lbl_coef", r.lbl_coef), ("router.z_loss_coef", r.z_loss_coef),
+            ("router.bias_update_rate", r.bias_update_rate), ("train.threads", t.threads),
+            ("router.capacity_factor", r.capacity_factor),
+        ]:
+            if value < 0 or (isinstance(value, float) and not math.isfinite(value)):
+                p.append(f"{key}: must be a finite number >= 0 (got {value})")
+        if not (t.lr > 0 and math.isfinite(t.lr)):
+            p.append(f"train.lr: must be > 0 (got {t.lr})")
+        if not 0 <= t.min_lr_ratio <= 1:
+            p.append(f"train.min_lr_ratio: must be in [0, 1] (got {t.min_lr_ratio})")
+        if not 0 < d.val_fraction < 1:
+            p.append(f"data.val_fraction: must be in (0, 1) (got {d.val_fraction})")
+        if m.n_heads >= 1 and m.d_model % m.n_heads:
+            p.append(f"model.n_heads: {m.n_heads} does not divide model.d_model={m.d_model}")
+        elif m.n_heads >= 1 and (m.d_model // m.n_heads) % 2:
+            p.append(f"model.n_heads: head size {m.d_model // m.n_heads} must be even (rotary)")
+        if m.top_k > m.n_experts >= 1:
+            p.append(f"model.top_k: {m.top_k} is larger than model.n_experts={m.n_experts}")
+        if not d.domains:
+            p.append("data.domains: at least one domain is needed")
+        if len(set(d.domains)) != len(d.domains):
+            p.append(f"data.domains: duplicate names in {d.domains}")
+        extra_names = [e.get("name") for e in d.extra if isinstance(e, dict)]
+        for i, e in enumerate(d.extra):
+            if not isinstance(e, dict) or not e.get("name"):
+                p.append(f"data.extra[{i}]: must be a mapping with a 'name'")
+            elif not (e.get("path") or e.get("hf")):
+                p.append(f"data.extra[{i}] ({e['name']}): needs 'path' or 'hf'")
+        for name in d.weights:
+            if name not in d.domains:
+                p.append(f"data.weights: {name!r} is not one of data.domains {d.domains}")
+        for name, w in d.weights.items():
+            if not (isinstance(w, (int, float)) and w > 0):
+                p.append(f"data.weights.{name}: must be > 0 (got {w!r})")
+        if isinstance(d.domains_per_micro_batch, str):
+            if d.domains_per_micro_batch != "random":
+                p.append(
+                    "data.domains_per_micro_batch: must be a positive integer or 'random' "
+                    f"(got {d.domains_per_micro_batch!r})"
+                )
+        elif d.domains_per_micro_batch < 1:
+            p.append(f"data.domains_per_micro_batch: must be >= 1 (got {d.domains_per_micro_batch})")
+        elif d.domains and d.domains_per_micro_batch > min(len(d.domains), t.micro_batch_size):
+            p.append(
+                f"data.domains_per_micro_batch: {d.domains_per_micro_batch} exceeds the number of "
+                f"domains ({len(d.domains)}) or train.micro_batch_size ({t.micro_batch_size})"
+            )
+        if r.method == "reference" and d.domains and m.n_experts >= 1:
+            n_dom = len(d.domains)
+            if m.n_experts % n_dom:
+                p.append(
+                    f"router.method: reference needs model.n_experts ({m.n_experts}) divisible by "
+                    f"the number of domains ({n_dom})"
+                )
+            elif m.top_k > m.n_experts // n_dom:
+                p.append(
+                    f"model.top_k: {m.top_k} is larger than the reference router's group of "
+                    f"{m.n_experts // n_dom} experts per domain"
+                )
+        known_domains = set(BUILTIN_DOMAIN_NAMES) | {n for n in extra_names if n}
+        for name in d.domains:
+            if name not in known_domains:
+                close = difflib.get_close_matches(name, sorted(known_domains), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                p.append(
+                    f"data.domains: unknown domain {name!r} (not built in and not in data.extra){hint}"
+                )
+        if p:
+            raise ConfigError(p)
+
+
+# -- helpers -----------------------------------------------------------------------------------
+def flatten(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"router": {"method": "lbl"}}`` -> ``{"router.method": "lbl"}``.
+
+    Only the top level (section names) is descended into: dict-valued fields such as
+    ``data.weights`` stay dicts.
+    """
+    flat: dict[str, Any] = {}
+    for key, value in nested.items():
+        key = str(key)
+        full = f"{prefix}{key}"
+        if not prefix and "." not in key and isinstance(value, dict) and key in _SECTIONS:
+            flat.update(flatten(value, prefix=f"{key}."))
+        else:
+            flat[full] = value
+    return flat
+
+
+def flat_field_types() -> dict[str, Any]:
+    types: dict[str, Any] = {}
+    for section in dataclasses.fields(TrialConfig):
+        section_cls = get_type_hints(TrialConfig)[section.name]
+        hints = get_type_hints(section_cls)
+        for f in dataclasses.fields(section_cls):
+            types[f"{section.name}.{f.name}"] = hints[f.name]
+    return types
+
+
+_SECTIONS = {"data", "model", "router", "train"}
+
+
+def _unknown_key_message(key: str, known: dict[str, Any]) -> str:
+    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"{key}: unknown key{hint}"
+
+
+def _choice(problems: list[str], key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        close = difflib.get_close_matches(str(value), allowed, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        problems.append(f"{key}: unknown value {value!r}, expected one of {list(allowed)}{hint}")
+
+
+def _coerce(value: Any, typ: Any) -> tuple[Any, str]:
+    """Return (value, "") or (None, error). Accepts ints for floats, strings for nothing else."""
+    origin = get_origin(typ)
+    if origin is Union:
+        for alt in get_args(typ):
+            v, err = _coerce(value, alt)
+            if not err:
+                return v, ""
+        return None, f"expected one of {[getattr(a, '__name__', str(a)) for a in get_args(typ)]}"
+    if origin is list:
+        return (list(value), "") if isinstance(value, (list, tuple)) else (None, "expected a list")
+    if origin is dict:
+        return (dict(value), "") if isinstance(value, dict) else (None, "expected a mapping")
+    if typ is bool:
+        return (value, "") if isinstance(value, bool) else (None, "expected true or false")
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value), ""
+            return None, "expected an integer"
+        return value, ""
+    if typ is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return None, "expected a number"
+        return float(value), ""
+    if typ is str:
+        return (value, "") if isinstance(value, str) else (None, "expected a string")
+    return value, ""

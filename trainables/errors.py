@@ -1,0 +1,16 @@
+"""The project's one exception for bad user input (configs, specs, data sources)."""
+
+from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """Bad configuration. Carries every problem found, each naming its key or value."""
+
+    def __init__(self, problems: list[str] | str):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("\n".join(f"  - {p}" for p in self.problems))
+
+    def __str__(self) -> str:  # one line per problem, readable on a terminal
+        n = len(self.problems)
+        head = "invalid configuration" if n == 1 else f"invalid configuration ({n} problems)"
+        return head + ":\n" + "\n".join(f"  - {p}" for p in self.problems)

@@ -1,0 +1,71 @@
+"""The MoE feed-forward layer: route, sort slots by expert, run grouped experts, combine.
+
+Shape legend: B batch, L sequence, D model width, T = B*L tokens, E experts, S kept slots,
+Dom domains.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from trainables.config import TrialConfig
+from trainables.experts import GroupedExperts
+from trainables.routers import RoutingContext, build_router
+
+
+class SwiGLU(nn.Module):
+    """Dense SwiGLU FFN (shared experts and the dense baseline)."""
+
+    def __init__(self, d_model: int, hidden: int):
+        super().__init__()
+        self.gate_up = nn.Linear(d_model, 2 * hidden, bias=False)
+        self.down = nn.Linear(hidden, d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(nn.functional.silu(gate) * up)
+
+
+class RoutingStats:
+    """Counts n[e, d] of kept slots per expert and domain, and dropped assignments (evaluation)."""
+
+    def __init__(self, n_experts: int, n_domains: int):
+        self.n_ED = torch.zeros(n_experts, n_domains, dtype=torch.long)
+        self.requested = 0
+        self.dropped = 0
+
+    def add(self, expert_S, domain_S, n_requested: int) -> None:
+        E, Dom = self.n_ED.shape
+        flat = torch.bincount((expert_S * Dom + domain_S).cpu(), minlength=E * Dom)
+        self.n_ED += flat.view(E, Dom)
+        self.requested += n_requested
+        self.dropped += max(0, n_requested - int(expert_S.numel()))
+
+
+class MoELayer(nn.Module):
+    def __init__(self, cfg: TrialConfig):
+        super().__init__()
+        m = cfg.model
+        self.n_experts, self.n_domains = m.n_experts, len(cfg.data.domains)
+        self.router = build_router(cfg)
+        self.experts = GroupedExperts(m.n_experts, m.d_model, m.expert_hidden)
+        self.shared = SwiGLU(m.d_model, m.expert_hidden * m.n_shared_experts) if m.n_shared_experts else None
+        self.stats: RoutingStats | None = None  # set by the evaluator to collect n[e, d]
+
+    def forward(self, x_BLD: torch.Tensor, ctx: RoutingContext) -> tuple[torch.Tensor, torch.Tensor]:
+        B, L, D = x_BLD.shape
+        x_TD = x_BLD.reshape(B * L, D)
+        a = self.router(x_TD, ctx)
+        # sort slots by expert so every expert's tokens are one contiguous chunk
+        order_S = torch.argsort(a.expert_S, stable=True)
+        token_S = a.token_S[order_S]
+        counts_E = torch.bincount(a.expert_S, minlength=self.n_experts)
+        y_SD = self.experts(x_TD[token_S], counts_E)
+        y_SD = y_SD * a.gate_S[order_S].unsqueeze(1).to(y_SD.dtype)
+        out_TD = torch.zeros(B * L, D, dtype=y_SD.dtype, device=x_TD.device).index_add_(0, token_S, y_SD)
+        if self.shared is not None:
+            out_TD = out_TD + self.shared(x_TD)
+        if self.stats is not None and ctx.domain_T is not None:
+            self.stats.add(a.expert_S, ctx.domain_T[a.token_S], a.n_requested)
+        return out_TD.view(B, L, D).to(x_BLD.dtype), a.aux_loss

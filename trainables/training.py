@@ -1,0 +1,254 @@
+"""The training loop: a generator of metric reports, free of Ray.
+
+``train(cfg)`` yields a ``Report`` at every evaluation point (every ``train.eval_every`` steps
+and at the last step). The Ray Tune adapter (``trainables.tune_trainable``) and the one-trial
+CLI (``train_main``) both consume it; tests call it directly.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from trainables import metrics as routing_metrics_mod
+from trainables.config import TrialConfig
+from trainables.data.loader import MicroBatch, StepSampler, eval_batches
+from trainables.data.mix import DomainMix, build_mix
+from trainables.model import VOCAB_SIZE, MoETransformer
+from trainables.moe import RoutingStats
+from trainables.routers import runs_whole_step_forward
+from trainables.runtime import tune_allocator
+from trainables.scope import DistributedGroup
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class Report:
+    step: int
+    metrics: dict[str, float]
+    domains: list[str]
+    count_table: np.ndarray | None = None
+    """n[layer, expert, domain] of the evaluation at this step."""
+    done: bool = False
+    state: Callable[[], dict] = field(default=lambda: {}, repr=False)
+    """Builds a checkpoint (model, optimizer, data stream, step) when called."""
+
+
+def resolve_device(cfg: TrialConfig) -> torch.device:
+    if cfg.train.device == "cuda" or (cfg.train.device == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def lr_at(step: int, cfg: TrialConfig) -> float:
+    """Linear warm-up, then cosine decay to min_lr_ratio * lr at the last step."""
+    t = cfg.train
+    if step < t.warmup_steps:
+        return t.lr * (step + 1) / t.warmup_steps
+    progress = (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return t.lr * (t.min_lr_ratio + (1 - t.min_lr_ratio) * cosine)
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrialConfig) -> torch.optim.Optimizer:
+    # no weight decay on norms and the router (decaying router logits pulls them to uniform)
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim < 2 or "router" in name else decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": cfg.train.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.train.lr, betas=(0.9, 0.95))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def lm_loss(logits_BLV: torch.Tensor, targets_BL: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits_BLV.float().reshape(-1, VOCAB_SIZE), targets_BL.reshape(-1))
+
+
+@torch.no_grad()
+def evaluate(
+    model: MoETransformer, batches: list[MicroBatch], cfg: TrialConfig, domains: list[str], device
+) -> tuple[dict[str, float], np.ndarray | None]:
+    """Validation loss overall (mean over domains) and per domain, and the routing metrics."""
+    was_training = model.training
+    model.eval()
+    layers = model.moe_layers()
+    for layer in layers:
+        layer.stats = RoutingStats(cfg.model.n_experts, len(domains))
+    loss_sum = torch.zeros(len(domains), dtype=torch.float64)
+    tok_count = torch.zeros(len(domains), dtype=torch.float64)
+    for mb in batches:
+        tokens, dom = mb.tokens.to(device), mb.domains.to(device)
+        with _autocast(device):
+            logits, _ = model(tokens[:, :-1], dom)
+        per_tok = F.cross_entropy(
+            logits.float().reshape(-1, VOCAB_SIZE), tokens[:, 1:].reshape(-1), reduction="none"
+        ).view(tokens.shape[0], -1)
+        loss_sum.index_add_(0, mb.domains, per_tok.sum(1).double().cpu())
+        tok_count.index_add_(0, mb.domains, torch.full((tokens.shape[0],), per_tok.shape[1], dtype=torch.float64))
+    per_domain = (loss_sum / tok_count.clamp_min(1)).tolist()
+    out = {f"val_loss/{d}": v for d, v in zip(domains, per_domain)}
+    out["val_loss"] = float(np.mean(per_domain))
+    count_table = None
+    if layers:
+        count_table = np.stack([layer.stats.n_ED.numpy() for layer in layers])
+        dropped = [layer.stats.dropped for layer in layers]
+        requested = [max(1, layer.stats.requested) for layer in layers]
+        out.update(
+            routing_metrics_mod.routing_metrics(
+                count_table,
+                dropped_L=[d / r for d, r in zip(dropped, requested)],
+                experts_per_group=cfg.model.n_experts // len(domains),
+            )
+        )
+    for layer in layers:
+        layer.stats = None
+    model.train(was_training)
+    return out, count_table
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def train(
+    cfg: TrialConfig,
+    *,
+    resume_state: dict | None = None,
+    mix: DomainMix | None = None,
+    dist_group: DistributedGroup | None = None,
+) -> Iterator[Report]:
+    """Train one configuration; yield a Report at every evaluation point.
+
+    With ``dist_group`` set (an initialised torch.distributed group), gradients are averaged
+    over its workers and the global scope all-reduces expert counts across them.
+    """
+    tune_allocator()
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    dist_group = dist_group or DistributedGroup()
+    world_size = dist_group.world_size
+    rank = dist.get_rank(dist_group.group) if world_size > 1 else 0
+    device = resolve_device(cfg)
+    mix = mix or build_mix(cfg.data)
+    domains = mix.domains
+
+    seed_everything(cfg.train.seed)  # same init on every worker
+    model = MoETransformer(cfg).to(device)
+    for layer in model.moe_layers():
+        layer.router.dist = dist_group
+    optimizer = build_optimizer(model, cfg)
+    sampler = StepSampler(mix, cfg, rank=rank, world_size=world_size, seed=cfg.train.seed)
+    val_batches = eval_batches(mix, cfg)
+    start_step = 0
+    if resume_state:
+        model.load_state_dict(resume_state["model"])
+        optimizer.load_state_dict(resume_state["optimizer"])
+        sampler.load_state_dict(resume_state["sampler"])
+        start_step = int(resume_state["step"])
+        torch.set_rng_state(resume_state["torch_rng"])
+
+    whole_step = runs_whole_step_forward(cfg)
+    window = cfg.balance_window_tokens(world_size)
+    tokens_per_step = cfg.train.micro_batch_size * cfg.train.grad_accum * cfg.data.seq_len * world_size
+    t0 = time.perf_counter()
+    train_losses: list[float] = []
+    model.train()
+
+    def checkpoint_state(step: int) -> Callable[[], dict]:
+        return lambda: {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "sampler": sampler.state_dict(),
+            "step": step,
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    for step in range(start_step, cfg.train.steps):
+        lr = lr_at(step, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        micro_batches = sampler.next_step()
+        if whole_step:
+            micro_batches = [_concat(micro_batches)]
+        step_loss = 0.0
+        for mb in micro_batches:
+            tokens, dom = mb.tokens.to(device), mb.domains.to(device)
+            with _autocast(device):
+                logits, aux = model(tokens[:, :-1], dom)
+            loss = lm_loss(logits, tokens[:, 1:])
+            total = (loss + aux) / len(micro_batches)
+            total.backward()
+            step_loss += loss.item() / len(micro_batches)
+        if not math.isfinite(step_loss):
+            raise TrainingDiverged(f"loss became {step_loss} at step {step}")
+        if world_size > 1:
+            _average_gradients(model, dist_group)
+        if cfg.train.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        model.post_step()
+        train_losses.append(step_loss)
+
+        done = step + 1 == cfg.train.steps
+        if (step + 1) % cfg.train.eval_every == 0 or done:
+            val, count_table = evaluate(model, val_batches, cfg, domains, device)
+            elapsed = time.perf_counter() - t0
+            val.update(
+                train_loss=float(np.mean(train_losses[-cfg.train.eval_every :])),
+                lr=lr,
+                step=step + 1,
+                tokens=(step + 1) * tokens_per_step,
+                balance_window_tokens=window,
+                elapsed_s=elapsed,
+                tokens_per_s=(step + 1 - start_step) * tokens_per_step / max(elapsed, 1e-9),
+            )
+            yield Report(step + 1, val, domains, count_table, done, checkpoint_state(step + 1))
+
+
+def _concat(micro_batches: list[MicroBatch]) -> MicroBatch:
+    return MicroBatch(
+        tokens=torch.cat([mb.tokens for mb in micro_batches]),
+        domains=torch.cat([mb.domains for mb in micro_batches]),
+    )
+
+
+def _average_gradients(model: torch.nn.Module, group: DistributedGroup) -> None:
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group.group)
+    flat /= group.world_size
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def run_to_end(cfg: TrialConfig, **kwargs) -> Report:
+    """Train and return the final report (tests, benchmarks, the one-trial CLI)."""
+    last = None
+    for report in train(cfg, **kwargs):
+        last = report
+    assert last is not None  # train.steps >= 1 is validated
+    return last
