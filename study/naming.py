@@ -1,0 +1,149 @@
+"""Names shared by the runner, the MLflow tracking, the queries and the reports.
+
+Everything a user can see or filter on in MLflow is spelled here once: run tags, the metric
+names and which direction is better for each. No imports beyond the standard library, and no
+side effects at import time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from typing import Any, Mapping
+
+# -- run tags ----------------------------------------------------------------------------------
+TAG_ROLE = "moe_study.role"
+"""What a run is: ``study`` (parent run of one study execution), ``trial`` or ``reference``."""
+ROLE_STUDY = "study"
+ROLE_TRIAL = "trial"
+ROLE_REFERENCE = "reference"
+TAG_STUDY = "moe_study.study"
+"""The study's name, on the parent run and on every child."""
+TAG_TRIAL_ID = "moe_study.trial_id"
+TAG_CONFIG_HASH = "moe_study.config_hash"
+"""``config_hash`` of the trial's flat config; reference runs are found and reused by it."""
+TAG_SPEC_HASH = "moe_study.spec_hash"
+"""``StudySpec.content_hash()`` on the parent run (a resumed study must match it)."""
+TAG_SEARCH_KEYS = "moe_study.search_keys"
+"""Comma-separated searched keys, on the parent run: ``best`` shows these params as columns."""
+TAG_PARENT_RUN = "mlflow.parentRunId"
+TAG_METHOD = "router.method"
+TAG_SCOPE = "router.scope"
+
+SPEC_ARTIFACT = "spec.yaml"
+"""Artifact name of the study spec (``StudySpec.to_dict()`` as YAML) on the parent run."""
+
+# -- private Tune config keys ------------------------------------------------------------------
+# The Tune config is the flat trial config plus private keys starting with "_" (see
+# trainables.tune_trainable.split_tune_config), which never reach TrialConfig.
+GRID_POINT_PARAM = "_grid_point"
+"""The one Optuna parameter of a grid study: the index into ``space.grid_points(spec)``."""
+
+# -- metrics -----------------------------------------------------------------------------------
+VAL_LOSS = "val_loss"
+TRAIN_LOSS = "train_loss"
+PURITY = "purity"
+NMI = "nmi"
+REFERENCE_AGREEMENT = "reference_agreement"
+LOAD_ENTROPY = "load_entropy"
+MAX_VIO = "max_vio"
+DEAD_EXPERT_FRACTION = "dead_expert_fraction"
+DROPPED_FRACTION = "dropped_fraction"
+GAP_LOSS = "gap_loss"
+GAP_PURITY = "gap_purity"
+GAP_NMI = "gap_nmi"
+GAP_REFERENCE_AGREEMENT = "gap_reference_agreement"
+TOKENS_PER_S = "tokens_per_s"
+STEP = "step"
+"""Optimizer steps done, in every report: the scheduler's time attribute (``grace_period``)."""
+
+LAYER_METRICS = (
+    PURITY, NMI, REFERENCE_AGREEMENT, LOAD_ENTROPY, MAX_VIO, DEAD_EXPERT_FRACTION,
+    DROPPED_FRACTION,
+)
+"""Routing metrics reported per MoE layer as ``<name>/layer<i>`` (i from 0) and as their mean."""
+GAP_METRICS = (GAP_LOSS, GAP_PURITY, GAP_NMI, GAP_REFERENCE_AGREEMENT)
+"""Metrics that need the reference router's run."""
+SUMMARY_METRICS = (
+    VAL_LOSS, PURITY, NMI, REFERENCE_AGREEMENT, LOAD_ENTROPY, MAX_VIO, DEAD_EXPERT_FRACTION,
+    DROPPED_FRACTION, GAP_LOSS, GAP_PURITY,
+)
+"""The columns of ``moe-study best`` and of the report tables."""
+
+METRIC_MODES: dict[str, str] = {
+    VAL_LOSS: "min", TRAIN_LOSS: "min", PURITY: "max", NMI: "max", REFERENCE_AGREEMENT: "max",
+    LOAD_ENTROPY: "max", MAX_VIO: "min", DEAD_EXPERT_FRACTION: "min", DROPPED_FRACTION: "min",
+    GAP_LOSS: "min", GAP_PURITY: "min", GAP_NMI: "min", GAP_REFERENCE_AGREEMENT: "min",
+    TOKENS_PER_S: "max",
+}
+"""Which direction is better for every metric a study may optimise or rank by."""
+
+CONSTRAINED_PREFIX = "constrained/"
+"""Prefix of the penalised objective values told to the searcher when a spec has constraints."""
+
+_LAYER_SUFFIX = re.compile(r"^(?P<base>[a-z_]+)/layer(?P<layer>\d+)$")
+
+
+def per_layer(metric: str, layer: int) -> str:
+    return f"{metric}/layer{layer}"
+
+
+def per_domain(metric: str, domain: str) -> str:
+    return f"{metric}/{domain}"
+
+
+def base_metric(name: str) -> str:
+    """``purity/layer1`` -> ``purity``; ``val_loss/german`` -> ``val_loss``."""
+    return name.split("/", 1)[0]
+
+
+def metric_mode(name: str) -> str:
+    """``min`` or ``max`` for a metric name (per-layer and per-domain variants included)."""
+    return METRIC_MODES.get(base_metric(name), "min")
+
+
+def metric_problem(name: str, domains: list[str] | None = None, n_layers: int | None = None) -> str:
+    """Empty if ``name`` is a metric the training reports, else why not (with a suggestion).
+
+    ``domains`` / ``n_layers`` narrow the per-domain and per-layer variants when known.
+    """
+    import difflib
+
+    if name in METRIC_MODES:
+        return ""
+    m = _LAYER_SUFFIX.match(name)
+    if m and m["base"] in LAYER_METRICS:
+        layer = int(m["layer"])
+        if n_layers is not None and layer >= n_layers:
+            return f"unknown metric {name!r}: layers are numbered 0..{n_layers - 1}"
+        return ""
+    if name.startswith(VAL_LOSS + "/"):
+        domain = name.split("/", 1)[1]
+        if domains is None or domain in domains:
+            return ""
+        return f"unknown metric {name!r}: {domain!r} is not one of data.domains {domains}"
+    candidates = list(METRIC_MODES) + [per_layer(m, 0) for m in LAYER_METRICS]
+    close = difflib.get_close_matches(name, candidates, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown metric {name!r}{hint}"
+
+
+# -- identities --------------------------------------------------------------------------------
+def config_hash(flat: Mapping[str, Any]) -> str:
+    """A short stable hash of a flat trial config (key order does not matter)."""
+    text = json.dumps({k: flat[k] for k in sorted(flat)}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def default_tracking_uri() -> str:
+    """``$MLFLOW_TRACKING_URI`` if set, else a sqlite store ``./mlflow.db`` (absolute path).
+
+    The path is made absolute so that Ray workers, which run in other directories, write to the
+    same store as the driver.
+    """
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    return "sqlite:///" + os.path.abspath("mlflow.db")

@@ -1,0 +1,225 @@
+"""Result queries over MLflow: the best trials of a study (``moe-study best``).
+
+Everything goes through ``MlflowClient.search_runs`` with the filter, the ordering and the limit
+pushed into the tracking store, so a query costs the same for 100 or 10,000 runs and works the
+same against a local sqlite store or a tracking server.
+
+``--where`` takes either an MLflow filter fragment (anything using ``params.``, ``metrics.``,
+``tags.`` or ``attributes.``), ANDed to the study's own filter, or a shorthand of
+``key<op>value`` clauses joined by ``,`` or ``and``, where ``key`` is a trial-config key
+(``router.method=lbl``; ``method`` and ``scope`` are short for ``router.method`` /
+``router.scope``), compared as an MLflow param, or a metric name (``purity>0.3``), compared as a
+number. Params are stored as ``str(value)`` of the typed config value, so the shorthand writes a
+value the way the config's type prints it (``router.capacity_factor=1`` matches ``'1.0'``).
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import io
+import json
+import math
+import re
+from typing import Any, Iterable
+
+import yaml
+
+from trainables.config import flat_field_types
+from trainables.errors import ConfigError
+from study import naming
+
+FORMATS = ("table", "json", "csv")
+_MLFLOW_PREFIX = re.compile(r"\b(params?|metrics?|tags?|attr|attributes?|run|datasets?)\.", re.I)
+_CLAUSE = re.compile(r"^\s*(?P<key>[A-Za-z0-9_./-]+)\s*(?P<op>!=|>=|<=|==|=|>|<)\s*(?P<value>.*?)\s*$")
+_SHORT_KEYS = {"method": "router.method", "scope": "router.scope"}
+
+
+def best_runs(
+    tracking_uri: str,
+    experiment: str,
+    top: int = 10,
+    by: str = naming.GAP_PURITY,
+    where: str | None = None,
+    include_reference: bool = False,
+    mode: str | None = None,
+) -> list[dict[str, Any]]:
+    """The ``top`` finished trial runs of an experiment, best first by metric ``by``.
+
+    Runs that did not log ``by`` are left out. Each row holds ``run_id``, ``trial`` (run name),
+    ``method``, ``scope``, the metrics of ``naming.SUMMARY_METRICS`` (and ``by``), and the
+    study's searched params.
+    """
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    problem = naming.metric_problem(by)
+    if problem:
+        raise ConfigError(f"--by: {problem}")
+    mode = mode or naming.metric_mode(by)
+    if mode not in ("min", "max"):
+        raise ConfigError(f"mode: expected min or max (got {mode!r})")
+    if not isinstance(top, int) or top < 1:
+        raise ConfigError(f"--top: expected a positive integer (got {top!r})")
+
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise ConfigError(_unknown_experiment(client, experiment, tracking_uri))
+
+    role = (
+        f"tags.`{naming.TAG_ROLE}` != '{naming.ROLE_STUDY}'"
+        if include_reference
+        else f"tags.`{naming.TAG_ROLE}` = '{naming.ROLE_TRIAL}'"
+    )
+    clauses = [role, "attributes.status = 'FINISHED'", f"metrics.`{by}` >= -1e308"]
+    if where:
+        clauses.append(translate_where(where))
+    direction = "ASC" if mode == "min" else "DESC"
+    try:
+        runs = client.search_runs(
+            [exp.experiment_id],
+            filter_string=" and ".join(clauses),
+            order_by=[f"metrics.`{by}` {direction}"],
+            max_results=top,
+        )
+    except MlflowException as err:
+        if err.error_code == "INVALID_PARAMETER_VALUE" and where:
+            raise ConfigError(f"--where {where!r}: {err.message}") from None
+        raise
+    search_keys = _search_keys(client, runs)
+    return [_row(run, by, search_keys) for run in runs]
+
+
+def translate_where(where: str) -> str:
+    """An MLflow filter fragment from ``--where`` (see the module docstring)."""
+    if _MLFLOW_PREFIX.search(where):
+        return where
+    clauses = [c for c in re.split(r",|\s+and\s+", where, flags=re.I) if c.strip()]
+    if not clauses:
+        raise ConfigError(f"--where {where!r}: empty filter")
+    return " and ".join(_translate_clause(c, where) for c in clauses)
+
+
+def _translate_clause(clause: str, where: str) -> str:
+    m = _CLAUSE.match(clause)
+    if not m:
+        raise ConfigError(
+            f"--where {where!r}: cannot read {clause.strip()!r}; expected key=value "
+            "(e.g. router.method=lbl, purity>0.3) or an MLflow filter such as "
+            "params.`router.method` = 'lbl'"
+        )
+    key, op, text = m["key"], m["op"], m["value"].strip("'\"")
+    op = "=" if op == "==" else op
+    key = _SHORT_KEYS.get(key, key)
+    types = flat_field_types()
+    if key in types:
+        if op not in ("=", "!="):
+            raise ConfigError(f"--where {where!r}: params are text, compare {key} with = or != only")
+        value = _param_text(text, types[key])
+        return f"params.`{key}` {op} '{value}'"
+    if not naming.metric_problem(key):
+        try:
+            number = float(text)
+        except ValueError:
+            raise ConfigError(f"--where {where!r}: metric {key} needs a number (got {text!r})") from None
+        return f"metrics.`{key}` {op} {number!r}"
+    close = difflib.get_close_matches(key, list(types) + list(naming.METRIC_MODES) + list(_SHORT_KEYS), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise ConfigError(f"--where {where!r}: {key!r} is neither a trial-config key nor a metric{hint}")
+
+
+def _param_text(text: str, typ: Any) -> str:
+    """How MLflow stored the param: ``str()`` of the value in the config's own type."""
+    try:
+        value = yaml.safe_load(text) if text else text
+    except yaml.YAMLError:
+        return text
+    if typ is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(float(value))
+    if typ is int and isinstance(value, (int, float)) and not isinstance(value, bool) and float(value).is_integer():
+        return str(int(value))
+    if typ is bool and isinstance(value, bool):
+        return str(value)
+    return text
+
+
+def _unknown_experiment(client: Any, experiment: str, uri: str) -> str:
+    names = [e.name for e in client.search_experiments(max_results=1000)]
+    close = difflib.get_close_matches(experiment, names, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else (f" (known: {', '.join(sorted(names))})" if names else "")
+    return f"experiment {experiment!r} not found in tracking store {uri}{hint}"
+
+
+def _search_keys(client: Any, runs: list) -> list[str]:
+    """The studies' searched keys, from the tag on each parent run (one call per study run)."""
+    keys: list[str] = []
+    parents = {r.data.tags.get(naming.TAG_PARENT_RUN) for r in runs} - {None}
+    for parent in sorted(parents):
+        try:
+            tag = client.get_run(parent).data.tags.get(naming.TAG_SEARCH_KEYS, "")
+        except Exception:  # a deleted parent run: fall back to what varies
+            tag = ""
+        keys += [k for k in tag.split(",") if k and k not in keys]
+    if not keys:  # no tag: show the params that differ between the rows
+        all_keys = sorted({k for r in runs for k in r.data.params})
+        keys = [k for k in all_keys if len({r.data.params.get(k) for r in runs}) > 1]
+    return [k for k in keys if k not in (naming.TAG_METHOD, naming.TAG_SCOPE)]
+
+
+def _row(run: Any, by: str, search_keys: list[str]) -> dict[str, Any]:
+    params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
+    row: dict[str, Any] = {
+        "run_id": run.info.run_id,
+        "trial": run.info.run_name,
+        "method": params.get(naming.TAG_METHOD, tags.get(naming.TAG_METHOD)),
+        "scope": params.get(naming.TAG_SCOPE, tags.get(naming.TAG_SCOPE)),
+    }
+    for name in ([by] if by not in naming.SUMMARY_METRICS else []) + list(naming.SUMMARY_METRICS):
+        row[name] = metrics.get(name)
+    for key in search_keys:
+        row[key] = params.get(key)
+    return row
+
+
+# -- output formats ---------------------------------------------------------------------------
+def format_rows(rows: list[dict[str, Any]], fmt: str = "table") -> str:
+    """Rows as an aligned text table, a JSON list or CSV (header included)."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format: unknown format {fmt!r}, expected one of {list(FORMATS)}")
+    columns = _columns(rows)
+    if fmt == "json":
+        return json.dumps([{k: _json_value(r.get(k)) for k in columns} for r in rows], indent=2)
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: "" if r.get(k) is None else r.get(k) for k in columns})
+        return out.getvalue()
+    if not rows:
+        return "(no finished runs match)"
+    cells = [columns] + [[_cell(r.get(k)) for k in columns] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _columns(rows: Iterable[dict[str, Any]]) -> list[str]:
+    columns: list[str] = []
+    for r in rows:
+        columns += [k for k in r if k not in columns]
+    return columns or ["run_id", "trial", "method", "scope"]
+
+
+def _json_value(v: Any) -> Any:
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)

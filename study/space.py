@@ -1,0 +1,83 @@
+"""The Optuna side of a study spec: a define-by-run search space and the sampler.
+
+``define_by_run(spec)`` is what ``ray.tune.search.optuna.OptunaSearch(space=...)`` takes. Tune
+builds each trial's config from the values the function suggests plus the dict it returns (the
+spec's ``fixed`` values as constants), so the Tune config is the whole flat trial config.
+
+Grid studies suggest one categorical param, ``naming.GRID_POINT_PARAM`` (an index into
+``grid_points(spec)``), through Optuna's ``GridSampler``, and return that point's values as
+constants. Optuna's own grid is a plain cartesian product; indexing a precomputed list is what
+lets a grid honour ``when`` conditions and ``exclude`` rules and still visit every point once.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Callable
+
+from study import naming
+from study.spec_types import StudySpec, expand_points
+
+
+def define_by_run(spec: StudySpec) -> Callable[[Any], dict[str, Any]]:
+    """A define-by-run function: suggests the searched params, returns the constants."""
+    fixed = dict(spec.fixed)
+    if spec.is_grid:
+        points = grid_points(spec)
+        indices = list(range(len(points)))
+
+        def grid_space(trial: Any) -> dict[str, Any]:
+            index = trial.suggest_categorical(naming.GRID_POINT_PARAM, indices)
+            return {**fixed, **points[index]}
+
+        return grid_space
+
+    params = list(spec.params)  # conditions come first (StudySpec keeps them ordered)
+
+    def space(trial: Any) -> dict[str, Any]:
+        chosen: dict[str, Any] = {}
+        for param in params:
+            if param.is_active(chosen):
+                chosen[param.key] = param.suggest(trial)
+        return dict(fixed)
+
+    return space
+
+
+def grid_points(spec: StudySpec) -> list[dict[str, Any]]:
+    """Every point of a grid study's factorial (conditions and exclusions applied), in order."""
+    return expand_points(spec.params, spec.exclude)
+
+
+def make_sampler(spec: StudySpec):
+    """The Optuna sampler the spec asks for."""
+    import optuna
+
+    s = spec.sampler
+    if s.type == "grid":
+        n = len(grid_points(spec))
+        return optuna.samplers.GridSampler({naming.GRID_POINT_PARAM: list(range(n))}, seed=s.seed)
+    if s.type == "random":
+        return optuna.samplers.RandomSampler(seed=s.seed)
+    if s.type == "nsga2":
+        kwargs = {} if s.population_size is None else {"population_size": s.population_size}
+        return optuna.samplers.NSGAIISampler(seed=s.seed, **kwargs)
+    kwargs = {} if s.n_startup_trials is None else {"n_startup_trials": s.n_startup_trials}
+    # multivariate TPE models interactions (method x coefficient); group=True splits the space
+    # by which conditional params a trial has, as plain multivariate TPE cannot handle params
+    # that only exist in some trials. constant_liar keeps concurrent trials from all being
+    # suggested the same point while earlier ones are still running.
+    with warnings.catch_warnings():  # multivariate and group are marked experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(
+            seed=s.seed,
+            multivariate=True,
+            group=spec.has_conditional_params,
+            constant_liar=True,
+            **kwargs,
+        )
+
+
+def trial_values(trial: Any, constants: dict[str, Any]) -> dict[str, Any]:
+    """The flat config Tune would build for an Optuna trial: its params plus the constants."""
+    return {**trial.params, **constants}

@@ -1,0 +1,413 @@
+"""The parts of a validated study spec, as dataclasses (parsing lives in ``study.spec_parse``).
+
+A ``StudySpec`` is what ``study.spec.load_spec`` returns. Its ``fixed`` values and the searched
+``params`` use the trial config's dotted keys, so a Tune config produced from the spec goes
+straight into ``TrialConfig.from_flat``.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+from trainables.config import TrialConfig
+from trainables.errors import ConfigError
+from study import naming
+
+DISTRIBUTIONS = ("choice", "uniform", "loguniform", "int", "loguniform_int")
+SAMPLERS = ("tpe", "random", "nsga2", "grid")
+SCHEDULERS = ("asha", "fifo")
+MODES = ("min", "max")
+
+CONSTRAINT_PENALTY = 1000.0
+"""Added to (min) or subtracted from (max) an objective value whose trial breaks a constraint.
+
+The metrics a study ranks by (gaps, loss, purity) are O(1), so a penalised trial ranks behind
+every feasible one; the violation itself is added on top, so among infeasible trials the one that
+misses the constraint by less still ranks higher.
+"""
+
+
+@dataclass
+class SearchParam:
+    """One searched trial-config key and its distribution."""
+
+    key: str
+    distribution: str
+    choices: list = field(default_factory=list)
+    low: float | int | None = None
+    high: float | int | None = None
+    step: float | int | None = None
+    when: dict[str, list] = field(default_factory=dict)
+    """Searched choice key -> allowed values: the param exists only when all of these hold."""
+
+    @property
+    def is_choice(self) -> bool:
+        return self.distribution == "choice"
+
+    @property
+    def log(self) -> bool:
+        return self.distribution in ("loguniform", "loguniform_int")
+
+    @property
+    def is_int(self) -> bool:
+        return self.distribution in ("int", "loguniform_int")
+
+    def is_active(self, values: Mapping[str, Any]) -> bool:
+        """Whether the ``when`` condition holds for the values chosen so far."""
+        return all(k in values and value_in(values[k], allowed) for k, allowed in self.when.items())
+
+    def probe_values(self) -> list[tuple[str, Any]]:
+        """(label, value) pairs that bound what the param can take: every choice, or both ends.
+
+        Labels are the value's position in the YAML (``choice[1]``, ``loguniform[0]``).
+        """
+        if self.is_choice:
+            return [(f"choice[{i}]", v) for i, v in enumerate(self.choices)]
+        return [(f"{self.distribution}[0]", self.low), (f"{self.distribution}[1]", self.high)]
+
+    def suggest(self, trial: Any) -> Any:
+        """Ask an ``optuna.Trial`` for this param's value."""
+        if self.is_choice:
+            return trial.suggest_categorical(self.key, list(self.choices))
+        if self.is_int:
+            return trial.suggest_int(self.key, self.low, self.high, step=self.step or 1, log=self.log)
+        return trial.suggest_float(self.key, self.low, self.high, step=self.step, log=self.log)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            self.distribution: list(self.choices) if self.is_choice else [self.low, self.high]
+        }
+        if self.step is not None:
+            d["step"] = self.step
+        if self.when:
+            d["when"] = {k: list(v) for k, v in self.when.items()}
+        return d
+
+
+@dataclass
+class Objective:
+    """What a study minimises or maximises, and the floors/ceilings trials must respect."""
+
+    metrics: list[str]
+    modes: list[str]
+    constraints: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Metric -> ``{"min": x}`` and/or ``{"max": y}``."""
+
+    @property
+    def is_multi(self) -> bool:
+        return len(self.metrics) > 1
+
+    @property
+    def search_metrics(self) -> list[str]:
+        """Result keys the searcher optimises: the metric itself, or its penalised version."""
+        if not self.constraints:
+            return list(self.metrics)
+        return [naming.CONSTRAINED_PREFIX + m for m in self.metrics]
+
+    def violation(self, result: Mapping[str, Any]) -> float:
+        """How far a result misses the constraints (0 when it meets them).
+
+        A constraint metric missing from the result counts as met: it cannot be judged yet.
+        """
+        total = 0.0
+        for name, bound in self.constraints.items():
+            value = result.get(name)
+            if value is None or value != value:  # missing or NaN
+                continue
+            if "min" in bound and value < bound["min"]:
+                total += bound["min"] - value
+            if "max" in bound and value > bound["max"]:
+                total += value - bound["max"]
+        return total
+
+    def scored(self, result: Mapping[str, Any]) -> dict[str, float]:
+        """The values to add to a Tune result under ``search_metrics`` (penalised if infeasible).
+
+        Without constraints this returns the metrics unchanged. Metrics missing from the result
+        are left out, so the searcher sees the trial as not (yet) reporting them.
+        """
+        violation = self.violation(result)
+        out: dict[str, float] = {}
+        for name, key, mode in zip(self.metrics, self.search_metrics, self.modes):
+            if name not in result:
+                continue
+            value = float(result[name])
+            if violation > 0:
+                penalty = CONSTRAINT_PENALTY + violation
+                value = value + penalty if mode == "min" else value - penalty
+            out[key] = value
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"metric": list(self.metrics), "mode": list(self.modes)}
+        if self.constraints:
+            d["constraints"] = copy.deepcopy(self.constraints)
+        return d
+
+
+@dataclass
+class SamplerSpec:
+    type: str = "tpe"
+    seed: int | None = 0
+    n_startup_trials: int | None = None
+    """TPE only: random trials before TPE takes over (Optuna's default 10 when unset)."""
+    population_size: int | None = None
+    """NSGA-II only: individuals per generation (Optuna's default 50 when unset)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items() if v is not None}
+
+
+@dataclass
+class SchedulerSpec:
+    type: str = "fifo"
+    grace_period: int | None = None
+    """ASHA: optimizer steps (the ``step`` result key) before a trial can be stopped."""
+    reduction_factor: float = 2
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.type == "fifo":
+            return {"type": "fifo"}
+        return {k: v for k, v in vars(self).items() if v is not None}
+
+
+@dataclass
+class BudgetSpec:
+    trials: int | None = None
+    """Tune ``num_samples``; a grid study defaults to the grid size."""
+    time_s: float | None = None
+    """Wall-clock limit of the whole study (Tune ``time_budget_s``); none when unset."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"trials": self.trials, "time_s": self.time_s}
+
+
+@dataclass
+class ResourceSpec:
+    cpu: float = 1
+    """CPUs per worker."""
+    gpu: float = 0
+    """GPUs per worker; fractional values share a device (no memory isolation)."""
+    workers: int = 1
+    """Data-parallel workers per trial; > 1 runs the trial as a TorchTrainer."""
+    max_concurrent: int | str = "auto"
+    """Trials running at once; ``auto`` lets the runner derive it from the cluster."""
+
+    def per_trial(self) -> dict[str, float]:
+        """Ray resources one trial needs in total (all workers)."""
+        return {"CPU": self.cpu * self.workers, "GPU": self.gpu * self.workers}
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+@dataclass
+class ReferenceSpec:
+    enabled: bool = True
+    """Run (or reuse) the reference router for the study's model and data; needed for gaps."""
+    reuse: bool = True
+    """Reuse a finished reference run with the same config hash from MLflow instead of rerunning."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+@dataclass
+class TrackingSpec:
+    uri: str | None = None
+    """MLflow tracking URI; CLI ``--tracking-uri`` overrides it; default ``./mlflow.db``."""
+    experiment: str | None = None
+    """MLflow experiment name; default the study name."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+@dataclass
+class StudySpec:
+    name: str
+    description: str = ""
+    fixed: dict[str, Any] = field(default_factory=dict)
+    """Flat dotted trial-config values shared by every trial."""
+    params: list[SearchParam] = field(default_factory=list)
+    """Searched params, ordered so that every ``when`` key comes before the params it guards."""
+    exclude: list[dict[str, list]] = field(default_factory=list)
+    """Grid only: combinations left out (each maps searched choice keys to excluded values)."""
+    objective: Objective = field(default_factory=lambda: Objective(["gap_purity"], ["min"]))
+    sampler: SamplerSpec = field(default_factory=SamplerSpec)
+    scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
+    budget: BudgetSpec = field(default_factory=BudgetSpec)
+    resources: ResourceSpec = field(default_factory=ResourceSpec)
+    reference: ReferenceSpec = field(default_factory=ReferenceSpec)
+    tracking: TrackingSpec = field(default_factory=TrackingSpec)
+    source: str | None = None
+    """Path the spec was loaded from (not part of its content)."""
+
+    # -- the search space ----------------------------------------------------------------------
+    @property
+    def search_keys(self) -> list[str]:
+        return [p.key for p in self.params]
+
+    def param(self, key: str) -> SearchParam:
+        for p in self.params:
+            if p.key == key:
+                return p
+        raise KeyError(key)
+
+    @property
+    def has_conditional_params(self) -> bool:
+        return any(p.when for p in self.params)
+
+    @property
+    def is_grid(self) -> bool:
+        return self.sampler.type == "grid"
+
+    @property
+    def num_trials(self) -> int:
+        """Trials the study runs: ``budget.trials``, or the grid size for a grid study."""
+        if self.budget.trials is not None:
+            return self.budget.trials
+        return len(expand_points(self.params, self.exclude)) if self.is_grid else 1
+
+    # -- objective and scheduling --------------------------------------------------------------
+    @property
+    def search_metrics(self) -> list[str]:
+        return self.objective.search_metrics
+
+    @property
+    def scheduler_metric(self) -> str:
+        """ASHA acts on the first objective (penalised when there are constraints)."""
+        return self.objective.search_metrics[0]
+
+    @property
+    def scheduler_mode(self) -> str:
+        return self.objective.modes[0]
+
+    def max_steps(self) -> int:
+        """Largest ``train.steps`` any trial can have (ASHA's ``max_t``)."""
+        if "train.steps" in self.search_keys:
+            p = self.param("train.steps")
+            return int(max(p.choices) if p.is_choice else p.high)
+        return self.base_config().train.steps
+
+    # -- trial configs -------------------------------------------------------------------------
+    def base_config(self) -> TrialConfig:
+        """Defaults overridden by ``fixed``; searched keys keep their defaults (not validated)."""
+        return TrialConfig.from_flat(self.fixed, check=False)
+
+    def trial_config(self, flat_params: Mapping[str, Any]) -> TrialConfig:
+        """The validated config of one trial: ``fixed`` overridden by the trial's params.
+
+        ``flat_params`` may be a whole Tune config: private keys (leading ``_``) are ignored.
+        """
+        params = {k: v for k, v in flat_params.items() if not k.startswith("_")}
+        return TrialConfig.from_flat({**self.fixed, **params})
+
+    def reference_config(self, flat_params: Mapping[str, Any] | None = None) -> TrialConfig:
+        """The reference-router config for a trial's model and data (its ``router.*`` dropped)."""
+        flat = {**self.fixed, **{k: v for k, v in (flat_params or {}).items() if not k.startswith("_")}}
+        return TrialConfig.from_flat(reference_flat(flat))
+
+    # -- identity ------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Normalised plain form (loadable again with ``spec_from_dict``), e.g. for an artifact."""
+        d: dict[str, Any] = {
+            "name": self.name,
+            "description": self.description,
+            "fixed": copy.deepcopy(self.fixed),
+            "search": {p.key: p.to_dict() for p in self.params},
+            "objective": self.objective.to_dict(),
+            "sampler": self.sampler.to_dict(),
+            "scheduler": self.scheduler.to_dict(),
+            "budget": self.budget.to_dict(),
+            "resources": self.resources.to_dict(),
+            "reference": self.reference.to_dict(),
+            "tracking": self.tracking.to_dict(),
+        }
+        if self.exclude:
+            d["exclude"] = [{k: list(v) for k, v in rule.items()} for rule in self.exclude]
+        return d
+
+    def content_hash(self) -> str:
+        """Hash of what the study runs: everything but its name, description and tracking."""
+        d = self.to_dict()
+        for key in ("name", "description", "tracking"):
+            d.pop(key)
+        text = json.dumps(d, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# -- helpers shared by the parser, the checks and the Optuna space ------------------------------
+def reference_flat(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """The reference router's flat config for a trial's data, model and training settings."""
+    out = {k: v for k, v in flat.items() if not k.startswith("router.")}
+    out["router.method"] = "reference"
+    return out
+
+
+def expand_points(
+    params: Iterable[SearchParam],
+    exclude: Iterable[Mapping[str, list]] = (),
+    *,
+    ranges_as_ends: bool = False,
+) -> list[dict[str, Any]]:
+    """Every combination of the params' values, respecting ``when`` and ``exclude``.
+
+    Params are taken in order (conditions first), so a conditional param multiplies only the
+    points where its condition holds: ``method in {lbl, eb}`` with ``lbl_coef in {a, b}`` when
+    ``method = lbl`` gives 3 points, not 4. Range params raise unless ``ranges_as_ends``, which
+    lets each range contribute its two ends (the corners the validation checks).
+    """
+    points: list[dict[str, Any]] = [{}]
+    for p in params:
+        if p.is_choice:
+            values = list(p.choices)
+        elif ranges_as_ends:
+            values = [p.low] if p.low == p.high else [p.low, p.high]
+        else:
+            raise ValueError(f"{p.key}: a {p.distribution} range has no finite grid")
+        expanded = []
+        for point in points:
+            if p.is_active(point):
+                expanded.extend({**point, p.key: v} for v in values)
+            else:
+                expanded.append(point)
+        points = expanded
+    rules = list(exclude)
+    return [pt for pt in points if not any(_matches(pt, rule) for rule in rules)]
+
+
+def count_points(params: Iterable[SearchParam], *, ranges_as_ends: bool = False) -> int:
+    """Upper bound of ``len(expand_points(...))`` without building the points."""
+    n = 1
+    for p in params:
+        n *= len(p.choices) if p.is_choice else (2 if ranges_as_ends else 0)
+    return n
+
+
+def _matches(point: Mapping[str, Any], rule: Mapping[str, list]) -> bool:
+    return all(k in point and value_in(point[k], values) for k, values in rule.items())
+
+
+def value_in(value: Any, allowed: Iterable[Any]) -> bool:
+    """``value in allowed`` without ``True == 1`` and ``1 == 1.0`` surprises across types."""
+    return any(value == a and type(value) is type(a) or _same_number(value, a) for a in allowed)
+
+
+def _same_number(a: Any, b: Any) -> bool:
+    numeric = (int, float)
+    return (
+        isinstance(a, numeric) and isinstance(b, numeric)
+        and not isinstance(a, bool) and not isinstance(b, bool) and a == b
+    )
+
+
+__all__ = [
+    "BudgetSpec", "ConfigError", "Objective", "ReferenceSpec", "ResourceSpec", "SamplerSpec",
+    "SchedulerSpec", "SearchParam", "StudySpec", "TrackingSpec", "expand_points",
+    "reference_flat", "count_points", "value_in",
+]

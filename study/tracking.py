@@ -1,0 +1,348 @@
+"""MLflow tracking of a study from the Ray Tune driver: one nested child run per trial.
+
+Why driver-side: the driver sees every result anyway, so it logs each report with ONE
+``log_batch`` call (MLflowLoggerCallback makes one call per metric key: ~150 ms a report on
+sqlite), the trial processes need no MLflow connection, and a retried or resumed trial finds
+its run again by the ``moe_study.trial_id`` tag instead of opening a duplicate.
+
+Outages: every write goes through ``_DeliveryQueue``; a write that fails stays queued (in
+order) and is retried at the next event; what is still undelivered when the study stops is
+spooled to a JSONL file beside the Tune experiment and delivered by ``moe-study resume``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from ray.tune import Callback
+
+from study import naming
+
+log = logging.getLogger(__name__)
+
+TAG_STOPPED_EARLY = "moe_study.stopped_early"
+"""``true`` on a trial run the scheduler (ASHA) stopped before train.steps."""
+TAG_ERROR = "moe_study.error"
+"""Why a trial failed (the end of its traceback)."""
+COUNT_TABLE_FILE = "count_table.parquet"
+HEATMAP_FILE = "routing_heatmap.png"
+TUNE_AUTO_KEYS = {
+    "time_this_iter_s", "time_total_s", "timestamp", "pid", "iterations_since_restore",
+    "time_since_restore", "timesteps_since_restore", "timesteps_total", "episodes_total",
+    "experiment_id", "date", "hostname", "node_ip", "checkpoint_dir_name", "should_checkpoint",
+}
+
+# keys of a Tune result that are not metrics
+_SKIP_RESULT_KEYS = {"step", "count_table", "domains", "done", "training_iteration", "trial_id"}
+
+
+def metric_items(result: dict) -> dict[str, float]:
+    """The numeric metrics of a trial report, without Tune's own bookkeeping keys."""
+    out = {}
+    for k, v in result.items():
+        if k in _SKIP_RESULT_KEYS or k in TUNE_AUTO_KEYS or k.startswith(("config", "_")):
+            continue
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v)):
+            out[k] = float(v)
+    return out
+
+
+class _DeliveryQueue:
+    """Ordered MLflow writes that survive a tracking outage."""
+
+    def __init__(self, client: MlflowClient, spool_path: Path | None):
+        self.client = client
+        self.spool_path = spool_path
+        self.pending: list[tuple[str, dict]] = []
+        self.last_error: str | None = None
+
+    def put(self, op: str, **kwargs) -> None:
+        self.pending.append((op, kwargs))
+        self.flush()
+
+    def flush(self) -> bool:
+        while self.pending:
+            op, kwargs = self.pending[0]
+            try:
+                self._apply(op, kwargs)
+            except Exception as exc:  # noqa: BLE001 - any transport/server error: keep and retry
+                if self.last_error is None:
+                    log.warning("MLflow write failed, will retry: %s", exc)
+                self.last_error = str(exc)
+                return False
+            self.pending.pop(0)
+            self.last_error = None
+        return True
+
+    def _apply(self, op: str, kw: dict) -> None:
+        c = self.client
+        if op == "batch":
+            c.log_batch(
+                kw["run_id"],
+                metrics=[Metric(k, v, kw["ts"], kw["step"]) for k, v in kw.get("metrics", {}).items()],
+                params=[Param(k, str(v)[:6000]) for k, v in kw.get("params", {}).items()],
+                tags=[RunTag(k, str(v)[:5000]) for k, v in kw.get("tags", {}).items()],
+            )
+        elif op == "artifact":
+            c.log_artifact(kw["run_id"], kw["path"], kw.get("artifact_path"))
+        elif op == "terminate":
+            c.set_terminated(kw["run_id"], status=kw["status"])
+        else:  # pragma: no cover - programming error
+            raise ValueError(op)
+
+    def drain(self, timeout_s: float) -> bool:
+        """Retry until everything is delivered or the timeout passes; spool the rest."""
+        deadline = time.monotonic() + timeout_s
+        while not self.flush():
+            if time.monotonic() > deadline:
+                self.spool()
+                return False
+            time.sleep(1.0)
+        return True
+
+    def spool(self) -> None:
+        if not self.pending or self.spool_path is None:
+            return
+        self.spool_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.spool_path, "a") as f:
+            for op, kw in self.pending:
+                if op == "artifact":
+                    continue  # artifact files live in temp dirs; metrics and statuses are what count
+                f.write(json.dumps({"op": op, **kw}) + "\n")
+        log.warning("%d MLflow writes spooled to %s", len(self.pending), self.spool_path)
+        self.pending.clear()
+
+    def replay_spool(self) -> int:
+        """Deliver writes a previous driver spooled (``moe-study resume``)."""
+        if self.spool_path is None or not self.spool_path.exists():
+            return 0
+        lines = self.spool_path.read_text().splitlines()
+        for line in lines:
+            rec = json.loads(line)
+            self.pending.append((rec.pop("op"), rec))
+        delivered = self.flush()
+        if delivered:
+            self.spool_path.unlink()
+        return len(lines)
+
+
+class StudyTracker(Callback):
+    """Tune callback: child run per trial (nested under the study's parent run)."""
+
+    def __init__(
+        self,
+        *,
+        tracking_uri: str,
+        experiment_id: str,
+        parent_run_id: str,
+        study_name: str,
+        role: str = naming.ROLE_TRIAL,
+        spool_path: Path | None = None,
+        objective: str | None = None,
+        mode: str = "min",
+        progress: bool = True,
+    ):
+        self.tracking_uri, self.experiment_id = tracking_uri, experiment_id
+        self.parent_run_id, self.study_name, self.role = parent_run_id, study_name, role
+        self.client = MlflowClient(tracking_uri)
+        self.queue = _DeliveryQueue(self.client, spool_path)
+        self.run_ids: dict[str, str] = {}
+        self.final: dict[str, dict] = {}
+        self.objective, self.mode, self.progress = objective, mode, progress
+        self.counts = {"done": 0, "failed": 0}
+        self.best: tuple[float, str] | None = None
+
+    # Tune pickles callbacks into its experiment state (for Tuner.restore); an MLflow client
+    # holds connections, so it is rebuilt on unpickling and pending writes travel as data.
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["client"] = None
+        state["queue"] = (self.queue.spool_path, self.queue.pending)
+        return state
+
+    def __setstate__(self, state):
+        spool_path, pending = state.pop("queue")
+        self.__dict__.update(state)
+        self.client = MlflowClient(self.tracking_uri)
+        self.queue = _DeliveryQueue(self.client, spool_path)
+        self.queue.pending = list(pending)
+
+    # -- run lookup: a retried/restored trial continues its run ------------------------------
+    def _run_for(self, trial) -> str:
+        if trial.trial_id in self.run_ids:
+            return self.run_ids[trial.trial_id]
+        existing = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.{naming.TAG_TRIAL_ID} = '{trial.trial_id}' "
+            f"AND tags.{naming.TAG_STUDY} = '{self.study_name}'",
+            max_results=1,
+        )
+        if existing:
+            run_id = existing[0].info.run_id
+            if existing[0].info.status != "RUNNING":
+                self.client.update_run(run_id, status="RUNNING")
+        else:
+            cfg = {k: v for k, v in trial.config.items() if not k.startswith("_")}
+            tags = {
+                naming.TAG_PARENT_RUN: self.parent_run_id,
+                "mlflow.runName": f"{self.role}-{trial.trial_id}",
+                naming.TAG_ROLE: self.role,
+                naming.TAG_STUDY: self.study_name,
+                naming.TAG_TRIAL_ID: trial.trial_id,
+                naming.TAG_METHOD: cfg.get("router.method", ""),
+                naming.TAG_SCOPE: cfg.get("router.scope", ""),
+            }
+            if trial.config.get("_config_hash"):
+                tags[naming.TAG_CONFIG_HASH] = trial.config["_config_hash"]
+            run_id = self.client.create_run(self.experiment_id, tags=tags).info.run_id
+            params = {k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in cfg.items()}
+            items = list(params.items())
+            for i in range(0, len(items), 90):  # MLflow takes at most 100 params a batch
+                self.queue.put("batch", run_id=run_id, params=dict(items[i : i + 90]), ts=0, step=0)
+        self.run_ids[trial.trial_id] = run_id
+        return run_id
+
+    # -- Tune callback hooks ------------------------------------------------------------------
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._run_for(trial)
+
+    def on_trial_restore(self, iteration, trials, trial, **info):
+        self._run_for(trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        run_id = self._run_for(trial)
+        step = int(result.get("step", result.get("training_iteration", 0)))
+        self.queue.put(
+            "batch", run_id=run_id, metrics=metric_items(result), ts=int(time.time() * 1000), step=step
+        )
+        self.final[trial.trial_id] = result
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        run_id = self._run_for(trial)
+        result = self.final.get(trial.trial_id) or trial.last_result or {}
+        self._log_routing_artifacts(run_id, result)
+        stopped_early = int(result.get("step", 0)) < int(trial.config.get("train.steps", 0))
+        self.queue.put(
+            "batch", run_id=run_id, metrics={}, ts=0, step=0,
+            tags={TAG_STOPPED_EARLY: str(stopped_early).lower()},
+        )
+        self.queue.put("terminate", run_id=run_id, status="FINISHED")
+        self.counts["done"] += 1
+        self._update_best(trial, result)
+        self._print_progress(trials)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        run_id = self._run_for(trial)
+        error = _trial_error_text(trial)
+        self.queue.put(
+            "batch", run_id=run_id, metrics={}, ts=0, step=0,
+            tags={TAG_ERROR: error[-4000:] or "trial failed"},
+        )
+        self.queue.put("terminate", run_id=run_id, status="FAILED")
+        self.counts["failed"] += 1
+        self._print_progress(trials)
+
+    def on_experiment_end(self, trials, **info):
+        self.close()
+
+    def close(self, timeout_s: float = 30.0) -> bool:
+        return self.queue.drain(timeout_s)
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _log_routing_artifacts(self, run_id: str, result: dict) -> None:
+        table, domains = result.get("count_table"), result.get("domains")
+        if not table or not domains:
+            return
+        import numpy as np
+
+        from study.plots import routing_heatmap, save_figure
+        from trainables.count_table import write_count_table
+
+        n_LED = np.asarray(table)
+        d = tempfile.mkdtemp(prefix="moe-study-artifacts-")
+        write_count_table(os.path.join(d, COUNT_TABLE_FILE), n_LED, domains)
+        self.queue.put("artifact", run_id=run_id, path=os.path.join(d, COUNT_TABLE_FILE))
+        mean_ED = n_LED.sum(axis=0)
+        fig = routing_heatmap(mean_ED, domains, title="all layers")
+        save_figure(fig, os.path.join(d, HEATMAP_FILE))
+        self.queue.put("artifact", run_id=run_id, path=os.path.join(d, HEATMAP_FILE))
+
+    def _update_best(self, trial, result: dict) -> None:
+        if not self.objective or self.objective not in result:
+            return
+        value = float(result[self.objective])
+        better = self.best is None or (value < self.best[0] if self.mode == "min" else value > self.best[0])
+        if better:
+            self.best = (value, trial.trial_id)
+
+    def _print_progress(self, trials) -> None:
+        if not self.progress:
+            return
+        running = sum(1 for t in trials if t.status == "RUNNING")
+        best = f", best {self.objective}={self.best[0]:.4f} ({self.best[1]})" if self.best else ""
+        print(
+            f"[{self.study_name}] {self.role}s: {self.counts['done']} done, {running} running, "
+            f"{self.counts['failed']} failed{best}",
+            flush=True,
+        )
+
+
+def _trial_error_text(trial) -> str:
+    for attr in ("error_msg",):
+        msg = getattr(trial, attr, None)
+        if msg:
+            return str(msg)
+    path = getattr(trial, "error_file", None)
+    if path and os.path.exists(path):
+        return Path(path).read_text()
+    return "trial failed"
+
+
+def ensure_experiment(tracking_uri: str, name: str) -> str:
+    """Create (once, in the driver, before trials start) or fetch the study's experiment."""
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            client.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+    return client.create_experiment(name)
+
+
+def check_tracking_reachable(tracking_uri: str) -> None:
+    """Fail fast, before any trial runs, when the tracking server does not answer."""
+    MlflowClient(tracking_uri).search_experiments(max_results=1)
+
+
+def start_parent_run(tracking_uri: str, experiment_id: str, study_name: str, spec_dict: dict,
+                     tags: dict[str, Any]) -> str:
+    client = MlflowClient(tracking_uri)
+    run = client.create_run(
+        experiment_id,
+        tags={naming.TAG_ROLE: naming.ROLE_STUDY, naming.TAG_STUDY: study_name,
+              "mlflow.runName": f"study-{study_name}", **{k: str(v) for k, v in tags.items()}},
+    )
+    with tempfile.TemporaryDirectory() as d:
+        import yaml
+
+        p = os.path.join(d, "spec.yaml")
+        with open(p, "w") as f:
+            yaml.safe_dump(spec_dict, f, sort_keys=False)
+        client.log_artifact(run.info.run_id, p)
+    return run.info.run_id
+
+
+__all__ = [
+    "StudyTracker", "ensure_experiment", "start_parent_run", "check_tracking_reachable",
+    "metric_items", "mlflow",
+]

@@ -1,0 +1,32 @@
+"""Load-balancing algorithms as pure torch functions; routers and the MoE layer call these.
+
+Shape legend (also used in every module of this package):
+    T  tokens in the balancing scope      E  experts        K  experts per token (top-k)
+    B  sequences   L  tokens per sequence   C  tokens an expert picks (expert choice)
+
+Nothing here holds state: the caller owns buffers (expert counts accumulated over a global
+batch, the expert bias) and decides scope. Definitions follow DESIGN.md "Balancing methods".
+"""
+
+from trainables.balancing.auction import balanced_assignment
+from trainables.balancing.capacity import capacity_keep_mask, expert_choice
+from trainables.balancing.losses import (
+    expert_bias_update,
+    expert_counts,
+    lbl_loss,
+    lbl_loss_per_sequence,
+    z_loss,
+)
+from trainables.balancing.sinkhorn import sinkhorn
+
+__all__ = [
+    "balanced_assignment",
+    "capacity_keep_mask",
+    "expert_bias_update",
+    "expert_choice",
+    "expert_counts",
+    "lbl_loss",
+    "lbl_loss_per_sequence",
+    "sinkhorn",
+    "z_loss",
+]

@@ -1,0 +1,244 @@
+"""Balanced assignment (BA, BASE layers) by a vectorised auction algorithm.
+
+Problem: give every token K distinct experts, expert e at most ``capacity_E[e]`` tokens, and
+maximise the total score. It is a bipartite b-matching (a transportation problem with unit
+edges), so its linear relaxation is integral and an auction solves it to within T*K*eps.
+
+Algorithm (a direct K-slot forward auction, Jacobi style: all bids of a round at once). Tokens
+are the bidders. Each expert has a single price: 0 while it has room, else the lowest bid among
+the tokens it holds. A token still short of u experts looks at ``value = score - price`` over the
+experts it does not hold, bids on its best u, and offers for each ``price + (value - w) + eps``
+with w the value of its (u+1)-th best, i.e. the most it can pay before its next choice is as good.
+Each expert keeps its ``capacity`` highest bids (holders included, holders win ties) and drops
+the rest; dropped tokens bid again next round. Prices only rise, so the outcome satisfies
+eps-complementary slackness: every token's held experts are worth at least its best alternative
+minus eps. BASE layers ran the mirror image (experts bidding for tokens, equal capacities only)
+with at most 100 rounds and eps = (max - min) / 50; those are the defaults here.
+
+After ``n_iters`` rounds, the leftovers are placed by continuing the auction with an eps larger
+than the whole score range: every bid then jumps beyond any score difference, so a leftover token
+takes its best expert that still has room and only displaces a holder when no expert with room
+is open to it. That always finishes for a feasible problem, in a few rounds in practice.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+# The fallback phase is an auction too, which is guaranteed to finish for a feasible problem;
+# this cap only turns an (unexpected) endless loop into an error.
+_FALLBACK_ROUNDS_PER_SLOT = 8
+
+
+class _Auction:
+    """State of one auction. Per expert a row of held slots, sorted by bid, best first; an empty
+    slot holds bid -inf and the dummy token id T, so updates need no boolean masks."""
+
+    def __init__(self, scores_TE: Tensor, k: int, capacity_E: Tensor):
+        self.scores_TE = scores_TE
+        self.k = k
+        self.n_tokens, self.n_experts = scores_TE.shape
+        self.capacity_E = capacity_E
+        width = max(int(capacity_E.max()), 1)
+        device = scores_TE.device
+        self.slot_bid_EC = torch.full((self.n_experts, width), -math.inf, dtype=scores_TE.dtype, device=device)
+        self.slot_token_EC = torch.full((self.n_experts, width), self.n_tokens, dtype=torch.long, device=device)
+        # One extra row for the dummy token: writes through empty slots land there.
+        self.held_TE = torch.zeros(self.n_tokens + 1, self.n_experts, dtype=torch.bool, device=device)
+        self.n_held_T = torch.zeros(self.n_tokens + 1, dtype=torch.long, device=device)
+        self.n_holders_E = torch.zeros(self.n_experts, dtype=torch.long, device=device)
+        self.expert_ids_E = torch.arange(self.n_experts, device=device)
+        self.unusable_EC = torch.arange(width, device=device)[None, :] >= capacity_E[:, None]
+        self.spread = float(scores_TE.max() - scores_TE.min())
+
+    def short_tokens(self) -> Tensor:
+        return torch.nonzero(self.n_held_T[: self.n_tokens] < self.k).squeeze(1)
+
+    def prices(self) -> Tensor:
+        """0 while an expert has room, then the lowest bid it holds; +inf without capacity."""
+        last_E = (self.capacity_E - 1).clamp_min(0)
+        lowest_E = self.slot_bid_EC[self.expert_ids_E, last_E]
+        price_E = torch.where(self.n_holders_E >= self.capacity_E, lowest_E, 0.0)
+        return price_E.masked_fill(self.capacity_E == 0, math.inf)
+
+    def run_round(self, eps: float) -> bool:
+        """One Jacobi round; returns True when every token already holds K experts."""
+        bidders_A = self.short_tokens()
+        if bidders_A.numel() == 0:
+            return True
+        price_E = self.prices()
+        value_AE = self.scores_TE.index_select(0, bidders_A) - price_E
+        value_AE.masked_fill_(self.held_TE.index_select(0, bidders_A), -math.inf)
+        n_ranked = min(self.k + 1, self.n_experts)
+        top_value_AM, top_expert_AM = value_AE.topk(n_ranked, dim=1)
+        need_A = self.k - self.n_held_T.index_select(0, bidders_A)
+        # w: value of the best expert the token does not bid on, its (need+1)-th best.
+        next_value_A = top_value_AM.gather(1, need_A.clamp(max=n_ranked - 1)[:, None]).squeeze(1)
+        next_value_A = torch.where(need_A < n_ranked, next_value_A, -math.inf)
+        # A token with no alternative left must take what it bids on: outbid any score difference.
+        margin_AM = torch.where(
+            torch.isfinite(next_value_A)[:, None], top_value_AM - next_value_A[:, None], self.spread
+        )
+        bid_AM = price_E[top_expert_AM] + margin_AM + eps
+        rank_M = torch.arange(n_ranked, device=need_A.device)
+        bids_AM = (rank_M[None, :] < need_A[:, None]) & torch.isfinite(top_value_AM)
+        self.accept(bidders_A[:, None].expand_as(bids_AM), top_expert_AM, bid_AM, bids_AM)
+        return False
+
+    def greedy_round(self) -> bool:
+        """Leftover placement: tokens take their best experts that still have room, by score,
+        without displacing anyone. Returns True when no token can be placed this way."""
+        bidders_A = self.short_tokens()
+        if bidders_A.numel() == 0:
+            return True
+        open_AE = ~self.held_TE.index_select(0, bidders_A) & (self.n_holders_E < self.capacity_E)
+        score_AE = self.scores_TE.index_select(0, bidders_A).masked_fill(~open_AE, -math.inf)
+        n_ranked = min(self.k, self.n_experts)
+        top_score_AM, top_expert_AM = score_AE.topk(n_ranked, dim=1)
+        need_A = self.k - self.n_held_T.index_select(0, bidders_A)
+        rank_M = torch.arange(n_ranked, device=need_A.device)
+        bids_AM = (rank_M[None, :] < need_A[:, None]) & torch.isfinite(top_score_AM)
+        if not bool(bids_AM.any()):
+            return True
+        # Ranked by score: an expert with room fills it with its best-scoring bidders.
+        self.accept(bidders_A[:, None].expand_as(bids_AM), top_expert_AM, top_score_AM, bids_AM, fill_only=True)
+        return False
+
+    def accept(self, token_N: Tensor, expert_N: Tensor, bid_N: Tensor, valid_N: Tensor, fill_only: bool = False) -> None:
+        """Every expert that got bids keeps its ``capacity`` best among holders and new bids
+        (``fill_only``: new bids only take free slots, holders are never displaced)."""
+        keep_N = torch.nonzero(valid_N.reshape(-1)).squeeze(1)
+        if keep_N.numel() == 0:
+            return
+        token_N = token_N.reshape(-1).index_select(0, keep_N)
+        expert_N = expert_N.reshape(-1).index_select(0, keep_N)
+        bid_N = bid_N.reshape(-1).index_select(0, keep_N)
+        # Group by expert, best bid first inside a group (two stable sorts).
+        order_N = torch.sort(bid_N, descending=True, stable=True).indices
+        order_N = order_N.index_select(0, torch.sort(expert_N.index_select(0, order_N), stable=True).indices)
+        expert_N = expert_N.index_select(0, order_N)
+        n_bids_E = torch.bincount(expert_N, minlength=self.n_experts)
+        touched_X = torch.nonzero(n_bids_E).squeeze(1)  # X: experts that received bids
+        row_of_E = torch.zeros_like(n_bids_E)
+        row_of_E[touched_X] = torch.arange(touched_X.numel(), device=touched_X.device)
+        column_N = torch.arange(expert_N.numel(), device=expert_N.device) - (torch.cumsum(n_bids_E, 0) - n_bids_E)[
+            expert_N
+        ]
+        width = self.slot_bid_EC.shape[1]
+        width_new = int(n_bids_E.max())
+        n_rows = touched_X.numel()
+        new_bid_XW = self.slot_bid_EC.new_full((n_rows, width_new), -math.inf)
+        new_token_XW = self.slot_token_EC.new_full((n_rows, width_new), self.n_tokens)
+        new_bid_XW[row_of_E[expert_N], column_N] = bid_N.index_select(0, order_N)
+        new_token_XW[row_of_E[expert_N], column_N] = token_N.index_select(0, order_N)
+        old_bid_XC = self.slot_bid_EC.index_select(0, touched_X)
+        old_token_XC = self.slot_token_EC.index_select(0, touched_X)
+        unusable_XC = self.unusable_EC.index_select(0, touched_X)
+
+        if fill_only:
+            # Holders stay where they are; the best new bids go into the free slots after them.
+            n_held_X = self.n_holders_E.index_select(0, touched_X)
+            column_XC = torch.arange(width, device=touched_X.device)[None, :] - n_held_X[:, None]
+            free_XC = column_XC >= 0
+            source_XC = column_XC.clamp(0, width_new - 1)
+            in_new_XC = free_XC & (column_XC < width_new)
+            placed_XC = in_new_XC & torch.isfinite(new_bid_XW.gather(1, source_XC)) & ~unusable_XC
+            # A placed token paid the price of an expert with room, 0: below every auction bid
+            # (those are > 0), so rows stay sorted best first.
+            slot_bid_XC = torch.where(placed_XC, 0.0, torch.where(free_XC, -math.inf, old_bid_XC))
+            slot_token_XC = torch.where(
+                placed_XC, new_token_XW.gather(1, source_XC), torch.where(free_XC, self.n_tokens, old_token_XC)
+            )
+        else:
+            # Holders come first in the concatenation, so a stable sort lets them win ties.
+            sorted_bid_XY, order_XY = torch.sort(
+                torch.cat([old_bid_XC, new_bid_XW], dim=1), dim=1, descending=True, stable=True
+            )
+            slot_bid_XC = sorted_bid_XY[:, :width].masked_fill(unusable_XC, -math.inf)
+            slot_token_XC = (
+                torch.cat([old_token_XC, new_token_XW], dim=1)
+                .gather(1, order_XY[:, :width])
+                .masked_fill(unusable_XC, self.n_tokens)
+            )
+
+        expert_XC = touched_X[:, None].expand(-1, width)
+        self.held_TE.index_put_((old_token_XC.reshape(-1), expert_XC.reshape(-1)), torch.tensor(False))
+        self.held_TE.index_put_((slot_token_XC.reshape(-1), expert_XC.reshape(-1)), torch.tensor(True))
+        self.n_held_T.index_add_(0, old_token_XC.reshape(-1), torch.full_like(old_token_XC.reshape(-1), -1))
+        self.n_held_T.index_add_(0, slot_token_XC.reshape(-1), torch.ones_like(slot_token_XC.reshape(-1)))
+        self.n_holders_E[touched_X] = (slot_token_XC < self.n_tokens).sum(1)
+        self.slot_bid_EC[touched_X] = slot_bid_XC
+        self.slot_token_EC[touched_X] = slot_token_XC
+
+
+@torch.no_grad()
+def balanced_assignment(
+    scores_TE: Tensor,
+    k: int,
+    capacity_E: Tensor | None = None,
+    n_iters: int = 100,
+    eps: float | None = None,
+) -> Tensor:
+    """Balanced top-k assignment: ``topk_ids_TK``, K distinct experts per token, best score first.
+
+    Expert e receives at most ``capacity_E[e]`` tokens; the default is balanced,
+    ``ceil(T*K/E)`` each (exactly T*K/E when that divides). The total score is within T*K*eps of
+    the optimum when the auction finishes within ``n_iters`` rounds (BASE layers: 100 rounds,
+    eps = (max - min) / 50, the defaults); see the module docstring for the method and for how
+    leftovers are placed after ``n_iters``. Scores must be finite. Raises ValueError when the
+    capacities cannot hold T*K distinct assignments.
+    """
+    n_tokens, n_experts = scores_TE.shape
+    if not 1 <= k <= n_experts:
+        raise ValueError(f"k={k} must be between 1 and the number of experts {n_experts}")
+    if n_iters < 0:
+        raise ValueError(f"n_iters={n_iters} must be >= 0")
+    device = scores_TE.device
+    if capacity_E is None:
+        capacity_E = torch.full((n_experts,), -(-n_tokens * k // n_experts), dtype=torch.long, device=device)
+    else:
+        capacity_E = torch.as_tensor(capacity_E, device=device)
+        if capacity_E.shape != (n_experts,) or capacity_E.is_floating_point() or bool((capacity_E < 0).any()):
+            raise ValueError(f"capacity_E must be {n_experts} non-negative integers, got {capacity_E.tolist()}")
+        capacity_E = capacity_E.long()
+    # An expert can take each token only once, so capacity beyond T is unusable.
+    capacity_E = capacity_E.clamp(max=n_tokens)
+    if int(capacity_E.sum()) < n_tokens * k:
+        raise ValueError(
+            f"expert capacities {capacity_E.tolist()} hold {int(capacity_E.sum())} assignments, "
+            f"fewer than tokens x k = {n_tokens} x {k}"
+        )
+    if n_tokens == 0:
+        return torch.zeros((0, k), dtype=torch.long, device=device)
+    scores_TE = scores_TE.detach().to(torch.promote_types(scores_TE.dtype, torch.float32))
+    if not bool(torch.isfinite(scores_TE).all()):
+        raise ValueError("balanced_assignment needs finite scores")
+
+    auction = _Auction(scores_TE, k, capacity_E)
+    if eps is None:
+        eps = auction.spread / 50 if auction.spread > 0 else 1.0
+    if not eps > 0:
+        raise ValueError(f"eps={eps} must be > 0")
+    finished = False
+    for _ in range(n_iters):
+        if auction.run_round(eps):
+            finished = True
+            break
+    if not finished:
+        while not auction.greedy_round():
+            pass
+        # Only with K > 1 can a token be left short: every expert with room is one it already
+        # holds. Displacing holders is then unavoidable; an auction with an eps beyond the score
+        # range does it with as few moves as it can, and finishes for every feasible problem.
+        coarse_eps = 2 * auction.spread + eps
+        for _ in range(_FALLBACK_ROUNDS_PER_SLOT * n_tokens * k + n_experts):
+            if auction.run_round(coarse_eps):
+                finished = True
+                break
+    if not finished:  # pragma: no cover - the auction finishes for every feasible problem
+        raise RuntimeError("balanced_assignment: the auction did not finish")
+    masked_TE = scores_TE.masked_fill(~auction.held_TE[:n_tokens], -math.inf)
+    return masked_TE.topk(k, dim=1).indices
