@@ -72,15 +72,14 @@ def load_cluster_config(path: str | os.PathLike) -> dict[str, Any]:
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({e})") from None
     if not isinstance(config, dict):
-        raise ConfigError(f"{path}: a cluster config is a YAML mapping, got {type(config).__name__}")
+        kind = type(config).__name__
+        raise ConfigError(f"{path}: a cluster config is a YAML mapping, got {kind}")
     return config
 
 
 def cluster_config_problems(config: dict[str, Any], *, require_edited: bool = False) -> list[str]:
     """Every problem found in a parsed cluster config, each naming its key; [] if none."""
-    problems = schema_problems(config)
-    if not problems:
-        problems = node_type_problems(config)
+    problems = schema_problems(config) + node_type_problems(config)
     if not problems:  # Ray's prepare_config assumes the structure checked above
         problems = ray_validation_problems(config)
     problems += security_problems(config)
@@ -127,9 +126,10 @@ def schema_problems(config: dict[str, Any]) -> list[str]:
 
 
 def node_type_problems(config: dict[str, Any]) -> list[str]:
-    """head_node_type declared and known; min_workers <= max_workers for every node type."""
-    node_types = config.get("available_node_types")
-    if not isinstance(node_types, dict):
+    """head_node_type declared and known; min_workers <= max_workers for every node type.
+    Wrong types are left to schema_problems (reported there), not reported twice."""
+    node_types = _node_types(config)
+    if not node_types:
         return ["available_node_types: missing; declare the head and worker node types"]
     problems = []
     head = config.get("head_node_type")
@@ -140,14 +140,27 @@ def node_type_problems(config: dict[str, Any]) -> list[str]:
                         f"{sorted(node_types)}")
     for name, node_type in node_types.items():
         low, high = node_type.get("min_workers", 0), node_type.get("max_workers")
-        if high is not None and low > high:
+        if _is_int(low) and _is_int(high) and low > high:
             problems.append(f"{_key_path(['available_node_types', name])}: "
                             f"min_workers {low} > max_workers {high}")
-    total_min = sum(t.get("min_workers", 0) for t in node_types.values())
-    if "max_workers" in config and total_min > config["max_workers"]:
+    mins = [t.get("min_workers", 0) for t in node_types.values()]
+    total_min = sum(m for m in mins if _is_int(m))
+    if _is_int(config.get("max_workers")) and total_min > config["max_workers"]:
         problems.append(f"max_workers: {config['max_workers']} is below the sum of the node "
                         f"types' min_workers ({total_min})")
     return problems
+
+
+def _node_types(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """available_node_types, keeping only entries that are mappings (the schema flags others)."""
+    node_types = config.get("available_node_types")
+    if not isinstance(node_types, dict):
+        return {}
+    return {name: t for name, t in node_types.items() if isinstance(t, dict)}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def ray_validation_problems(config: dict[str, Any]) -> list[str]:
@@ -182,9 +195,9 @@ def security_problems(config: dict[str, Any]) -> list[str]:
         problems.append("provider.aws_credentials: credentials in the config; remove them and "
                         "use your AWS profile (AWS_PROFILE) instead")
     if provider.get("type") == "aws":
-        for name, node_type in (config.get("available_node_types") or {}).items():
-            node_config = node_type.get("node_config") or {}
-            if not _names_security_group(node_config):
+        for name, node_type in _node_types(config).items():
+            node_config = node_type.get("node_config")
+            if isinstance(node_config, dict) and not _names_security_group(node_config):
                 problems.append(
                     f"{_key_path(['available_node_types', name, 'node_config'])}: no "
                     "SecurityGroupIds; the launcher would create a group with SSH open to "
@@ -254,7 +267,7 @@ def _names_security_group(node_config: dict[str, Any]) -> bool:
     if node_config.get("SecurityGroupIds"):
         return True
     interfaces = node_config.get("NetworkInterfaces") or []
-    if interfaces and all(i.get("Groups") for i in interfaces):
+    if interfaces and all(isinstance(i, dict) and i.get("Groups") for i in interfaces):
         return True
     return "LaunchTemplate" in node_config  # groups come from the template; not visible offline
 
@@ -269,11 +282,12 @@ def _commands(config: dict[str, Any]) -> Iterator[tuple[str, str]]:
     """(key path, command) for every shell command in the config, per-node-type ones included."""
     sources = [([], config)] + [
         (["available_node_types", name], node_type)
-        for name, node_type in (config.get("available_node_types") or {}).items()
+        for name, node_type in _node_types(config).items()
     ]
     for prefix, section in sources:
         for list_key in _COMMAND_KEYS:
-            for i, command in enumerate(section.get(list_key) or []):
+            commands = section.get(list_key)
+            for i, command in enumerate(commands if isinstance(commands, list) else []):
                 if isinstance(command, str):
                     yield _key_path([*prefix, list_key, i]), command
 

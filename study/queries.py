@@ -28,6 +28,7 @@ import yaml
 from trainables.config import flat_field_types
 from trainables.errors import ConfigError
 from study import naming
+from study.spec import safe_load
 
 FORMATS = ("table", "json", "csv")
 _MLFLOW_PREFIX = re.compile(r"\b(params?|metrics?|tags?|attr|attributes?|run|datasets?)\.", re.I)
@@ -64,6 +65,8 @@ def best_runs(
 
     client = MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name(experiment)
+    if exp is not None:
+        refresh_sqlite_statistics(tracking_uri)
     if exp is None:
         raise ConfigError(_unknown_experiment(client, experiment, tracking_uri))
 
@@ -89,6 +92,32 @@ def best_runs(
         raise
     search_keys = _search_keys(client, runs)
     return [_row(run, by, search_keys) for run in runs]
+
+
+def refresh_sqlite_statistics(tracking_uri: str) -> bool:
+    """Give a sqlite store's query planner fresh statistics (``ANALYZE``); True if it ran.
+
+    MLflow's sqlite store never analyses its tables. Without statistics, sqlite plans a
+    param or tag filter combined with a metric ordering as a nested scan: 3-6 s for 10,000
+    runs instead of 0.2 s. ``analysis_limit`` keeps the ANALYZE itself to ~0.2 s at that size.
+    A read-only or busy store is left alone (the query still works, only slower).
+    """
+    import sqlite3
+
+    if not tracking_uri.startswith("sqlite:"):
+        return False
+    from sqlalchemy.engine import make_url
+
+    path = make_url(tracking_uri).database
+    if not path or path == ":memory:":
+        return False
+    try:
+        with sqlite3.connect(path, timeout=0.5) as db:
+            db.execute("PRAGMA analysis_limit=400")
+            db.execute("ANALYZE")
+        return True
+    except sqlite3.Error:
+        return False
 
 
 def translate_where(where: str) -> str:
@@ -132,7 +161,7 @@ def _translate_clause(clause: str, where: str) -> str:
 def _param_text(text: str, typ: Any) -> str:
     """How MLflow stored the param: ``str()`` of the value in the config's own type."""
     try:
-        value = yaml.safe_load(text) if text else text
+        value = safe_load(text) if text else text
     except yaml.YAMLError:
         return text
     if typ is float and isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -11,6 +11,7 @@ Also here: ``load_trial_config`` for the one-trial YAML configs of ``moe-study t
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -60,8 +61,34 @@ def spec_from_dict(
     return spec
 
 
+class SpecLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that also reads ``1e-3`` as a number.
+
+    PyYAML follows YAML 1.1, where a float needs a dot (``1.0e-3``) and ``1e-3`` is a string;
+    learning rates and coefficients are written the short way far too often for that.
+    """
+
+
+SpecLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def safe_load(text: str) -> Any:
+    return yaml.load(text, Loader=SpecLoader)  # a SafeLoader: builds plain data only
+
+
 def read_yaml(path: str | Path, *, what: str = "YAML file") -> Any:
-    """``yaml.safe_load`` of a file; unreadable files and YAML syntax errors are ConfigErrors."""
+    """Safe-load a YAML file; unreadable files and YAML syntax errors are ConfigErrors."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -70,7 +97,7 @@ def read_yaml(path: str | Path, *, what: str = "YAML file") -> Any:
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: the {what} is not UTF-8 text") from None
     try:
-        return yaml.safe_load(text)
+        return safe_load(text)
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
 
@@ -83,7 +110,7 @@ def parse_set(assignment: str) -> tuple[str, Any]:
     if not sep or not key:
         raise ConfigError(f"--set {assignment!r}: expected key=value, e.g. train.steps=50")
     try:
-        value = yaml.safe_load(text) if text.strip() else ""
+        value = safe_load(text) if text.strip() else ""
     except yaml.YAMLError as err:
         raise ConfigError(f"--set {key}: value {text!r} is not valid YAML: {err}") from None
     return key, value

@@ -5,15 +5,16 @@ A spec is checked by building trial configs and letting ``TrialConfig.validate``
 1. ``fixed`` over the defaults (problems that involve no searched key are ``fixed.`` problems);
 2. one searched value at a time over that base: every choice and both ends of every range, with
    the param's ``when`` condition made true (``search.<key>.choice[i]`` problems);
-3. combinations: every grid point of a grid study, or, for small spaces, every corner of the
-   space (choices x range ends), so that e.g. a searched top-k against a searched expert count
-   is caught too;
+3. combinations: every corner of the space (every choice x both range ends; for a grid study,
+   every grid point), or a fixed sample of 256 corners when there are more, so that a searched
+   top-k against a searched expert count is caught too;
 4. the same configs with the reference router, when the study runs one;
 5. metric names of the objective, the scheduler, the budget and the resources.
 """
 
 from __future__ import annotations
 
+import random
 import re
 from typing import Any, Mapping
 
@@ -57,26 +58,47 @@ def mentioned_keys(problem: str) -> set[str]:
     return set(_KEY_MENTION.findall(problem))
 
 
-def condition_values(spec: StudySpec, param: SearchParam) -> dict[str, Any]:
+def condition_values(spec: StudySpec, param: SearchParam, _seen: frozenset = frozenset()) -> dict[str, Any]:
     """Values that make ``param``'s ``when`` hold: the first allowed value of each condition key,
     with the conditions of those keys made true in turn."""
     values: dict[str, Any] = {}
     for key, allowed in param.when.items():
-        if key not in spec.search_keys:
-            continue  # a condition on a param that failed to parse (reported already)
-        values.update(condition_values(spec, spec.param(key)))
+        if key not in spec.search_keys or key in _seen:
+            continue  # a condition on a broken param, or a cycle: both reported already
+        values.update(condition_values(spec, spec.param(key), _seen | {param.key}))
         values[key] = allowed[0]
     return values
 
 
+def corner_points(spec: StudySpec, params: list[SearchParam] | None = None) -> list[dict[str, Any]]:
+    """Every corner of the space (choices x range ends), or a fixed sample of them if too many."""
+    params = spec.params if params is None else params
+    if count_points(params, ranges_as_ends=True) <= MAX_COMBINATIONS:
+        return expand_points(params, spec.exclude if params is spec.params else (), ranges_as_ends=True)
+    rng = random.Random(0)
+    points = []
+    for _ in range(MAX_COMBINATIONS):
+        point: dict[str, Any] = {}
+        for p in params:
+            if p.is_active(point):
+                point[p.key] = rng.choice([v for _, v in p.probe_values()])
+        points.append(point)
+    return points
+
+
 class _ConfigChecker:
-    """Builds the configs of steps 1-4 and words their problems by key path."""
+    """Builds the configs of steps 1-4 and words their problems by key path.
+
+    A problem is attributed by the keys its message names: a problem naming only fixed keys and
+    one searched key belongs to that key's value; one naming two searched keys belongs to their
+    combination, and is reported with the values that produce it.
+    """
 
     def __init__(self, spec: StudySpec, problems: Problems):
         self.spec = spec
         self.problems = problems
         self.searched = set(spec.search_keys)
-        self.base_problems = config_problems(spec.fixed)
+        self.base_problems = config_problems(spec.fixed)  # searched keys at their defaults
         self.reported: set[str] = set()  # raw TrialConfig problems already shown
 
     def check_fixed(self) -> None:
@@ -88,21 +110,21 @@ class _ConfigChecker:
     def check_probes(self) -> None:
         for param in self.spec.params:
             context = condition_values(self.spec, param)
+            others = self.searched - {param.key} - set(context)
             for label, value in param.probe_values():
-                flat = {**self.spec.fixed, **context, param.key: value}
-                for p in self._new_problems(config_problems(flat), param.key):
-                    self.problems.add(f"search.{param.key}.{label}", _strip_key(p, param.key, value))
-                    self.reported.add(p)
+                for p in config_problems({**self.spec.fixed, **context, param.key: value}):
+                    mentions = mentioned_keys(p)
+                    if p in self.reported or mentions & others:
+                        continue  # shown already, or a combination (check_combinations)
+                    if param.key in mentions or p not in self.base_problems:
+                        self.problems.add(f"search.{param.key}.{label}", _strip_key(p, param.key, value))
+                        self.reported.add(p)
 
     def check_combinations(self) -> None:
-        spec = self.spec
-        if count_points(spec.params, ranges_as_ends=True) > MAX_COMBINATIONS:
-            return
-        points = expand_points(spec.params, spec.exclude, ranges_as_ends=True)
         found: dict[str, dict] = {}
-        for point in points:
-            for p in config_problems({**spec.fixed, **point}):
-                if p not in self.reported and p not in self.base_problems and p not in found:
+        for point in corner_points(self.spec):
+            for p in config_problems({**self.spec.fixed, **point}):
+                if p not in self.reported and p not in found:
                     found[p] = point
         self._report_combinations("search", found)
 
@@ -110,12 +132,8 @@ class _ConfigChecker:
         """The reference router must fit every model and data the study trains."""
         spec = self.spec
         model_data = [p for p in spec.params if p.key.split(".")[0] in ("model", "data")]
-        if count_points(model_data, ranges_as_ends=True) <= MAX_COMBINATIONS:
-            points = expand_points(model_data, ranges_as_ends=True)
-        else:  # too many: one searched value at a time
-            points = [{}] + [{p.key: v} for p in model_data for _, v in p.probe_values()]
         found: dict[str, dict] = {}
-        for point in points:
+        for point in corner_points(spec, model_data):
             flat = {**spec.fixed, **point}
             plain = set(config_problems(reference_flat(flat) | {"router.method": "none"}))
             for p in config_problems(reference_flat(flat)):
@@ -123,16 +141,10 @@ class _ConfigChecker:
                     found[p] = point
         self._report_combinations("reference", found)
 
-    def _new_problems(self, problems: list[str], key: str) -> list[str]:
-        """Problems caused by the varied ``key``: those naming it, or absent from the base."""
-        return [
-            p for p in problems
-            if (key in mentioned_keys(p) or p not in self.base_problems) and p not in self.reported
-        ]
-
     def _report_combinations(self, path: str, found: dict[str, dict]) -> None:
         for p, point in list(found.items())[:MAX_COMBINATION_PROBLEMS]:
-            where = ", ".join(f"{k}={v!r}" for k, v in point.items())
+            named = {k: v for k, v in point.items() if k in mentioned_keys(p)} or point
+            where = ", ".join(f"{k}={v!r}" for k, v in named.items())
             self.problems.add(path, f"{p} (with {where})" if where else p)
             self.reported.add(p)
         if len(found) > MAX_COMBINATION_PROBLEMS:
@@ -216,7 +228,7 @@ def check_scheduler_and_budget(spec: StudySpec, problems: Problems) -> None:
                 f"{spec.budget.trials} is more than the {size} grid points (repeat runs are a searched "
                 "train.seed choice)",
             )
-    elif not spec.is_grid and spec.budget.trials is None:
+    elif not spec.is_grid and spec.budget.trials is None and not _has_problem(problems, "budget.trials"):
         problems.add("budget.trials", f"required for the {spec.sampler.type} sampler (how many trials to run)")
 
 

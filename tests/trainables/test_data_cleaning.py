@@ -29,7 +29,8 @@ def test_detokenize_speech_rejoins_punctuation_and_dashes():
 
 
 def test_strip_pos_tags_keeps_words_joined_without_spaces():
-    assert cleaning.strip_pos_tags("迈向/v  充满/v  希望/n  的/u  新/a  世纪/n  ——/w") == "迈向充满希望的新世纪——"
+    tagged = "迈向/v  充满/v  希望/n  的/u  新/a  世纪/n  ——/w"
+    assert cleaning.strip_pos_tags(tagged) == "迈向充满希望的新世纪——"
     assert cleaning.strip_pos_tags("１/２/m  张/q") == "１/２张"  # only the last /tag goes
 
 

@@ -118,7 +118,8 @@ def test_short_domain_cuts_all_domains_and_says_so(small_mix_config, tmp_path):
         available += len(doc.encode())
     (tmp_path / "docs.txt").write_text("\n\n".join(kept))
     cfg = dataclasses.replace(
-        small_mix_config, domains=["python", "docs"], extra=[{"name": "docs", "path": str(tmp_path / "docs.txt")}],
+        small_mix_config, domains=["python", "docs"],
+        extra=[{"name": "docs", "path": str(tmp_path / "docs.txt")}],
     )
     rows = describe_mix(cfg)
     assert [r["domain"] for r in rows] == ["python", "docs"]
@@ -133,7 +134,8 @@ def test_domain_below_the_minimum_is_an_error(small_mix_config, tmp_path):
 
     (tmp_path / "tiny.txt").write_text("A short note.\n\nAnother short note.\n")
     cfg = dataclasses.replace(
-        small_mix_config, domains=["python", "tiny"], extra=[{"name": "tiny", "path": str(tmp_path / "tiny.txt")}],
+        small_mix_config, domains=["python", "tiny"],
+        extra=[{"name": "tiny", "path": str(tmp_path / "tiny.txt")}],
     )
     with pytest.raises(ConfigError) as err:
         build_mix(cfg)

@@ -10,8 +10,8 @@ import pytest
 from trainables.config import BUILTIN_DOMAIN_NAMES, DataConfig
 from trainables.data import build_mix, check_sources
 from trainables.data.cache import wheel_dirs
-from trainables.errors import ConfigError
 from trainables.data.sources import _BUILTINS, SourceContext, builtin_source
+from trainables.errors import ConfigError
 
 DEFAULT_DOMAINS = DataConfig().domains
 

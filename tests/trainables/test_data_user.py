@@ -53,7 +53,7 @@ def test_text_folder_one_document_per_file(tmp_path, topics):
     mix = build_mix(_cfg(tmp_path, {"name": "topics", "path": str(folder)}))
     assert mix.info[0]["source"].startswith("text from")
     _assert_docs_from(mix, topics)
-    assert not any(b"binary" in d or b"not a document" in d for d in _all_docs(mix))
+    assert not any(b"PNG" in d or b"not a document" in d for d in _all_docs(mix))
 
 
 def test_text_file_split_on_blank_lines(tmp_path, topics):
@@ -99,7 +99,8 @@ def test_hf_dataset_saved_to_disk_parquet_and_jsonl(tmp_path, topics):
         hashes.add(mix.content_hash)
     assert len(hashes) == 5
     with pytest.raises(ConfigError, match="no split 'validation'"):
-        build_mix(_cfg(tmp_path, {"name": "topics", "hf": str(tmp_path / "saved_dict"), "split": "validation"}))
+        entry = {"name": "topics", "hf": str(tmp_path / "saved_dict"), "split": "validation"}
+        build_mix(_cfg(tmp_path, entry))
     # The datasets cache of the loads above went to the mix cache, not the user's home.
     assert (tmp_path / "cache" / "hf-datasets").is_dir()
 

@@ -38,9 +38,9 @@ _SPACE_AFTER_OPEN = re.compile(r"([(\[„]) +")
 
 
 def detokenize_speech(text: str) -> str:
-    """``"Herren ! Als Mitglied , wie _ sagt _ am 1 . Juli"`` -> ``"Herren! Als Mitglied, wie – sagt – am 1. Juli"``.
+    """Undo the German sample's whitespace tokenisation, which also writes dashes as ``_``:
 
-    The German sample is whitespace-tokenised and writes dashes as ``_``.
+    ``"Herren ! Wir , wie _ sagt _ am 1 . Juli"`` -> ``"Herren! Wir, wie – sagt – am 1. Juli"``
     """
     text = text.replace(" _ ", " – ")
     text = _SPACE_BEFORE_PUNCT.sub(r"\1", text)

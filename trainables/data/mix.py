@@ -309,7 +309,12 @@ def _load(path: Path, digest: str) -> DomainMix | None:
 
 # -- describe -----------------------------------------------------------------------------------
 def describe_mix(cfg: DataConfig) -> list[dict]:
-    """One row per domain for ``moe-study data describe`` (builds the mix if not cached)."""
+    """One row per domain for ``moe-study data describe`` (builds the mix if not cached).
+
+    ``train_bytes``/``val_bytes`` count text; ``tokens`` counts both streams as the model sees
+    them (one byte per token, plus one separator between documents); ``note`` says when a
+    domain was cut below ``data.bytes_per_domain``.
+    """
     mix = build_mix(cfg)
     rows = []
     for i, info in enumerate(mix.info):

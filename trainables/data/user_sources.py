@@ -14,6 +14,7 @@ before trials change directory.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Iterator
 
 from trainables.config import DataConfig
 from trainables.data.cleaning import split_blank_line_chunks
-from trainables.data.sources import DomainSource, SourceContext, selection_order
+from trainables.data.sources import DomainSource, selection_order
 from trainables.errors import ConfigError
 
 FORMATS = ("text", "jsonl", "parquet")
@@ -84,6 +85,8 @@ def entry_problems(index: int, entry: dict) -> list[str]:
         hf = str(entry["hf"])
         if _looks_local(hf, "hf") and not Path(hf).expanduser().exists():
             problems.append(f"{where}: dataset path {hf!r} does not exist")
+        elif importlib.util.find_spec("datasets") is None:
+            problems.append(f"{where}: the 'datasets' package is needed for hf domains")
     return problems
 
 
@@ -232,7 +235,8 @@ def _load_hf(hf: str, split: str, config: str | None, where: str, cache_dir: Pat
         if local.is_file():
             builder = _SUFFIX_BUILDER.get(local.suffix.lower())
             if builder is None:
-                raise ConfigError(f"{where}: cannot tell the format of {hf!r} (use .parquet/.jsonl/.csv/.txt)")
+                raise ConfigError(
+                    f"{where}: cannot tell the format of {hf!r} (use .parquet/.jsonl/.csv/.txt)")
             return datasets.load_dataset(builder, data_files=str(local), **kwargs)
         if config is not None:
             kwargs["name"] = config

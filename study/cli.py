@@ -1,0 +1,248 @@
+"""``moe-study``: the command line of the study platform.
+
+Every subcommand is a thin handler over a plain function that tests call directly. The
+functions that run things live in other modules and are imported inside their handler, so a
+command whose module is missing (or whose heavy imports are slow) costs the others nothing.
+
+Exit codes: 0 success, 2 bad input (a ``ConfigError``, printed to stderr, or a usage error),
+1 a run that failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from typing import Any, Callable, Sequence
+
+from trainables.errors import ConfigError
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="moe-study",
+        description="MoE routing study platform: train one trial, run and query studies.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = sub.add_parser("data", help="inspect the data mix")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
+    describe = data_sub.add_parser("describe", help="domains, sources and sizes of a trial config's mix")
+    describe.add_argument("config", nargs="?", help="trial config YAML (default: the built-in defaults)")
+    describe.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                          help="override a config key (repeatable)")
+    describe.add_argument("--format", dest="fmt", choices=("table", "json", "csv"), default="table")
+    describe.set_defaults(handler=cmd_data_describe)
+
+    train = sub.add_parser("train", help="train one trial, no Ray needed")
+    train.add_argument("config", help="trial config YAML (nested sections or dotted keys)")
+    train.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key, value read as YAML (repeatable): --set train.steps=50")
+    train.add_argument("--json", action="store_true", help="print the final metrics as JSON")
+    train.set_defaults(handler=cmd_train)
+
+    validate = sub.add_parser("validate", help="check a study spec and print what it would run")
+    validate.add_argument("spec", help="study spec YAML")
+    validate.set_defaults(handler=cmd_validate)
+
+    run = sub.add_parser("run", help="run a study spec with Ray Tune, Optuna and MLflow")
+    run.add_argument("spec", help="study spec YAML")
+    _tracking_args(run)
+    run.add_argument("--address", help="Ray cluster address (default: start Ray locally)")
+    run.add_argument("--name", help="study / MLflow experiment name (default: the spec's name)")
+    run.add_argument("--storage", help="Ray Tune storage path (shared storage on a cluster)")
+    run.set_defaults(handler=cmd_run)
+
+    resume = sub.add_parser("resume", help="resume an interrupted study")
+    resume.add_argument("name", help="the study's name")
+    _tracking_args(resume)
+    resume.add_argument("--address", help="Ray cluster address (default: start Ray locally)")
+    resume.add_argument("--storage", help="Ray Tune storage path the study ran with")
+    resume.set_defaults(handler=cmd_resume)
+
+    best = sub.add_parser("best", help="the best trials of a study, from MLflow")
+    best.add_argument("experiment", help="MLflow experiment (the study's name)")
+    best.add_argument("--top", type=_positive_int, default=10, help="how many runs (default 10)")
+    best.add_argument("--by", default="gap_purity", help="metric to rank by (default gap_purity)")
+    best.add_argument("--mode", choices=("min", "max"),
+                      help="min or max (default: the metric's natural direction)")
+    best.add_argument("--where", help="filter: router.method=lbl, purity>0.3, or an MLflow filter "
+                                      "such as \"params.`router.scope` = 'global_batch'\"")
+    best.add_argument("--include-reference", action="store_true", help="rank the reference runs too")
+    best.add_argument("--format", dest="fmt", choices=("table", "json", "csv"), default="table")
+    _tracking_args(best)
+    best.set_defaults(handler=cmd_best)
+
+    report = sub.add_parser("report", help="write a study report (tables and plots)")
+    report.add_argument("experiment", help="MLflow experiment (the study's name)")
+    report.add_argument("--out", help="output directory (default: reports/<experiment>)")
+    _tracking_args(report)
+    report.set_defaults(handler=cmd_report)
+    return parser
+
+
+def _tracking_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, "
+                                          "else sqlite:///<absolute path of ./mlflow.db>)")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer (got {text!r})") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer (got {value})")
+    return value
+
+
+def _tracking_uri(args: argparse.Namespace) -> str:
+    from study.naming import default_tracking_uri
+
+    return args.tracking_uri or default_tracking_uri()
+
+
+def _exit_code(result: Any) -> int:
+    """Handlers of long runs may return an exit code; anything else means success."""
+    return result if isinstance(result, int) and not isinstance(result, bool) else EXIT_OK
+
+
+def _lazy(module: str, name: str) -> Callable:
+    """Import a dispatch target when its command runs, naming what is missing if it is."""
+    import importlib
+
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as err:
+        raise _Unavailable(f"{module}.{name} is not available: {err}") from err
+
+
+class _Unavailable(RuntimeError):
+    pass
+
+
+# -- handlers ------------------------------------------------------------------------------------
+def cmd_data_describe(args: argparse.Namespace) -> int:
+    from study.spec import load_trial_config
+
+    from study.queries import format_rows
+
+    cfg = load_trial_config(args.config, args.sets)
+    describe_mix = _lazy("trainables.data.mix", "describe_mix")
+    rows = describe_mix(cfg.data)  # one dict per domain
+    print(format_rows(rows, args.fmt))
+    return EXIT_OK
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from study.spec import load_trial_config
+
+    cfg = load_trial_config(args.config, args.sets)
+    train_main = _lazy("trainables.training", "train_main")
+    return _exit_code(train_main(cfg, json_output=args.json))
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from study.spec import load_spec
+
+    spec = load_spec(args.spec)
+    print(describe_spec(spec))
+    return EXIT_OK
+
+
+def describe_spec(spec: Any) -> str:
+    """A short human summary of a valid spec (what ``validate`` prints)."""
+    lines = [f"{spec.source or spec.name}: valid study spec {spec.name!r} ({spec.content_hash()})"]
+    if spec.description:
+        lines.append(f"  {spec.description.strip()}")
+    for p in spec.params:
+        values = p.choices if p.is_choice else f"{p.distribution} [{p.low}, {p.high}]"
+        cond = " when " + ", ".join(f"{k} in {v}" for k, v in p.when.items()) if p.when else ""
+        lines.append(f"  search {p.key}: {values}{cond}")
+    obj = spec.objective
+    goal = ", ".join(f"{m} ({mode})" for m, mode in zip(obj.metrics, obj.modes))
+    if obj.constraints:
+        goal += "; constraints " + ", ".join(
+            f"{m} {' '.join(f'{k} {v:g}' for k, v in b.items())}" for m, b in obj.constraints.items()
+        )
+    lines.append(f"  objective: {goal}")
+    grid = " (grid)" if spec.is_grid else ""
+    budget = f", at most {spec.budget.time_s:g} s" if spec.budget.time_s else ""
+    lines.append(f"  trials: {spec.num_trials}{grid}{budget}; sampler {spec.sampler.type}, "
+                 f"scheduler {spec.scheduler.type}")
+    res = spec.resources.per_trial()
+    lines.append(f"  per trial: {res['CPU']:g} CPU, {res['GPU']:g} GPU, {spec.resources.workers} worker(s); "
+                 f"reference router: {'yes' if spec.reference.enabled else 'no'}")
+    return "\n".join(lines)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from study.spec import load_spec
+
+    spec = load_spec(args.spec)
+    run_study = _lazy("study.runner", "run_study")
+    return _exit_code(run_study(
+        spec,
+        tracking_uri=args.tracking_uri or spec.tracking.uri or _tracking_uri(args),
+        address=args.address,
+        name=args.name,
+        storage=args.storage,
+    ))
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    resume_study = _lazy("study.runner", "resume_study")
+    return _exit_code(resume_study(
+        args.name, tracking_uri=_tracking_uri(args), address=args.address, storage=args.storage,
+    ))
+
+
+def cmd_best(args: argparse.Namespace) -> int:
+    from study.queries import best_runs, format_rows
+
+    rows = best_runs(
+        _tracking_uri(args), args.experiment, top=args.top, by=args.by, where=args.where,
+        include_reference=args.include_reference, mode=args.mode,
+    )
+    print(format_rows(rows, args.fmt))
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    write_report = _lazy("study.report", "write_report")
+    out = write_report(args.experiment, out_dir=args.out, tracking_uri=_tracking_uri(args))
+    if out is not None and not isinstance(out, int):
+        print(f"report written to {out}")
+    return _exit_code(out)
+
+
+# -- entry point ---------------------------------------------------------------------------------
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
+        return int(exc.code or 0)
+    try:
+        return args.handler(args)
+    except ConfigError as err:
+        print(f"moe-study {args.command}: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except _Unavailable as err:
+        print(f"moe-study {args.command}: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print(f"moe-study {args.command}: interrupted", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception:  # a failed run: show where, exit 1
+        traceback.print_exc()
+        print(f"moe-study {args.command}: failed", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
