@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key, value read as YAML (repeatable): --set train.steps=50")
     train.add_argument("--json", action="store_true", help="print the final metrics as JSON")
+    train.add_argument("--out", help="directory for the expert x domain table (Parquet)")
     train.set_defaults(handler=cmd_train)
 
     validate = sub.add_parser("validate", help="check a study spec and print what it would run")
@@ -143,7 +144,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = load_trial_config(args.config, args.sets)
     train_main = _lazy("trainables.training", "train_main")
-    return _exit_code(train_main(cfg, json_output=args.json))
+    return _exit_code(train_main(cfg, json_out=args.json, out_dir=args.out))
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

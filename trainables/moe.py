@@ -11,7 +11,7 @@ from torch import nn
 
 from trainables.config import TrialConfig
 from trainables.experts import GroupedExperts
-from trainables.routers import RoutingContext, build_router
+from trainables.routers import Assignment, RoutingContext, build_router
 
 
 class SwiGLU(nn.Module):
@@ -28,19 +28,21 @@ class SwiGLU(nn.Module):
 
 
 class RoutingStats:
-    """Counts n[e, d] of kept slots per expert and domain, and dropped assignments (evaluation)."""
+    """Counts n[e, d] of the router's assignments per expert and domain (capacity drops
+    included, as trainables.metrics defines n) and how many were dropped (evaluation)."""
 
     def __init__(self, n_experts: int, n_domains: int):
         self.n_ED = torch.zeros(n_experts, n_domains, dtype=torch.long)
         self.requested = 0
         self.dropped = 0
 
-    def add(self, expert_S, domain_S, n_requested: int) -> None:
+    def add(self, a: Assignment, domain_T: torch.Tensor) -> None:
+        token_S, expert_S = a.requested if a.requested is not None else (a.token_S, a.expert_S)
         E, Dom = self.n_ED.shape
-        flat = torch.bincount((expert_S * Dom + domain_S).cpu(), minlength=E * Dom)
+        flat = torch.bincount((expert_S * Dom + domain_T[token_S]).cpu(), minlength=E * Dom)
         self.n_ED += flat.view(E, Dom)
-        self.requested += n_requested
-        self.dropped += max(0, n_requested - int(expert_S.numel()))
+        self.requested += int(expert_S.numel())
+        self.dropped += int(expert_S.numel()) - int(a.expert_S.numel())
 
 
 class MoELayer(nn.Module):
@@ -67,5 +69,5 @@ class MoELayer(nn.Module):
         if self.shared is not None:
             out_TD = out_TD + self.shared(x_TD)
         if self.stats is not None and ctx.domain_T is not None:
-            self.stats.add(a.expert_S, ctx.domain_T[a.token_S], a.n_requested)
+            self.stats.add(a, ctx.domain_T)
         return out_TD.view(B, L, D).to(x_BLD.dtype), a.aux_loss

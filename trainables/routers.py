@@ -43,6 +43,9 @@ class Assignment:
     """Assignments the router asked for before capacity dropping (T*K for top-k routers)."""
     aux_loss: torch.Tensor
     """Balancing and z-loss terms, coefficients applied; added to the LM loss."""
+    requested: tuple[torch.Tensor, torch.Tensor] | None = None
+    """(token, expert) of every assignment before capacity dropping; None when nothing was
+    dropped. The metrics count the router's choices, drops included (trainables.metrics)."""
 
 
 class Router(nn.Module):
@@ -73,11 +76,13 @@ class Router(nn.Module):
         keep_TK = self.capacity_mask(topk_ids_TK, gates_TK)
         T, K = topk_ids_TK.shape
         token_TK = torch.arange(T, device=x_TD.device).unsqueeze(1).expand(T, K)
+        token_all, expert_all = token_TK.reshape(-1), topk_ids_TK.reshape(-1)
         if keep_TK is None:
-            token_S, expert_S, gate_S = token_TK.reshape(-1), topk_ids_TK.reshape(-1), gates_TK.reshape(-1)
-        else:
-            token_S, expert_S, gate_S = token_TK[keep_TK], topk_ids_TK[keep_TK], gates_TK[keep_TK]
-        return Assignment(token_S, expert_S, gate_S, T * K, aux + self.z_loss(logits_TE))
+            return Assignment(token_all, expert_all, gates_TK.reshape(-1), T * K, aux + self.z_loss(logits_TE))
+        return Assignment(
+            token_TK[keep_TK], topk_ids_TK[keep_TK], gates_TK[keep_TK], T * K,
+            aux + self.z_loss(logits_TE), requested=(token_all, expert_all),
+        )
 
     def scores(self, logits_TE: torch.Tensor) -> torch.Tensor:
         return logits_TE.softmax(-1) if self.score_fn == "softmax" else logits_TE.sigmoid()

@@ -110,12 +110,10 @@ def evaluate(
     count_table = None
     if layers:
         count_table = np.stack([layer.stats.n_ED.numpy() for layer in layers])
-        dropped = [layer.stats.dropped for layer in layers]
-        requested = [max(1, layer.stats.requested) for layer in layers]
         out.update(
             routing_metrics_mod.routing_metrics(
                 count_table,
-                dropped_L=[d / r for d, r in zip(dropped, requested)],
+                dropped_L=[layer.stats.dropped for layer in layers],
                 experts_per_group=cfg.model.n_experts // len(domains),
             )
         )
@@ -252,3 +250,36 @@ def run_to_end(cfg: TrialConfig, **kwargs) -> Report:
         last = report
     assert last is not None  # train.steps >= 1 is validated
     return last
+
+
+def train_main(cfg: TrialConfig, json_out: bool = False, out_dir: str | None = None) -> int:
+    """``moe-study train``: train one config, print progress to stderr and the final metrics.
+
+    With ``out_dir`` the expert x domain table is written there as Parquet.
+    """
+    import json
+    import sys
+
+    last = None
+    for report in train(cfg):
+        last = report
+        m = report.metrics
+        print(
+            f"step {report.step}/{cfg.train.steps}  val_loss {m['val_loss']:.4f}  "
+            f"purity {m.get('purity', float('nan')):.3f}  load_entropy "
+            f"{m.get('load_entropy', float('nan')):.3f}  {m['tokens_per_s']:.0f} tok/s",
+            file=sys.stderr, flush=True,
+        )
+    assert last is not None
+    if out_dir and last.count_table is not None:
+        from trainables.count_table import write_count_table
+
+        write_count_table(f"{out_dir}/count_table.parquet", last.count_table, last.domains)
+    final = {k: v for k, v in last.metrics.items()}
+    if json_out:
+        print(json.dumps(final, sort_keys=True))
+    else:
+        width = max(len(k) for k in final)
+        for k in sorted(final):
+            print(f"{k:<{width}}  {final[k]:.6g}")
+    return 0

@@ -84,3 +84,18 @@ def test_stats_count_kept_slots_per_expert_and_domain():
         outside[d * group : (d + 1) * group] = False
         assert n_ED[outside, d].sum() == 0
     assert layer.stats.dropped == 0
+
+
+def test_stats_count_choices_and_drops_under_capacity():
+    from trainables.moe import RoutingStats
+
+    cfg = tiny_config(**{"router.method": "none", "router.capacity_factor": 0.5})
+    layer = MoELayer(cfg).eval()
+    layer.stats = RoutingStats(cfg.model.n_experts, len(cfg.data.domains))
+    x = torch.randn(3, 16, cfg.model.d_model)
+    y, _ = layer(x, RoutingContext(seq_len=16, domain_T=torch.zeros(48, dtype=torch.long)))
+    requested = 48 * cfg.model.top_k
+    assert layer.stats.n_ED.sum() == requested == layer.stats.requested
+    capacity = -(-int(0.5 * requested) // cfg.model.n_experts)
+    kept = min(requested, capacity * cfg.model.n_experts)
+    assert layer.stats.dropped >= requested - kept > 0

@@ -1,0 +1,185 @@
+"""``best_runs`` against a real local MLflow sqlite store holding real nested runs."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+
+from study import naming
+from study.queries import best_runs, format_rows, refresh_sqlite_statistics, translate_where
+from trainables.errors import ConfigError
+
+# (run name, method, scope, lbl_coef, gap_purity, purity, status)
+TRIALS = [
+    ("t0", "lbl", "global_batch", 0.01, 0.30, 0.55, "FINISHED"),
+    ("t1", "lbl", "micro_batch", 0.05, 0.45, 0.40, "FINISHED"),
+    ("t2", "eb", "global_batch", None, 0.10, 0.75, "FINISHED"),
+    ("t3", "eb", "micro_batch", None, 0.60, 0.25, "FINISHED"),
+    ("t4", "sh", "global_batch", None, 0.20, 0.65, "FINISHED"),
+    ("t5", "ba", "micro_batch", None, 0.05, 0.80, "FAILED"),  # best value, but failed
+    ("t6", "ba", "global_batch", None, None, 0.50, "FINISHED"),  # never logged gap_purity
+]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param
+
+    uri = "sqlite:///" + str(tmp_path_factory.mktemp("mlflow") / "mlflow.db")
+    client = MlflowClient(uri)
+    exp = client.create_experiment("study_a")
+    parent = client.create_run(exp, run_name="study_a", tags={
+        naming.TAG_ROLE: naming.ROLE_STUDY, naming.TAG_STUDY: "study_a",
+        naming.TAG_SEARCH_KEYS: "router.method,router.scope,router.lbl_coef",
+    }).info.run_id
+
+    def child(name, role, method, scope, metrics, params, status="FINISHED"):
+        run = client.create_run(exp, run_name=name, tags={
+            naming.TAG_PARENT_RUN: parent, naming.TAG_ROLE: role, naming.TAG_STUDY: "study_a",
+            naming.TAG_METHOD: method, naming.TAG_SCOPE: scope,
+        })
+        flat = {"router.method": method, "router.scope": scope, "train.lr": 0.003, **params}
+        client.log_batch(
+            run.info.run_id,
+            metrics=[Metric(k, v, 0, 100) for k, v in metrics.items()],
+            params=[Param(k, str(v)) for k, v in flat.items()],
+        )
+        client.set_terminated(run.info.run_id, status=status)
+
+    for name, method, scope, coef, gap, purity, status in TRIALS:
+        metrics = {"purity": purity, "val_loss": 2.0 + purity, "load_entropy": 0.95}
+        if gap is not None:
+            metrics["gap_purity"] = gap
+        params = {"router.lbl_coef": coef} if coef is not None else {}
+        child(name, naming.ROLE_TRIAL, method, scope, metrics, params, status)
+    child("reference", naming.ROLE_REFERENCE, "reference", "global_batch",
+          {"purity": 1.0, "gap_purity": 0.0, "val_loss": 2.5}, {})
+    client.set_terminated(parent)
+    # another study whose runs must never show up
+    other = client.create_experiment("study_b")
+    run = client.create_run(other, tags={naming.TAG_ROLE: naming.ROLE_TRIAL})
+    client.log_batch(run.info.run_id, metrics=[Metric("gap_purity", -1.0, 0, 0)])
+    client.set_terminated(run.info.run_id)
+    return uri
+
+
+def names(rows):
+    return [r["trial"] for r in rows]
+
+
+def expected_order(key_index, reverse, method=None):
+    rows = [t for t in TRIALS if t[6] == "FINISHED" and t[key_index] is not None and (method is None or t[1] == method)]
+    return [t[0] for t in sorted(rows, key=lambda t: t[key_index], reverse=reverse)]
+
+
+def test_min_metric_ascending_only_finished_trials_with_the_metric(store):
+    rows = best_runs(store, "study_a", by="gap_purity")
+    assert names(rows) == expected_order(4, reverse=False) == ["t2", "t4", "t0", "t1", "t3"]
+    assert [r["gap_purity"] for r in rows] == sorted(r["gap_purity"] for r in rows)
+
+
+def test_max_metric_descending(store):
+    rows = best_runs(store, "study_a", by="purity")
+    assert names(rows) == expected_order(5, reverse=True) == ["t2", "t4", "t0", "t6", "t1", "t3"]
+
+
+def test_mode_override_and_top(store):
+    assert names(best_runs(store, "study_a", by="purity", mode="min", top=2)) == ["t3", "t1"]
+    assert names(best_runs(store, "study_a", top=1)) == ["t2"]
+
+
+def test_reference_runs_only_when_asked(store):
+    assert "reference" not in names(best_runs(store, "study_a"))
+    rows = best_runs(store, "study_a", include_reference=True, top=2)
+    assert names(rows) == ["reference", "t2"]
+    assert rows[0]["method"] == "reference"
+
+
+def test_rows_hold_method_scope_metrics_and_searched_params(store):
+    row = best_runs(store, "study_a", where="router.method=lbl", top=1)[0]
+    assert (row["trial"], row["method"], row["scope"]) == ("t0", "lbl", "global_batch")
+    assert row["gap_purity"] == 0.30 and row["purity"] == 0.55 and row["val_loss"] == pytest.approx(2.55)
+    assert row["max_vio"] is None  # a summary column the run did not log
+    assert row["router.lbl_coef"] == "0.01"  # the searched params, from the parent's tag
+    assert "train.lr" not in row  # not searched
+    assert len(row["run_id"]) == 32
+
+
+@pytest.mark.parametrize(
+    "where, expected",
+    [
+        ("method=lbl", ["t0", "t1"]),
+        ("router.method = 'eb'", ["t2", "t3"]),
+        ("scope=global_batch, purity>0.5", ["t2", "t4", "t0"]),
+        ("router.lbl_coef=0.05", ["t1"]),
+        ("params.`router.scope` = 'micro_batch'", ["t1", "t3"]),
+        ("params.`router.method` != 'lbl' and metrics.purity < 0.7", ["t4", "t3"]),
+    ],
+)
+def test_where_filters(store, where, expected):
+    assert names(best_runs(store, "study_a", where=where)) == expected
+
+
+def test_translate_where_shorthand():
+    assert translate_where("method=lbl") == "params.`router.method` = 'lbl'"
+    # params are stored as str() of the typed value: 1 for a float key is '1.0'
+    assert translate_where("router.capacity_factor=1") == "params.`router.capacity_factor` = '1.0'"
+    assert translate_where("train.lr=1e-3") == "params.`train.lr` = '0.001'"
+    assert translate_where("train.steps==300 and purity/layer1>=0.5") == (
+        "params.`train.steps` = '300' and metrics.`purity/layer1` >= 0.5")
+    assert translate_where("tags.`router.scope` = 'global_batch'") == "tags.`router.scope` = 'global_batch'"
+
+
+@pytest.mark.parametrize(
+    "where, needle",
+    [
+        ("methd=lbl", "'methd' is neither a trial-config key nor a metric; did you mean 'method'?"),
+        ("train.lr>0.1", "compare train.lr with = or != only"),
+        ("purity>high", "metric purity needs a number"),
+        ("purity", "cannot read 'purity'"),
+        ("params.x == = 'y'", "Invalid clause"),
+    ],
+)
+def test_bad_filters_name_the_filter(store, where, needle):
+    with pytest.raises(ConfigError) as info:
+        best_runs(store, "study_a", where=where)
+    message = str(info.value)
+    assert f"--where {where!r}" in message and needle in message
+
+
+def test_unknown_experiment_and_metric(store):
+    with pytest.raises(ConfigError, match=r"experiment 'stduy_a' not found .*did you mean 'study_a'\?"):
+        best_runs(store, "stduy_a")
+    with pytest.raises(ConfigError, match=r"--by: unknown metric 'purty'; did you mean 'purity'\?"):
+        best_runs(store, "study_a", by="purty")
+
+
+def test_formats_parse_back(store):
+    rows = best_runs(store, "study_a")
+    parsed = json.loads(format_rows(rows, "json"))
+    assert [r["trial"] for r in parsed] == names(rows)
+    assert [r["gap_purity"] for r in parsed] == [r["gap_purity"] for r in rows]
+    assert parsed[0]["max_vio"] is None
+
+    table = list(csv.DictReader(io.StringIO(format_rows(rows, "csv"))))
+    assert [r["trial"] for r in table] == names(rows)
+    assert [float(r["gap_purity"]) for r in table] == [r["gap_purity"] for r in rows]
+    assert table[0]["max_vio"] == "" and table[0]["run_id"] == rows[0]["run_id"]
+
+    text = format_rows(rows, "table").splitlines()
+    assert len(text) == len(rows) + 2  # header, rule, one line per run
+    assert text[0].split()[:4] == ["run_id", "trial", "method", "scope"]
+    assert text[2].split()[:4] == [rows[0]["run_id"], "t2", "eb", "global_batch"]
+    assert format_rows([], "table") == "(no finished runs match)"
+    assert json.loads(format_rows([], "json")) == []
+    with pytest.raises(ConfigError, match="unknown format 'xml'"):
+        format_rows(rows, "xml")
+
+
+def test_sqlite_statistics_refresh(store, tmp_path):
+    assert refresh_sqlite_statistics(store) is True
+    assert refresh_sqlite_statistics("http://127.0.0.1:5000") is False
