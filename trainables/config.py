@@ -83,8 +83,10 @@ class RouterConfig:
     """none | lbl | eb | sh | ba | ec | reference."""
     scope: str = "global_batch"
     """Tokens whose statistics the balancing acts on: sequence | micro_batch | global_batch."""
-    lbl_coef: float = 0.05
-    """alpha of the auxiliary load-balancing loss alpha * E * sum_i f_i P_i."""
+    lbl_coef: float = 0.1
+    """alpha of the auxiliary load-balancing loss alpha * E * sum_i f_i P_i. 0.1 by default, above
+    the literature's 1e-3..1e-2: in a one-minute trial weaker coefficients make the scope effect
+    no bigger than seed-to-seed noise (docs/calibration.md)."""
     z_loss_coef: float = 0.0
     """Router z-loss coefficient (mean squared logsumexp of router logits); 0 disables it."""
     bias_update_rate: float = 1e-3

@@ -1,0 +1,182 @@
+"""``moe-study`` exit codes and dispatch: 0 success, 2 bad input, 1 a failed run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import yaml
+
+from study.cli import main
+from study.naming import default_tracking_uri
+
+REPO = Path(__file__).resolve().parents[2]
+SMOKE = REPO / "search_spaces" / "smoke.yaml"
+
+TINY = {
+    "data": {"bytes_per_domain": 300_000, "seq_len": 32, "eval_sequences_per_domain": 2},
+    "model": {"n_layers": 1, "d_model": 32, "n_heads": 2, "n_experts": 6, "top_k": 1, "expert_hidden": 32},
+    "train": {"steps": 2, "eval_every": 2, "micro_batch_size": 2, "grad_accum": 1, "warmup_steps": 1},
+}
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY))
+    return path
+
+
+@pytest.fixture
+def bad_spec(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("search:\n  router.method: {choice: [lbl, foo]}\nbudget: {trials: 2}\n")
+    return path
+
+
+def fake_module(monkeypatch, name, **functions):
+    """Stand in for a dispatch target of another module (never Ray, Optuna or MLflow)."""
+    module = types.ModuleType(name)
+    for fn_name, fn in functions.items():
+        setattr(module, fn_name, fn)
+    monkeypatch.setitem(sys.modules, name, module)
+    return module
+
+
+def test_validate_ok_and_summary(capsys):
+    assert main(["validate", str(SMOKE)]) == 0
+    out = capsys.readouterr().out
+    assert "valid study spec 'smoke'" in out
+    assert "search router.lbl_coef: loguniform [0.01, 0.1] when router.method in ['lbl']" in out
+    assert "trials: 4" in out
+
+
+def test_validate_bad_spec_exits_2_naming_the_key(bad_spec, capsys):
+    assert main(["validate", str(bad_spec)]) == 2
+    err = capsys.readouterr().err
+    assert "search.router.method.choice[1]: unknown value 'foo'" in err
+    assert main(["validate", str(bad_spec.parent / "missing.yaml")]) == 2
+    assert "cannot read the study spec" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [[], ["frobnicate"], ["best"], ["best", "x", "--top", "0"], ["best", "x", "--format", "xml"], ["data"]],
+)
+def test_usage_errors_exit_2(argv, capsys):
+    assert main(argv) == 2
+    assert "usage: moe-study" in capsys.readouterr().err
+
+
+def test_help_exits_0(capsys):
+    assert main(["--help"]) == 0
+    assert "COMMAND" in capsys.readouterr().out
+
+
+def test_train_runs_one_trial_with_sets(tiny_config, capsys):
+    code = main(["train", str(tiny_config), "--set", "router.method=eb", "--set", "train.micro_batch_size=4", "--json"])
+    assert code == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    # --set values reached the config: global-batch window = seq_len x micro-batch x accumulation
+    assert metrics["balance_window_tokens"] == 32 * 4 * 1
+    assert metrics["step"] == 2 and 0 < metrics["purity"] <= 1
+
+
+def test_train_bad_input_exits_2(tiny_config, capsys):
+    assert main(["train", str(tiny_config), "--set", "router.methd=lbl"]) == 2
+    assert "router.methd: unknown key; did you mean 'router.method'?" in capsys.readouterr().err
+    assert main(["train", str(tiny_config), "--set", "train.steps"]) == 2
+    assert "expected key=value" in capsys.readouterr().err
+    assert main(["train", str(tiny_config), "--set", "model.top_k=9"]) == 2
+    assert "model.top_k: 9 is larger than model.n_experts=6" in capsys.readouterr().err
+
+
+def test_train_dispatch_contract(tiny_config, monkeypatch, capsys):
+    seen = {}
+
+    def train_main(cfg, json_out=False, out_dir=None):
+        seen.update(cfg=cfg, json_out=json_out, out_dir=out_dir)
+        return 0
+
+    fake_module(monkeypatch, "trainables.training", train_main=train_main)
+    assert main(["train", str(tiny_config), "--set", "train.steps=50", "--out", "somewhere"]) == 0
+    assert seen["cfg"].train.steps == 50 and seen["cfg"].model.n_experts == 6
+    assert (seen["json_out"], seen["out_dir"]) == (False, "somewhere")
+
+
+def test_run_dispatch_and_failures(monkeypatch, capsys, tmp_path):
+    calls = []
+
+    def run_study(spec, *, tracking_uri, address, name, storage):
+        calls.append((spec.name, tracking_uri, address, name, storage))
+        return 0
+
+    module = fake_module(monkeypatch, "study.runner", run_study=run_study)
+    assert main(["run", str(SMOKE), "--tracking-uri", "sqlite:///x.db", "--address", "auto",
+                 "--name", "renamed", "--storage", str(tmp_path)]) == 0
+    assert calls == [("smoke", "sqlite:///x.db", "auto", "renamed", str(tmp_path))]
+
+    module.run_study = lambda spec, **kw: 1  # a study whose trials failed
+    assert main(["run", str(SMOKE)]) == 1
+
+    def crash(spec, **kw):
+        raise RuntimeError("worker lost")
+
+    module.run_study = crash
+    assert main(["run", str(SMOKE)]) == 1
+    assert "worker lost" in capsys.readouterr().err
+
+
+def test_run_bad_spec_never_reaches_the_runner(bad_spec, monkeypatch):
+    fake_module(monkeypatch, "study.runner", run_study=lambda *a, **k: pytest.fail("ran a bad spec"))
+    assert main(["run", str(bad_spec)]) == 2
+
+
+def test_resume_and_report_dispatch(monkeypatch, capsys, tmp_path):
+    seen = {}
+    fake_module(monkeypatch, "study.runner",
+                resume_study=lambda name, **kw: seen.setdefault("resume", (name, kw)) and 0)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///env.db")
+    assert main(["resume", "quick", "--storage", str(tmp_path)]) == 0
+    assert seen["resume"] == ("quick", {"tracking_uri": "sqlite:///env.db", "address": None, "storage": str(tmp_path)})
+
+    fake_module(monkeypatch, "study.report",
+                write_report=lambda exp, out_dir=None, tracking_uri=None: Path(out_dir or "reports") / exp)
+    assert main(["report", "quick", "--out", str(tmp_path)]) == 0
+    assert f"report written to {tmp_path / 'quick'}" in capsys.readouterr().out
+
+
+def test_missing_module_exits_1(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "study.report", None)  # import fails
+    assert main(["report", "quick"]) == 1
+    assert "study.report.write_report is not available" in capsys.readouterr().err
+
+
+def test_best_unknown_experiment_exits_2(tmp_path, capsys):
+    uri = "sqlite:///" + str(tmp_path / "empty.db")
+    assert main(["best", "nothing_here", "--tracking-uri", uri]) == 2
+    assert "experiment 'nothing_here' not found" in capsys.readouterr().err
+
+
+def test_default_tracking_uri(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert default_tracking_uri() == "sqlite:///" + os.path.join(str(tmp_path), "mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking:5000")
+    assert default_tracking_uri() == "http://tracking:5000"
+
+
+def test_module_entry_point_exit_codes(bad_spec):
+    """``python -m study.cli`` as a user runs it: exit status and stderr."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    bad = subprocess.run([sys.executable, "-m", "study.cli", "validate", str(bad_spec)],
+                         capture_output=True, text=True, cwd=REPO, env=env)
+    assert bad.returncode == 2 and "unknown value 'foo'" in bad.stderr
+    good = subprocess.run([sys.executable, "-m", "study.cli", "validate", str(SMOKE)],
+                          capture_output=True, text=True, cwd=REPO, env=env)
+    assert good.returncode == 0, good.stderr
