@@ -80,8 +80,9 @@ METRIC_MODES: dict[str, str] = {
 }
 """Which direction is better for every metric a study may optimise or rank by."""
 
-CONSTRAINED_PREFIX = "constrained/"
-"""Prefix of the penalised objective values told to the searcher when a spec has constraints."""
+OBJECTIVE_PREFIX = "objective/"
+"""Prefix of the values told to the searcher when they differ from the raw metric: penalised for
+a missed constraint, or for a trial the scheduler stopped in a multi-objective study."""
 
 _LAYER_SUFFIX = re.compile(r"^(?P<base>[a-z_]+)/layer(?P<layer>\d+)$")
 

@@ -20,28 +20,35 @@ from study.spec_types import StudySpec, expand_points
 
 
 def define_by_run(spec: StudySpec) -> Callable[[Any], dict[str, Any]]:
-    """A define-by-run function: suggests the searched params, returns the constants."""
-    fixed = dict(spec.fixed)
+    """A define-by-run function: suggests the searched params, returns the constants.
+
+    Returned as an instance of a module-level class, not a closure: Tune pickles the searcher
+    (and with it this function) into its experiment state so that a study can be resumed.
+    """
     if spec.is_grid:
-        points = grid_points(spec)
-        indices = list(range(len(points)))
+        return _GridSpace(dict(spec.fixed), grid_points(spec))
+    return _Space(dict(spec.fixed), list(spec.params))  # conditions first (StudySpec's order)
 
-        def grid_space(trial: Any) -> dict[str, Any]:
-            index = trial.suggest_categorical(naming.GRID_POINT_PARAM, indices)
-            return {**fixed, **points[index]}
 
-        return grid_space
+class _GridSpace:
+    def __init__(self, fixed: dict[str, Any], points: list[dict[str, Any]]):
+        self.fixed, self.points = fixed, points
 
-    params = list(spec.params)  # conditions come first (StudySpec keeps them ordered)
+    def __call__(self, trial: Any) -> dict[str, Any]:
+        index = trial.suggest_categorical(naming.GRID_POINT_PARAM, list(range(len(self.points))))
+        return {**self.fixed, **self.points[index]}
 
-    def space(trial: Any) -> dict[str, Any]:
+
+class _Space:
+    def __init__(self, fixed: dict[str, Any], params: list):
+        self.fixed, self.params = fixed, params
+
+    def __call__(self, trial: Any) -> dict[str, Any]:
         chosen: dict[str, Any] = {}
-        for param in params:
+        for param in self.params:
             if param.is_active(chosen):
                 chosen[param.key] = param.suggest(trial)
-        return dict(fixed)
-
-    return space
+        return dict(self.fixed)
 
 
 def grid_points(spec: StudySpec) -> list[dict[str, Any]]:

@@ -22,7 +22,9 @@ from trainables.config import TrialConfig
 from trainables.errors import ConfigError
 from study import naming
 from study.spec_parse import Problems
-from study.spec_types import SearchParam, StudySpec, count_points, expand_points, reference_flat
+from study.spec_types import (
+    SearchParam, StudySpec, count_points, expand_points, is_excluded, reference_flat,
+)
 
 MAX_COMBINATIONS = 256
 """Most combinations validated one by one (building a config costs ~1 ms)."""
@@ -72,17 +74,19 @@ def condition_values(spec: StudySpec, param: SearchParam, _seen: frozenset = fro
 
 def corner_points(spec: StudySpec, params: list[SearchParam] | None = None) -> list[dict[str, Any]]:
     """Every corner of the space (choices x range ends), or a fixed sample of them if too many."""
+    exclude = spec.exclude if params is None else ()
     params = spec.params if params is None else params
     if count_points(params, ranges_as_ends=True) <= MAX_COMBINATIONS:
-        return expand_points(params, spec.exclude if params is spec.params else (), ranges_as_ends=True)
-    rng = random.Random(0)
+        return expand_points(params, exclude, ranges_as_ends=True)
+    rng = random.Random(0)  # the same sample every time: validation is deterministic
     points = []
     for _ in range(MAX_COMBINATIONS):
         point: dict[str, Any] = {}
         for p in params:
             if p.is_active(point):
                 point[p.key] = rng.choice([v for _, v in p.probe_values()])
-        points.append(point)
+        if not is_excluded(point, exclude):
+            points.append(point)
     return points
 
 
@@ -153,11 +157,8 @@ class _ConfigChecker:
 
 def check_data_sources(spec: StudySpec, problems: Problems) -> None:
     """Are the data domains available on this machine (built in, extra files, packages)?"""
-    try:
-        # TODO(lead): drop this guard once trainables.data.mix.check_sources is in place.
-        from trainables.data.mix import check_sources
-    except ImportError:
-        return
+    from trainables.data.mix import check_sources
+
     try:
         data = spec.base_config().data
     except ConfigError:

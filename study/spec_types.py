@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 from trainables.config import TrialConfig
-from trainables.errors import ConfigError
 from study import naming
 
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "int", "loguniform_int")
@@ -28,6 +27,13 @@ CONSTRAINT_PENALTY = 1000.0
 The metrics a study ranks by (gaps, loss, purity) are O(1), so a penalised trial ranks behind
 every feasible one; the violation itself is added on top, so among infeasible trials the one that
 misses the constraint by less still ranks higher.
+"""
+UNFINISHED_PENALTY = 1.0e6
+"""Multi-objective only: added to (min) / subtracted from (max) every report before a trial's last.
+
+Tune tells Optuna a trial that ASHA stopped as COMPLETE with its last report, so cheap stopped
+trials could land on the Pareto front. With this penalty they rank behind every finished trial,
+while ASHA, which compares trials at the same step, sees the same constant on all of them.
 """
 
 
@@ -97,16 +103,27 @@ class Objective:
     constraints: dict[str, dict[str, float]] = field(default_factory=dict)
     """Metric -> ``{"min": x}`` and/or ``{"max": y}``."""
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Objective":
+        """Inverse of ``to_dict`` (e.g. to rebuild it inside a trial from a private config key)."""
+        return cls(list(d["metric"]), list(d["mode"]), copy.deepcopy(dict(d.get("constraints") or {})))
+
     @property
     def is_multi(self) -> bool:
         return len(self.metrics) > 1
 
     @property
+    def rescored(self) -> bool:
+        """Whether the searcher gets values other than the raw metrics (see ``scored``)."""
+        return bool(self.constraints) or self.is_multi
+
+    @property
     def search_metrics(self) -> list[str]:
-        """Result keys the searcher optimises: the metric itself, or its penalised version."""
-        if not self.constraints:
+        """Result keys the searcher (and ASHA, the first) optimise: the raw metrics, or their
+        ``objective/`` versions when ``scored`` changes them."""
+        if not self.rescored:
             return list(self.metrics)
-        return [naming.CONSTRAINED_PREFIX + m for m in self.metrics]
+        return [naming.OBJECTIVE_PREFIX + m for m in self.metrics]
 
     def violation(self, result: Mapping[str, Any]) -> float:
         """How far a result misses the constraints (0 when it meets them).
@@ -124,22 +141,25 @@ class Objective:
                 total += value - bound["max"]
         return total
 
-    def scored(self, result: Mapping[str, Any]) -> dict[str, float]:
-        """The values to add to a Tune result under ``search_metrics`` (penalised if infeasible).
+    def scored(self, result: Mapping[str, Any], done: bool = True) -> dict[str, float]:
+        """The values to add to a Tune result under ``search_metrics``.
 
-        Without constraints this returns the metrics unchanged. Metrics missing from the result
-        are left out, so the searcher sees the trial as not (yet) reporting them.
+        Each objective value is moved towards "worse" by ``CONSTRAINT_PENALTY + violation`` when
+        the result misses a constraint and, in a multi-objective study, by
+        ``UNFINISHED_PENALTY`` when the report is not the trial's last (``done`` False). Without
+        constraints and with one objective this returns the metric unchanged. Metrics missing
+        from the result are left out, so the searcher sees the trial as not reporting them.
         """
         violation = self.violation(result)
+        penalty = (CONSTRAINT_PENALTY + violation if violation > 0 else 0.0) + (
+            UNFINISHED_PENALTY if self.is_multi and not done else 0.0
+        )
         out: dict[str, float] = {}
         for name, key, mode in zip(self.metrics, self.search_metrics, self.modes):
             if name not in result:
                 continue
             value = float(result[name])
-            if violation > 0:
-                penalty = CONSTRAINT_PENALTY + violation
-                value = value + penalty if mode == "min" else value - penalty
-            out[key] = value
+            out[key] = value + penalty if mode == "min" else value - penalty
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -280,7 +300,7 @@ class StudySpec:
 
     @property
     def scheduler_metric(self) -> str:
-        """ASHA acts on the first objective (penalised when there are constraints)."""
+        """ASHA acts on the first objective (its ``objective/`` key when rescored)."""
         return self.objective.search_metrics[0]
 
     @property
@@ -312,7 +332,18 @@ class StudySpec:
         flat = {**self.fixed, **{k: v for k, v in (flat_params or {}).items() if not k.startswith("_")}}
         return TrialConfig.from_flat(reference_flat(flat))
 
+    @property
+    def experiment_name(self) -> str:
+        """The MLflow experiment: ``tracking.experiment``, else the study name."""
+        return self.tracking.experiment or self.name
+
     # -- identity ------------------------------------------------------------------------------
+    def to_yaml(self) -> str:
+        """``to_dict()`` as YAML in the spec's own key order (the parent run's spec artifact)."""
+        import yaml
+
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
     def to_dict(self) -> dict[str, Any]:
         """Normalised plain form (loadable again with ``spec_from_dict``), e.g. for an artifact."""
         d: dict[str, Any] = {
@@ -377,8 +408,12 @@ def expand_points(
             else:
                 expanded.append(point)
         points = expanded
-    rules = list(exclude)
-    return [pt for pt in points if not any(_matches(pt, rule) for rule in rules)]
+    return [pt for pt in points if not is_excluded(pt, exclude)]
+
+
+def is_excluded(point: Mapping[str, Any], exclude: Iterable[Mapping[str, list]]) -> bool:
+    """Whether an ``exclude`` rule matches the point (every key of the rule has one of its values)."""
+    return any(_matches(point, rule) for rule in exclude)
 
 
 def count_points(params: Iterable[SearchParam], *, ranges_as_ends: bool = False) -> int:
@@ -407,7 +442,7 @@ def _same_number(a: Any, b: Any) -> bool:
 
 
 __all__ = [
-    "BudgetSpec", "ConfigError", "Objective", "ReferenceSpec", "ResourceSpec", "SamplerSpec",
+    "BudgetSpec", "Objective", "ReferenceSpec", "ResourceSpec", "SamplerSpec",
     "SchedulerSpec", "SearchParam", "StudySpec", "TrackingSpec", "expand_points",
-    "reference_flat", "count_points", "value_in",
+    "reference_flat", "count_points", "value_in", "is_excluded",
 ]

@@ -34,6 +34,7 @@ def split_tune_config(config: dict) -> tuple[TrialConfig, dict]:
 def trial_function(config: dict) -> None:
     cfg, private = split_tune_config(config)
     reference = private.get("_reference") or {}
+    scorer = _objective_scorer(private.get("_objective"))
     resume_state = None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -44,9 +45,21 @@ def trial_function(config: dict) -> None:
         result = dict(report.metrics)
         if reference:
             result.update(gaps(result, reference))
+        if scorer is not None:  # penalised objective values under the spec's constraints
+            result.update(scorer.scored(result, done=report.done))
         if report.count_table is not None:
             result["count_table"] = report.count_table.tolist()
             result["domains"] = list(report.domains)
         with tempfile.TemporaryDirectory() as d:
             torch.save(report.state(), os.path.join(d, CHECKPOINT_FILE))
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(d))
+
+
+def _objective_scorer(objective: dict | None):
+    """The spec's objective when the searcher needs rescored values (constraints, multi-objective)."""
+    if not objective:
+        return None
+    from study.spec_types import Objective  # the spec owns the objective semantics
+
+    scorer = Objective.from_dict(objective)
+    return scorer if scorer.rescored else None

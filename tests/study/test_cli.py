@@ -157,12 +157,6 @@ def test_missing_module_exits_1(monkeypatch, capsys):
     assert "study.report.write_report is not available" in capsys.readouterr().err
 
 
-def test_best_unknown_experiment_exits_2(tmp_path, capsys):
-    uri = "sqlite:///" + str(tmp_path / "empty.db")
-    assert main(["best", "nothing_here", "--tracking-uri", uri]) == 2
-    assert "experiment 'nothing_here' not found" in capsys.readouterr().err
-
-
 def test_default_tracking_uri(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

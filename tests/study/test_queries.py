@@ -180,6 +180,22 @@ def test_formats_parse_back(store):
         format_rows(rows, "xml")
 
 
+def test_cli_best(store, capsys):
+    from study.cli import main
+
+    args = ["best", "study_a", "--tracking-uri", store]
+    assert main(args + ["--by", "purity", "--top", "3", "--format", "json"]) == 0
+    assert [r["trial"] for r in json.loads(capsys.readouterr().out)] == ["t2", "t4", "t0"]
+    assert main(args + ["--where", "method=eb", "--format", "csv"]) == 0
+    assert [r["trial"] for r in csv.DictReader(io.StringIO(capsys.readouterr().out))] == ["t2", "t3"]
+    assert main(args + ["--include-reference", "--top", "1"]) == 0
+    assert capsys.readouterr().out.splitlines()[2].split()[1] == "reference"
+    assert main(["best", "nothing_here", "--tracking-uri", store]) == 2
+    assert "experiment 'nothing_here' not found" in capsys.readouterr().err
+    assert main(args + ["--where", "methd=lbl"]) == 2
+    assert "--where 'methd=lbl'" in capsys.readouterr().err
+
+
 def test_sqlite_statistics_refresh(store, tmp_path):
     assert refresh_sqlite_statistics(store) is True
     assert refresh_sqlite_statistics("http://127.0.0.1:5000") is False

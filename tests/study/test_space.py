@@ -174,3 +174,15 @@ def test_through_ray_tune_optuna_search():
         assert spec.trial_config(config).model.top_k == 2
         search.on_trial_complete(f"t{i}", {"gap_purity": 0.1 * i})
     assert len({c[naming.GRID_POINT_PARAM] for c in configs}) == 3
+
+
+def test_space_survives_pickling():
+    """Tune pickles the searcher, define-by-run function included, to resume a study."""
+    import pickle
+
+    for spec in (spec_from_dict(SPEC), grid_spec()):
+        space = pickle.loads(pickle.dumps(define_by_run(spec)))
+        study = optuna.create_study(sampler=make_sampler(spec))
+        trial = study.ask()
+        config = trial_values(trial, space(trial))
+        assert spec.trial_config(config).model.n_experts == 12

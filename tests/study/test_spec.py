@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from study.spec import load_spec, load_trial_config, parse_set, spec_from_dict
-from study.spec_types import CONSTRAINT_PENALTY, Objective
+from study.spec_types import CONSTRAINT_PENALTY, UNFINISHED_PENALTY, Objective
+from trainables.config import RouterConfig
 from trainables.errors import ConfigError
 
 # A small valid spec that every bad-input test breaks in one place.
@@ -79,8 +80,8 @@ def test_valid_spec_parts(tmp_path):
     coef = spec.param("router.lbl_coef")
     assert (coef.distribution, coef.low, coef.high, coef.when) == ("loguniform", 1e-3, 1e-1, {"router.method": ["lbl"]})
     assert spec.objective.metrics == ["gap_purity"] and spec.objective.modes == ["min"]
-    assert spec.search_metrics == ["constrained/gap_purity"]
-    assert spec.scheduler_metric == "constrained/gap_purity" and spec.scheduler_mode == "min"
+    assert spec.search_metrics == ["objective/gap_purity"]
+    assert spec.scheduler_metric == "objective/gap_purity" and spec.scheduler_mode == "min"
     assert spec.num_trials == 8 and spec.max_steps() == 60
     assert spec.resources.per_trial() == {"CPU": 1, "GPU": 0}
 
@@ -91,7 +92,10 @@ def test_defaults_mode_from_metric_and_grace_period_from_eval_every():
         scheduler={"type": "asha"},
     ))
     assert spec.objective.modes == ["max", "min"]
-    assert spec.search_metrics == ["purity", "gap_loss"]  # no constraints: the metrics themselves
+    # multi-objective: rescored keys (stopped trials are kept off the Pareto front)
+    assert spec.search_metrics == ["objective/purity", "objective/gap_loss"]
+    single = spec_from_dict(edited(objective={"metric": "purity"}))
+    assert single.search_metrics == ["purity"]  # one objective, no constraints: the raw metric
     assert spec.scheduler.grace_period == 20  # train.eval_every
 
 
@@ -103,7 +107,8 @@ def test_trial_and_reference_configs():
     with pytest.raises(ConfigError, match="router.method"):
         spec.trial_config({"router.method": "nope"})
     ref = spec.reference_config({"router.method": "lbl", "router.lbl_coef": 0.5, "train.seed": 3})
-    assert ref.router.method == "reference" and ref.router.lbl_coef == 0.05  # router.* back to defaults
+    assert ref.router.method == "reference"
+    assert ref.router.lbl_coef == RouterConfig().lbl_coef != 0.5  # router.* back to the defaults
     assert ref.train.seed == 3 and ref.model.n_experts == 12
     base = spec.base_config()
     assert base.model.top_k == 2 and base.router.method == "lbl"  # a default
@@ -113,6 +118,8 @@ def test_to_dict_round_trip_and_content_hash():
     spec = spec_from_dict(VALID)
     again = spec_from_dict(spec.to_dict())
     assert again.to_dict() == spec.to_dict()
+    assert spec_from_dict(yaml.safe_load(spec.to_yaml())).to_dict() == spec.to_dict()
+    assert spec.experiment_name == "unit"
     assert again.content_hash() == spec.content_hash()
     renamed = spec_from_dict(edited(name="other", description="words", tracking={"experiment": "x"}))
     assert renamed.content_hash() == spec.content_hash()  # name, description, tracking: not content
@@ -124,17 +131,29 @@ def test_to_dict_round_trip_and_content_hash():
 def test_objective_penalises_constraint_violations_by_hand():
     obj = Objective(["gap_purity", "purity"], ["min", "max"], {"load_entropy": {"min": 0.8}, "max_vio": {"max": 1.0}})
     ok = {"gap_purity": 0.2, "purity": 0.5, "load_entropy": 0.9, "max_vio": 0.5}
-    assert obj.scored(ok) == {"constrained/gap_purity": 0.2, "constrained/purity": 0.5}
+    assert obj.scored(ok) == {"objective/gap_purity": 0.2, "objective/purity": 0.5}
     # load_entropy misses its floor by 0.1 and max_vio its ceiling by 0.5: violation 0.6
     bad = {"gap_purity": 0.2, "purity": 0.5, "load_entropy": 0.7, "max_vio": 1.5}
     scored = obj.scored(bad)
-    assert scored["constrained/gap_purity"] == pytest.approx(0.2 + CONSTRAINT_PENALTY + 0.6)
-    assert scored["constrained/purity"] == pytest.approx(0.5 - CONSTRAINT_PENALTY - 0.6)
+    assert scored["objective/gap_purity"] == pytest.approx(0.2 + CONSTRAINT_PENALTY + 0.6)
+    assert scored["objective/purity"] == pytest.approx(0.5 - CONSTRAINT_PENALTY - 0.6)
     # any infeasible trial ranks behind every feasible one, and a smaller miss ranks ahead
     slightly = obj.scored({**bad, "load_entropy": 0.79, "max_vio": 0.5})
-    assert ok["gap_purity"] + 10 < slightly["constrained/gap_purity"] < scored["constrained/gap_purity"]
+    assert ok["gap_purity"] + 10 < slightly["objective/gap_purity"] < scored["objective/gap_purity"]
     # a constraint metric not reported yet cannot be judged; a missing objective is left out
-    assert obj.scored({"gap_purity": 0.3}) == {"constrained/gap_purity": 0.3}
+    assert obj.scored({"gap_purity": 0.3}) == {"objective/gap_purity": 0.3}
+    assert Objective.from_dict(obj.to_dict()) == obj
+
+
+def test_unfinished_reports_rank_behind_finished_ones_in_multi_objective_studies():
+    multi = Objective(["gap_purity", "purity"], ["min", "max"])
+    report = {"gap_purity": 0.2, "purity": 0.5}
+    assert multi.scored(report, done=True) == {"objective/gap_purity": 0.2, "objective/purity": 0.5}
+    early = multi.scored(report, done=False)
+    assert early == {"objective/gap_purity": 0.2 + UNFINISHED_PENALTY, "objective/purity": 0.5 - UNFINISHED_PENALTY}
+    # one objective, no constraints: the searcher sees the raw value, finished or not
+    single = Objective(["gap_purity"], ["min"])
+    assert single.scored(report, done=False) == {"gap_purity": 0.2}
 
 
 # -- bad input, one class at a time ---------------------------------------------------------------

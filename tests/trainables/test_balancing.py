@@ -150,7 +150,30 @@ def test_sinkhorn_moves_mass_away_from_a_popular_expert():
     logits_TE = torch.randn(64, 4) + torch.tensor([4.0, 0.0, 0.0, 0.0])
     plan_TE = sinkhorn(logits_TE, n_iters=200)
     torch.testing.assert_close(plan_TE.sum(0), torch.full((4,), 16.0), atol=1e-2, rtol=0)
-    assert torch.bincount(plan_TE.argmax(1), minlength=4).max() < torch.bincount(logits_TE.argmax(1), minlength=4).max()
+    top1_before_E = torch.bincount(logits_TE.argmax(1), minlength=4)
+    top1_after_E = torch.bincount(plan_TE.argmax(1), minlength=4)
+    assert top1_after_E.max() < top1_before_E.max()
+
+
+def test_sinkhorn_stays_finite_when_an_expert_underflows():
+    torch.manual_seed(5)
+    logits_TE = torch.randn(40, 4)
+    logits_TE[:, 0] -= 200.0  # exp() of expert 0 underflows for every token
+    plan_TE = sinkhorn(logits_TE)
+    assert torch.isfinite(plan_TE).all()
+    torch.testing.assert_close(plan_TE.sum(1), torch.ones(40))
+    torch.testing.assert_close(plan_TE.sum(0), torch.tensor([0.0, 40 / 3, 40 / 3, 40 / 3]), atol=1e-2, rtol=0)
+
+
+def test_sinkhorn_batch_dimensions_are_balanced_independently():
+    torch.manual_seed(6)
+    logits_BTE = torch.randn(3, 20, 4)
+    target_BE = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 0.0, 1.0, 2.0], [4.0, 3.0, 2.0, 1.0]])
+    plan_BTE = sinkhorn(logits_BTE, n_iters=300, tol=1e-6, col_target_E=target_BE)
+    for b in range(3):
+        single_TE = sinkhorn(logits_BTE[b], n_iters=300, tol=1e-6, col_target_E=target_BE[b])
+        torch.testing.assert_close(plan_BTE[b], single_TE, atol=1e-4, rtol=0)
+        torch.testing.assert_close(plan_BTE[b].sum(0), 20 * target_BE[b] / target_BE[b].sum(), atol=1e-3, rtol=0)
 
 
 def test_sinkhorn_rejects_bad_target():
@@ -296,6 +319,34 @@ def test_balanced_assignment_fallback_displaces_when_greedy_is_stuck():
     assert counts_E.tolist() == [2, 2, 2]
 
 
+def test_balanced_assignment_groups_balance_each_group_like_separate_calls():
+    torch.manual_seed(8)
+    lengths = [12, 9, 16]
+    scores_TE = torch.randn(sum(lengths), 4) + torch.tensor([2.0, 0.0, 0.0, 0.0])
+    group_ids_T = torch.repeat_interleave(torch.arange(3), torch.tensor(lengths))
+    eps = 0.05  # fixed, so that every call runs the same auction
+    ids = balanced_assignment(scores_TE, 2, eps=eps, group_ids_T=group_ids_T)
+    start = 0
+    for length in lengths:
+        part = slice(start, start + length)
+        alone = balanced_assignment(scores_TE[part], 2, eps=eps)
+        assert torch.equal(ids[part], alone)
+        assert_valid_assignment(ids[part], 2, torch.full((4,), math.ceil(length * 2 / 4)))
+        start += length
+
+
+def test_balanced_assignment_groups_with_per_group_capacities():
+    torch.manual_seed(9)
+    scores_TE = torch.randn(10, 3)
+    group_ids_T = torch.tensor([0] * 4 + [1] * 6)
+    capacity_GE = torch.tensor([[4, 0, 0], [2, 2, 2]])
+    ids = balanced_assignment(scores_TE, 1, capacity_GE, group_ids_T=group_ids_T)
+    assert (ids[:4] == 0).all()
+    assert torch.bincount(ids[4:, 0], minlength=3).tolist() == [2, 2, 2]
+    with pytest.raises(ValueError, match="group 0"):
+        balanced_assignment(scores_TE, 1, torch.tensor([[3, 0, 0], [2, 2, 2]]), group_ids_T=group_ids_T)
+
+
 def test_balanced_assignment_edge_cases_and_errors():
     assert balanced_assignment(torch.zeros(0, 4), 2).shape == (0, 2)
     ids = balanced_assignment(torch.zeros(8, 4), 1)  # all scores equal
@@ -308,6 +359,10 @@ def test_balanced_assignment_edge_cases_and_errors():
         balanced_assignment(torch.randn(10, 4), 2, torch.tensor([5, 5, 5, 4]))
     with pytest.raises(ValueError, match="fewer than tokens x k"):  # capacity beyond T is unusable
         balanced_assignment(torch.randn(3, 3), 2, torch.tensor([9, 0, 0]))
+    with pytest.raises(ValueError, match="whole numbers"):
+        balanced_assignment(torch.randn(4, 2), 1, torch.tensor([2.5, 2.0]))
+    ids = balanced_assignment(torch.randn(4, 2), 1, torch.tensor([3.0, 1.0]))  # float counts work
+    assert_valid_assignment(ids, 1, torch.tensor([3, 1]))
     with pytest.raises(ValueError, match="finite"):
         balanced_assignment(torch.tensor([[0.0, math.inf]]), 1)
 
@@ -361,3 +416,14 @@ def test_expert_choice_picks_each_experts_best_tokens():
     torch.testing.assert_close(scores_TE.grad, expected_grad)
     with pytest.raises(ValueError, match="capacity=5"):
         expert_choice(scores_TE, capacity=5)
+
+
+def test_expert_choice_batch_dimensions_choose_independently():
+    torch.manual_seed(10)
+    scores_BTE = torch.randn(2, 6, 3)
+    token_ids_BEC, gate_scores_BEC = expert_choice(scores_BTE, capacity=2)
+    assert token_ids_BEC.shape == (2, 3, 2)
+    for b in range(2):
+        token_ids_EC, gate_scores_EC = expert_choice(scores_BTE[b], capacity=2)
+        assert torch.equal(token_ids_BEC[b], token_ids_EC)
+        torch.testing.assert_close(gate_scores_BEC[b], gate_scores_EC)

@@ -54,11 +54,12 @@ def expert_choice(scores_TE: Tensor, capacity: int) -> tuple[Tensor, Tensor]:
     """Expert-choice routing (Zhou et al. 2022): every expert takes its ``capacity`` best tokens.
 
     Returns ``(token_ids_EC, gate_scores_EC)``, each row ordered best first; the gate scores keep
-    their gradient. A token may be picked by several experts or by none. In a causal LM this looks
-    at every token of the scope at once, so it leaks future tokens (DESIGN.md).
+    their gradient. A token may be picked by several experts or by none. Leading batch dimensions
+    choose independently (``(B, L, E)`` scores give ``(B, E, C)``). In a causal LM this looks at
+    every token of the scope at once, so it leaks future tokens (DESIGN.md).
     """
-    n_tokens = scores_TE.shape[0]
+    n_tokens = scores_TE.shape[-2]
     if not 0 <= capacity <= n_tokens:
         raise ValueError(f"capacity={capacity} must be between 0 and the number of tokens {n_tokens}")
-    gate_scores_EC, token_ids_EC = scores_TE.t().topk(capacity, dim=1)
+    gate_scores_EC, token_ids_EC = scores_TE.transpose(-1, -2).topk(capacity, dim=-1)
     return token_ids_EC, gate_scores_EC

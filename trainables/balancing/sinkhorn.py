@@ -24,33 +24,46 @@ def sinkhorn(
     once the largest column error, relative to the mean target, is below ``tol``. Rows are
     normalised last, so they sum to 1 exactly; columns are within ``tol`` once converged.
     The result is a plan for picking experts, not a differentiable gate: no gradient.
+
+    Leading batch dimensions are balanced independently, e.g. ``(B, L, E)`` for the sequence
+    scope; ``col_target_E`` is then ``(E,)`` for all or ``(B, E)``.
     """
-    n_tokens, n_experts = logits_TE.shape
+    *batch, n_tokens, n_experts = logits_TE.shape
     dtype = torch.promote_types(logits_TE.dtype, torch.float32)
     if n_tokens == 0:
-        return logits_TE.new_zeros((0, n_experts), dtype=dtype)
-    logits_TE = logits_TE.to(dtype)
+        return logits_TE.new_zeros(logits_TE.shape, dtype=dtype)
+    logits_BTE = logits_TE.to(dtype).reshape(-1, n_tokens, n_experts)
+    n_batch = logits_BTE.shape[0]
+    device = logits_BTE.device
     if col_target_E is None:
-        target_E = torch.full((n_experts,), n_tokens / n_experts, dtype=dtype, device=logits_TE.device)
+        target_BE = torch.full((n_batch, n_experts), n_tokens / n_experts, dtype=dtype, device=device)
     else:
-        target_E = col_target_E.to(device=logits_TE.device, dtype=dtype)
-        if target_E.shape != (n_experts,):
-            raise ValueError(f"col_target_E has shape {tuple(target_E.shape)}, expected ({n_experts},)")
-        if bool((target_E < 0).any()) or not float(target_E.sum()) > 0:
+        target = col_target_E.to(device=device, dtype=dtype)
+        if target.shape not in ((n_experts,), (*batch, n_experts)):
+            expected = f"({n_experts},) or {(*batch, n_experts)}"
+            raise ValueError(f"col_target_E has shape {tuple(target.shape)}, expected {expected}")
+        target_BE = target.expand(*batch, n_experts).reshape(n_batch, n_experts)
+        total_B = target_BE.sum(1, keepdim=True)
+        if bool((target_BE < 0).any()) or not bool((total_B > 0).all()):
             raise ValueError("col_target_E must be non-negative with a positive sum")
-        target_E = target_E * (n_tokens / target_E.sum())
+        target_BE = target_BE * (n_tokens / total_B)
 
-    kernel_TE = torch.exp(logits_TE - logits_TE.amax(dim=1, keepdim=True))
-    tiny = torch.finfo(dtype).tiny  # an expert whose every exp() underflowed must not divide by 0
+    # Every row keeps an entry of exactly 1, so row sums never vanish. A column can underflow
+    # entirely only if its logits sit ~87 (float32) below every token's best: such an expert
+    # cannot be given mass at this precision and keeps a zero column instead of turning to NaN.
+    kernel_BTE = torch.exp(logits_BTE - logits_BTE.amax(dim=2, keepdim=True))
+    max_scale = torch.finfo(dtype).max / (4 * n_experts)  # keeps kernel @ col_scale finite
     tol_abs = tol * n_tokens / n_experts
-    col_scale_E = torch.ones_like(target_E)
-    row_scale_T = 1.0 / kernel_TE.sum(dim=1)
-    col_mass_E = row_scale_T @ kernel_TE  # column sums are col_scale_E * col_mass_E
+    col_scale_BE = torch.ones_like(target_BE)
+    row_scale_BT = 1.0 / kernel_BTE.sum(dim=2)
+    # Column sums are col_scale_BE * col_mass_BE.
+    col_mass_BE = torch.bmm(row_scale_BT[:, None, :], kernel_BTE).squeeze(1)
     for _ in range(n_iters):
-        col_scale_E = target_E / col_mass_E.clamp_min(tiny)
-        row_scale_T = 1.0 / (kernel_TE @ col_scale_E).clamp_min(tiny)
-        col_mass_E = row_scale_T @ kernel_TE
+        col_scale_BE = torch.where(col_mass_BE > 0, target_BE / col_mass_BE, 0.0).clamp(max=max_scale)
+        row_scale_BT = 1.0 / torch.bmm(kernel_BTE, col_scale_BE[:, :, None]).squeeze(2)
+        col_mass_BE = torch.bmm(row_scale_BT[:, None, :], kernel_BTE).squeeze(1)
         # Rows are exact after the row step; the columns carry all the remaining error.
-        if float((col_scale_E * col_mass_E - target_E).abs().max()) < tol_abs:
+        if float((col_scale_BE * col_mass_BE - target_BE).abs().max()) < tol_abs:
             break
-    return row_scale_T[:, None] * kernel_TE * col_scale_E[None, :]
+    plan_BTE = row_scale_BT[:, :, None] * kernel_BTE * col_scale_BE[:, None, :]
+    return plan_BTE.reshape(logits_TE.shape)

@@ -1,0 +1,368 @@
+"""Run a study: reference router first, then the search, on Ray Tune with Optuna and MLflow.
+
+``run_study(spec)``: check everything that can be checked before any work starts (spec,
+tracking reachable, data sources, resources), start or join Ray, open the MLflow experiment and
+the study's parent run, run (or reuse) the reference-router trial, then the Optuna search with
+ASHA. ``resume_study(name)`` continues an interrupted study from its Tune experiment state.
+
+Layout of a study on the storage (local folder by default, ``s3://...`` on a cluster):
+``<storage>/<name>/study.json`` (what resume needs) and ``<storage>/<name>/search`` (Tune).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from trainables.config import TrialConfig
+from trainables.errors import ConfigError
+
+from study import naming
+from study.spec import spec_from_dict
+from study.spec_types import StudySpec
+
+STATE_FILE = "study.json"
+SEARCH_DIR = "search"
+EXIT_INTERRUPTED = 130
+
+
+class StudyFailed(RuntimeError):
+    """The study could not run (not a bad input): exit code 1."""
+
+
+# -- locations -------------------------------------------------------------------------------
+def storage_root(storage: str | None) -> str:
+    root = storage or os.environ.get("MOE_STUDY_STORAGE") or "runs"
+    return root if "://" in root else os.path.abspath(root)
+
+
+def _state_path(root: str, name: str) -> Path:
+    if "://" in root:
+        raise ConfigError(f"--storage {root}: remote storage is supported for Tune only; "
+                          "keep the study state local (a shared NFS path works on clusters)")
+    return Path(root) / name / STATE_FILE
+
+
+# -- pre-flight checks ------------------------------------------------------------------------
+def check_tracking(tracking_uri: str) -> None:
+    from study.tracking import check_tracking_reachable
+
+    try:
+        check_tracking_reachable(tracking_uri)
+    except Exception as exc:  # noqa: BLE001 - any connection error means the same to the user
+        raise StudyFailed(f"MLflow tracking at {tracking_uri} is not reachable: {exc}") from exc
+
+
+def local_resources() -> dict[str, float]:
+    import torch
+
+    return {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
+
+
+def check_resources(spec: StudySpec, available: dict[str, float]) -> None:
+    need = spec.resources.per_trial()
+    problems = [
+        f"resources: a trial needs {kind} {need[kind]:g} but no node has more than {available.get(kind, 0):g}"
+        for kind in ("CPU", "GPU")
+        if need[kind] > available.get(kind, 0) + 1e-9
+    ]
+    if problems:
+        raise ConfigError(problems)
+
+
+def max_concurrent(spec: StudySpec, available: dict[str, float]) -> int:
+    if spec.resources.max_concurrent != "auto":
+        return int(spec.resources.max_concurrent)
+    need = spec.resources.per_trial()
+    fits = [available.get(k, 0) / need[k] for k in ("CPU", "GPU") if need[k] > 0]
+    return max(1, int(math.floor(min(fits)))) if fits else 1
+
+
+# -- the study --------------------------------------------------------------------------------
+def run_study(
+    spec: StudySpec,
+    *,
+    tracking_uri: str,
+    address: str | None = None,
+    name: str | None = None,
+    storage: str | None = None,
+) -> int:
+    name = name or spec.name
+    root = storage_root(storage)
+    state_path = _state_path(root, name)
+    if state_path.exists():
+        raise ConfigError(f"--name {name}: a study of that name exists in {root}; "
+                          f"continue it with `moe-study resume {name}` or pick another --name")
+    base = spec_base_config(spec)
+    if address is None:
+        check_resources(spec, local_resources())
+    check_tracking(tracking_uri)
+    _build_data_once(base)
+
+    from study import tracking
+
+    experiment_id = tracking.ensure_experiment(tracking_uri, spec.experiment_name if spec.tracking.experiment else name)
+    parent_run_id = tracking.start_parent_run(
+        tracking_uri, experiment_id, name, spec.to_dict(),
+        tags={naming.TAG_SPEC_HASH: spec.content_hash(),
+              naming.TAG_SEARCH_KEYS: ",".join(spec.search_keys)},
+    )
+    state = {
+        "name": name, "spec": spec.to_dict(), "tracking_uri": tracking_uri,
+        "experiment_id": experiment_id, "parent_run_id": parent_run_id, "storage": root,
+        "reference": None,
+    }
+    state_path.parent.mkdir(parents=True, exist_ok=True)
+    _write_state(state_path, state)
+    print(f"[{name}] MLflow experiment {experiment_id}, parent run {parent_run_id}", flush=True)
+    return _execute(spec, state, state_path, address=address, restore=False)
+
+
+def resume_study(name: str, *, tracking_uri: str | None = None, address: str | None = None,
+                 storage: str | None = None) -> int:
+    root = storage_root(storage)
+    state_path = _state_path(root, name)
+    if not state_path.exists():
+        raise ConfigError(f"NAME {name}: no study of that name in {root} (looked for {state_path})")
+    state = json.loads(state_path.read_text())
+    spec = spec_from_dict(state["spec"], default_name=name)
+    if tracking_uri and tracking_uri != state["tracking_uri"]:
+        print(f"[{name}] note: the study tracks to {state['tracking_uri']}; ignoring {tracking_uri}")
+    check_tracking(state["tracking_uri"])
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(state["tracking_uri"]).update_run(state["parent_run_id"], status="RUNNING")
+    return _execute(spec, state, state_path, address=address, restore=True)
+
+
+def _execute(spec: StudySpec, state: dict, state_path: Path, *, address: str | None, restore: bool) -> int:
+    import ray
+    from mlflow.tracking import MlflowClient
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    name = state["name"]
+    client = MlflowClient(state["tracking_uri"])
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        ray.init(address=address, include_dashboard=False, dashboard_host="127.0.0.1",
+                 log_to_driver=True, configure_logging=False)
+    status, code = "FAILED", 1
+    try:
+        if address is not None:
+            check_resources(spec, _largest_node(ray.nodes()))
+        available = ray.cluster_resources()
+        reference = state.get("reference")
+        if spec.reference.enabled and reference is None:
+            reference = run_reference(spec, state, available)
+            state["reference"] = reference
+            _write_state(state_path, state)
+        grid = _search(spec, state, available, reference or {}, restore=restore)
+        interrupted = any(t.status not in ("TERMINATED", "ERROR") for t in _trials(grid))
+        if interrupted:
+            print(f"[{name}] interrupted; continue with: moe-study resume {name}", flush=True)
+            status, code = "KILLED", EXIT_INTERRUPTED
+        else:
+            errors = sum(1 for t in _trials(grid) if t.status == "ERROR")
+            status, code = "FINISHED", 0
+            print(f"[{name}] finished: {len(_trials(grid)) - errors} trials done, {errors} failed", flush=True)
+    except KeyboardInterrupt:
+        print(f"[{name}] interrupted; continue with: moe-study resume {name}", flush=True)
+        status, code = "KILLED", EXIT_INTERRUPTED
+    finally:
+        _close_open_children(client, state, "KILLED" if status != "FINISHED" else "FINISHED")
+        client.set_terminated(state["parent_run_id"], status=status)
+        if started_ray:
+            ray.shutdown()
+    if code == 0:
+        _print_best(spec, state)
+    return code
+
+
+def spec_base_config(spec: StudySpec) -> TrialConfig:
+    return TrialConfig.from_flat(dict(spec.fixed))
+
+
+def reference_flat_config(spec: StudySpec) -> dict[str, Any]:
+    """The reference router on the study's model and data (router settings back to default)."""
+    return spec.reference_config().to_flat()
+
+
+def run_reference(spec: StudySpec, state: dict, available: dict) -> dict[str, float]:
+    """Reuse a finished reference run with the same config from MLflow, or run it now."""
+    from ray import tune
+
+    from study.tracking import StudyTracker
+    from trainables.tune_trainable import trial_function
+
+    flat = reference_flat_config(spec)
+    key = naming.config_hash(flat)
+    if spec.reference.reuse:
+        found = _find_reference(state["tracking_uri"], key)
+        if found is not None:
+            print(f"[{state['name']}] reusing reference run {found[0]}", flush=True)
+            return found[1]
+    tracker = StudyTracker(
+        tracking_uri=state["tracking_uri"], experiment_id=state["experiment_id"],
+        parent_run_id=state["parent_run_id"], study_name=state["name"],
+        role=naming.ROLE_REFERENCE, spool_path=_spool(state),
+    )
+    tuner = tune.Tuner(
+        _with_resources(trial_function, spec),
+        param_space={**flat, "_config_hash": key},
+        tune_config=tune.TuneConfig(num_samples=1),
+        run_config=tune.RunConfig(
+            name="reference", storage_path=os.path.join(state["storage"], state["name"]),
+            callbacks=[tracker], verbose=0,
+            failure_config=tune.FailureConfig(max_failures=2),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        ),
+    )
+    grid = tuner.fit()
+    result = grid[0]
+    if result.error is not None:
+        raise StudyFailed(f"the reference-router trial failed: {result.error}")
+    metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    print(f"[{state['name']}] reference: val_loss {metrics.get('val_loss', float('nan')):.4f} "
+          f"purity {metrics.get('purity', float('nan')):.3f}", flush=True)
+    return {k: metrics[k] for k in (naming.VAL_LOSS, naming.PURITY, naming.NMI, naming.REFERENCE_AGREEMENT)
+            if k in metrics}
+
+
+def _find_reference(tracking_uri: str, key: str) -> tuple[str, dict] | None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    exps = [e.experiment_id for e in client.search_experiments()]
+    if not exps:
+        return None
+    runs = client.search_runs(
+        exps,
+        filter_string=f"tags.{naming.TAG_ROLE} = '{naming.ROLE_REFERENCE}' AND "
+        f"tags.{naming.TAG_CONFIG_HASH} = '{key}' AND attributes.status = 'FINISHED'",
+        max_results=1,
+    )
+    if not runs:
+        return None
+    m = runs[0].data.metrics
+    return runs[0].info.run_id, {k: m[k] for k in (naming.VAL_LOSS, naming.PURITY, naming.NMI,
+                                                   naming.REFERENCE_AGREEMENT) if k in m}
+
+
+def _search(spec: StudySpec, state: dict, available: dict, reference: dict, *, restore: bool):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    from study.space import define_by_run, make_sampler
+    from study.tracking import StudyTracker
+    from trainables.tune_trainable import trial_function
+
+    path = os.path.join(state["storage"], state["name"], SEARCH_DIR)
+    trainable = _with_resources(trial_function, spec)
+    if restore and tune.Tuner.can_restore(path):
+        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False)
+        return tuner.fit()
+    metrics, modes = spec.search_metrics, spec.objective.modes
+    multi = len(metrics) > 1
+    searcher = OptunaSearch(
+        space=define_by_run(spec),
+        metric=metrics if multi else metrics[0],
+        mode=modes if multi else modes[0],
+        sampler=make_sampler(spec),
+    )
+    if spec.scheduler.type == "asha":
+        steps = spec_base_config(spec).train.steps
+        scheduler = ASHAScheduler(
+            time_attr=naming.STEP, metric=spec.scheduler_metric, mode=spec.scheduler_mode,
+            max_t=spec.max_steps(),
+            grace_period=spec.scheduler.grace_period or max(1, steps // 4),
+            reduction_factor=spec.scheduler.reduction_factor,
+        )
+    else:
+        scheduler = FIFOScheduler()
+    tracker = StudyTracker(
+        tracking_uri=state["tracking_uri"], experiment_id=state["experiment_id"],
+        parent_run_id=state["parent_run_id"], study_name=state["name"],
+        role=naming.ROLE_TRIAL, spool_path=_spool(state),
+        objective=spec.objective.metrics[0], mode=modes[0],
+    )
+    constants = {"_reference": reference, "_objective": spec.objective.to_dict()}
+    tuner = tune.Tuner(
+        trainable,
+        param_space=constants,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher, scheduler=scheduler, num_samples=spec.num_trials,
+            max_concurrent_trials=max_concurrent(spec, available),
+            time_budget_s=spec.budget.time_s, reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=SEARCH_DIR, storage_path=os.path.join(state["storage"], state["name"]),
+            callbacks=[tracker], verbose=1,
+            failure_config=tune.FailureConfig(max_failures=2),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        ),
+    )
+    return tuner.fit()
+
+
+def _with_resources(fn, spec: StudySpec):
+    from ray import tune
+
+    r = spec.resources
+    return tune.with_resources(fn, {"cpu": r.cpu * r.workers, "gpu": r.gpu * r.workers})
+
+
+def _trials(grid) -> list:
+    return list(getattr(grid, "_experiment_analysis").trials)
+
+
+def _largest_node(nodes: list[dict]) -> dict[str, float]:
+    best = {"CPU": 0.0, "GPU": 0.0}
+    for n in nodes:
+        if n.get("Alive"):
+            for k in best:
+                best[k] = max(best[k], float(n.get("Resources", {}).get(k, 0)))
+    return best
+
+
+def _build_data_once(cfg: TrialConfig) -> None:
+    """Build (or check) the mix in the driver so trials only read the cache."""
+    from trainables.data import build_mix
+
+    build_mix(cfg.data)
+
+
+def _spool(state: dict) -> Path:
+    return Path(state["storage"]) / state["name"] / "mlflow-spool.jsonl"
+
+
+def _write_state(path: Path, state: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2, default=str))
+    tmp.replace(path)  # atomic: a killed driver leaves the old or the new state, never half
+
+
+def _close_open_children(client, state: dict, status: str) -> None:
+    runs = client.search_runs(
+        [state["experiment_id"]],
+        filter_string=f"tags.{naming.TAG_PARENT_RUN} = '{state['parent_run_id']}' "
+        "AND attributes.status = 'RUNNING'",
+        max_results=1000,
+    )
+    for run in runs:
+        client.set_terminated(run.info.run_id, status=status)
+
+
+def _print_best(spec: StudySpec, state: dict) -> None:
+    from study.queries import best_runs, format_rows
+
+    by = spec.objective.metrics[0]
+    try:
+        rows = best_runs(state["tracking_uri"], spec.tracking.experiment or state["name"], top=5, by=by)
+    except ConfigError:
+        return
+    print(f"[{state['name']}] best by {by}:\n{format_rows(rows, 'table')}", flush=True)
