@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from trainables.metrics import as_numpy, purity
 
@@ -121,3 +122,186 @@ def save_figure(fig: Figure, path: str | PathLike, dpi: int = 120) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)
     return path
+
+
+# -- study-level plots of the report (``moe-study report``) -----------------------------------
+_SCOPE_MARKERS = {"sequence": "s", "micro_batch": "o", "global_batch": "^"}
+_SCOPE_LINES = {"sequence": ":", "micro_batch": "--", "global_batch": "-"}
+
+
+def method_color(method: str):
+    """A fixed colour per routing method (same method, same colour in every figure)."""
+    from matplotlib import colormaps
+
+    from trainables.config import METHODS
+
+    palette = colormaps["tab10"].colors
+    index = METHODS.index(method) if method in METHODS else len(METHODS) + sum(map(ord, method))
+    return palette[index % len(palette)]
+
+
+def _scope_marker(scope: str) -> str:
+    return _SCOPE_MARKERS.get(scope, "D")
+
+
+def _method_scope_legends(ax, methods: Sequence[str], scopes: Sequence[str], extra=()) -> None:
+    from matplotlib.lines import Line2D
+
+    colour_handles = [Line2D([], [], color=method_color(m), marker="o", linestyle="", label=m)
+                      for m in dict.fromkeys(methods)]
+    marker_handles = [Line2D([], [], color="0.3", marker=_scope_marker(s), linestyle="", label=s)
+                      for s in dict.fromkeys(scopes)]
+    # figure legends placed "outside" are the ones constrained layout makes room for
+    fig = ax.get_figure()
+    fig.legend(handles=colour_handles + list(extra), title="method", loc="outside right upper",
+               fontsize=8)
+    fig.legend(handles=marker_handles, title="scope", loc="outside right lower", fontsize=8)
+
+
+def pareto_plot(
+    x: Sequence[float],
+    y: Sequence[float],
+    methods: Sequence[str],
+    scopes: Sequence[str],
+    front: Sequence[int],
+    *,
+    hollow: Sequence[bool] | None = None,
+    reference: tuple[float, float] | None = (0.0, 0.0),
+    xlabel: str = "gap_purity (reference purity - purity)",
+    ylabel: str = "gap_loss (val_loss - reference val_loss)",
+    title: str = "loss gap vs purity gap (lower-left is better)",
+) -> Figure:
+    """One point per trial (colour = method, marker = scope), the Pareto front ``front``
+    (indices into the points) joined and ringed, the reference router as a star.
+
+    ``hollow`` points (e.g. expert choice, whose loss is not comparable) are drawn unfilled.
+    """
+    n = len(x)
+    if not (len(y) == len(methods) == len(scopes) == n):
+        raise ValueError("pareto_plot needs x, y, methods and scopes of the same length")
+    hollow = list(hollow) if hollow is not None else [False] * n
+    fig = _new_figure(9.0, 5.5)
+    ax = fig.add_subplot()
+    for i in range(n):
+        colour = method_color(methods[i])
+        ax.scatter([x[i]], [y[i]], marker=_scope_marker(scopes[i]), s=45, zorder=3,
+                   facecolors="none" if hollow[i] else [colour], edgecolors=[colour])
+    extra = []
+    if front:
+        from matplotlib.lines import Line2D
+
+        fx, fy = [x[i] for i in front], [y[i] for i in front]
+        ax.plot(fx, fy, color="crimson", linewidth=1.2, drawstyle="steps-post", zorder=2)
+        ax.scatter(fx, fy, s=150, facecolors="none", edgecolors="crimson", linewidths=1.5, zorder=4)
+        extra.append(Line2D([], [], color="crimson", marker="o", markerfacecolor="none",
+                            label="Pareto front"))
+    if reference is not None:
+        from matplotlib.lines import Line2D
+
+        ax.scatter([reference[0]], [reference[1]], marker="*", s=260, color="gold",
+                   edgecolors="black", zorder=5)
+        extra.append(Line2D([], [], color="gold", marker="*", markeredgecolor="black",
+                            markersize=12, linestyle="", label="reference router"))
+    if any(hollow):
+        from matplotlib.lines import Line2D
+
+        extra.append(Line2D([], [], color="0.3", marker="o", markerfacecolor="none", linestyle="",
+                            label="loss not comparable"))
+    ax.axhline(0.0, color="0.7", linewidth=0.8, zorder=1)
+    ax.axvline(0.0, color="0.7", linewidth=0.8, zorder=1)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    _method_scope_legends(ax, methods, scopes, extra)
+    return fig
+
+
+def learning_curves(
+    curves: Sequence[tuple[str, str, Sequence[int], Sequence[float]]],
+    *,
+    metric: str = "purity",
+    reference: float | None = None,
+    title: str | None = None,
+) -> Figure:
+    """One panel per method, one colour per scope: each run thin, the scope's mean bold.
+
+    ``curves`` holds ``(method, scope, steps, values)`` per run. The mean at a step averages
+    the runs that logged that step. ``reference`` draws the reference router's final value.
+    """
+    from trainables.config import METHODS, SCOPES
+
+    if not curves:
+        raise ValueError("learning_curves needs at least one curve")
+    methods = sorted({c[0] for c in curves},
+                     key=lambda m: (METHODS.index(m) if m in METHODS else len(METHODS), m))
+    columns = min(3, len(methods))
+    rows = int(np.ceil(len(methods) / columns))
+    fig = _new_figure(4.2 * columns + 1.5, 3.3 * rows + 0.6)
+    axes = fig.subplots(rows, columns, squeeze=False, sharey=True)
+    scope_colours = {"sequence": "tab:green", "micro_batch": "tab:orange", "global_batch": "tab:blue"}
+    for ax in axes.flat[len(methods):]:
+        ax.set_visible(False)
+    for ax, method in zip(axes.flat, methods):
+        mine = [c for c in curves if c[0] == method]
+        scopes = sorted({c[1] for c in mine},
+                        key=lambda s: (SCOPES.index(s) if s in SCOPES else len(SCOPES), s))
+        for scope in scopes:
+            colour = scope_colours.get(scope, "tab:purple")
+            by_step: dict[int, list[float]] = {}
+            runs = [c for c in mine if c[1] == scope]
+            for _, _, steps, values in runs:
+                ax.plot(steps, values, color=colour, alpha=0.3, linewidth=0.8)
+                for s, v in zip(steps, values):
+                    by_step.setdefault(int(s), []).append(float(v))
+            steps_sorted = sorted(by_step)
+            ax.plot(steps_sorted, [np.mean(by_step[s]) for s in steps_sorted], color=colour,
+                    linewidth=2.2, linestyle=_SCOPE_LINES.get(scope, "-"),
+                    label=f"{scope} (n={len(runs)})")
+        if reference is not None and np.isfinite(reference):
+            ax.axhline(reference, color="black", linestyle="--", linewidth=1.0, label="reference")
+        ax.set_title(method)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("step")
+        ax.set_ylabel(metric)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    fig.suptitle(title or f"{metric} during training (thin: runs, bold: mean per scope)")
+    return fig
+
+
+def interval_bars(
+    bars: Sequence[tuple[str, str, float, float | None, int]],
+    *,
+    ylabel: str = "purity",
+    reference: float | None = None,
+    title: str | None = None,
+) -> Figure:
+    """Bars of means with confidence-interval error bars, coloured by method.
+
+    ``bars`` holds ``(label, method, mean, half_width, n)``; a bar with no interval (n=1) gets
+    no error bar and an ``n=1`` note instead.
+    """
+    if not bars:
+        raise ValueError("interval_bars needs at least one bar")
+    fig = _new_figure(max(5.0, 0.75 * len(bars) + 2.0), 4.8)
+    ax = fig.add_subplot()
+    positions = np.arange(len(bars))
+    for pos, (label, method, mean, half_width, n) in zip(positions, bars):
+        ax.bar([pos], [mean], color=method_color(method), edgecolor="black", linewidth=0.5)
+        if half_width is not None:
+            ax.errorbar([pos], [mean], yerr=[half_width], color="black", capsize=4, linewidth=1.2)
+        top = mean + (half_width or 0.0) if mean >= 0 else mean
+        ax.annotate(f"n={n}", (pos, top), textcoords="offset points", xytext=(0, 3),
+                    ha="center", fontsize=7)
+    if reference is not None and np.isfinite(reference):
+        ax.axhline(reference, color="black", linestyle="--", linewidth=1.0)
+        ax.annotate("reference router", (1.0, reference), xycoords=("axes fraction", "data"),
+                    textcoords="offset points", xytext=(-3, 3), ha="right", fontsize=8)
+    crowded = len(bars) > 8
+    ax.set_xticks(list(positions), labels=[b[0] for b in bars], rotation=45 if crowded else 0,
+                  ha="right" if crowded else "center", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title or f"mean {ylabel} per method x scope (95% CI over seeds)")
+    ax.grid(True, axis="y", alpha=0.3)
+    return fig

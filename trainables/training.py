@@ -206,11 +206,14 @@ def train(
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        done = step + 1 == cfg.train.steps
+        report_now = (step + 1) % cfg.train.eval_every == 0 or done
+        # read before post_step() empties the buffer (and only when reporting: it syncs a GPU)
+        window_counts = global_counts_total(model) if report_now else 0.0
         model.post_step()
         train_losses.append(step_loss)
 
-        done = step + 1 == cfg.train.steps
-        if (step + 1) % cfg.train.eval_every == 0 or done:
+        if report_now:
             val, count_table = evaluate(model, val_batches, cfg, domains, device)
             elapsed = time.perf_counter() - t0
             val.update(
@@ -222,7 +225,22 @@ def train(
                 elapsed_s=elapsed,
                 tokens_per_s=(step + 1 - start_step) * tokens_per_step / max(elapsed, 1e-9),
             )
+            if window_counts > 0:
+                val["global_counts_total"] = window_counts
             yield Report(step + 1, val, domains, count_table, done, checkpoint_state(step + 1))
+
+
+def global_counts_total(model: MoETransformer) -> float:
+    """Routed slots in the first MoE layer's global-scope count buffer, this step so far.
+
+    Only count-based routers (LBL, EB) at ``global_batch`` fill the buffer; for them, after the
+    step's last micro-batch it holds every micro-batch of every data-parallel worker:
+    ``balance_window_tokens * top_k`` (the ``global_counts_total`` diagnostic). 0 otherwise.
+    """
+    layers = model.moe_layers()
+    if not layers:
+        return 0.0
+    return float(layers[0].router.counts.step_counts_E.sum())
 
 
 def _concat(micro_batches: list[MicroBatch]) -> MicroBatch:

@@ -2,7 +2,9 @@
 
 The Tune config is the flat trial config (dotted keys) plus private keys starting with ``_``:
 ``_reference`` holds the reference router's final metrics, so every report carries
-``gap_loss`` / ``gap_purity`` for the searcher and the scheduler to act on.
+``gap_loss`` / ``gap_purity`` for the searcher and the scheduler to act on; ``_workers`` > 1
+runs the trial data-parallel on a Ray Train ``TorchTrainer`` (``trainables.tune_data_parallel``),
+which reports the same result through the same ``result_builder``.
 
 Every report comes with a checkpoint (model, optimizer, data stream), so a paused, preempted or
 crashed trial resumes where it was. The expert x domain table travels in the result as
@@ -13,15 +15,19 @@ from __future__ import annotations
 
 import os
 import tempfile
+from typing import Callable
 
 import torch
 from ray import tune
 
 from trainables.config import TrialConfig
 from trainables.metrics import gaps
-from trainables.training import train
+from trainables.training import Report, train
 
 CHECKPOINT_FILE = "trial_state.pt"
+WORKERS_KEY = "_workers"
+"""Private config key: data-parallel workers of the trial; > 1 runs it as a Ray Train TorchTrainer
+(``trainables.tune_data_parallel``)."""
 
 
 def split_tune_config(config: dict) -> tuple[TrialConfig, dict]:
@@ -32,16 +38,29 @@ def split_tune_config(config: dict) -> tuple[TrialConfig, dict]:
 
 
 def trial_function(config: dict) -> None:
+    if int(config.get(WORKERS_KEY) or 1) > 1:
+        from trainables.tune_data_parallel import data_parallel_trial
+
+        data_parallel_trial(config)
+        return
     cfg, private = split_tune_config(config)
+    build_result = result_builder(private)
+    # only checkpoints Tune handed back for this very trial, from the study's own storage
+    resume_state = load_trial_state(tune.get_checkpoint())
+    for report in train(cfg, resume_state=resume_state):
+        with tempfile.TemporaryDirectory() as d:
+            save_trial_state(report, d)
+            tune.report(build_result(report), checkpoint=tune.Checkpoint.from_directory(d))
+
+
+def result_builder(private: dict) -> Callable[[Report], dict]:
+    """What a trial reports for a training Report, the same on the one-process and the
+    data-parallel path: the metrics, the gaps to the reference, the rescored objective values
+    and the expert x domain table."""
     reference = private.get("_reference") or {}
     scorer = _objective_scorer(private.get("_objective"))
-    resume_state = None
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            # only checkpoints Tune handed back for this very trial, from the study's own storage
-            resume_state = torch.load(os.path.join(d, CHECKPOINT_FILE), weights_only=False)
-    for report in train(cfg, resume_state=resume_state):
+
+    def build(report: Report) -> dict:
         result = dict(report.metrics)
         if reference:
             result.update(gaps(result, reference))
@@ -50,9 +69,23 @@ def trial_function(config: dict) -> None:
         if report.count_table is not None:
             result["count_table"] = report.count_table.tolist()
             result["domains"] = list(report.domains)
-        with tempfile.TemporaryDirectory() as d:
-            torch.save(report.state(), os.path.join(d, CHECKPOINT_FILE))
-            tune.report(result, checkpoint=tune.Checkpoint.from_directory(d))
+        return result
+
+    return build
+
+
+def save_trial_state(report: Report, directory: str) -> None:
+    """Write the report's checkpoint (model, optimizer, data stream, step) into ``directory``."""
+    torch.save(report.state(), os.path.join(directory, CHECKPOINT_FILE))
+
+
+def load_trial_state(checkpoint) -> dict | None:
+    """The training state in a Tune or Train checkpoint (the same class), None without one."""
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as d:
+        # our own checkpoint format, holding optimizer state and RNG states: not weights only
+        return torch.load(os.path.join(d, CHECKPOINT_FILE), weights_only=False)
 
 
 def _objective_scorer(objective: dict | None):

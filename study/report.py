@@ -1,0 +1,425 @@
+"""``moe-study report EXPERIMENT``: a Markdown report with figures of one study's MLflow runs.
+
+``write_report`` reads the experiment through ``MlflowClient`` (``report_data``), computes the
+tables and findings (``report_stats``, ``report_findings``), draws the figures (``plots``) and
+writes ``report.md`` plus PNGs into one folder:
+
+1. header: studies, trial counts (finished / stopped early / failed), the reference run;
+2. leaderboard: the best full-length trials by ``gap_purity`` under the reference row;
+3. method x scope table: mean and 95 % t-interval over seeds per (method, scope, capacity,
+   domains per micro-batch);
+4. figures: Pareto plot of the gaps, routing heatmaps (reference / best / worst), purity
+   learning curves, mean purity bars;
+5. findings computed from the numbers, each with a verdict.
+
+Only trials that ran all of ``train.steps`` are ranked and averaged by default: a trial the
+scheduler stopped early was measured at an earlier step and would compare unfairly.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from study import naming
+from study.report_data import (
+    RunRecord, StudyRuns, distinct_configs, fetch_count_table, fetch_histories, load_study_runs,
+)
+from study.report_findings import Finding, findings
+from study.report_stats import (
+    Estimate, capacity_label, cell_estimates, group_cells, mean_ci, pareto_front, varying_params,
+)
+
+REPORT_FILE = "report.md"
+PARETO_FILE = "pareto.png"
+HEATMAPS_FILE = "heatmaps.png"
+CURVES_FILE = "learning_curves.png"
+BARS_FILE = "purity_bars.png"
+FIGURE_FILES = (PARETO_FILE, HEATMAPS_FILE, CURVES_FILE, BARS_FILE)
+
+LEADERBOARD_TOP = 20
+HISTORY_CAP = 200
+"""At most this many runs get a metric-history call for the learning curves."""
+LEADERBOARD_METRICS = (
+    naming.PURITY, naming.REFERENCE_AGREEMENT, naming.LOAD_ENTROPY, naming.MAX_VIO,
+    naming.DEAD_EXPERT_FRACTION, naming.DROPPED_FRACTION, naming.VAL_LOSS, naming.GAP_LOSS,
+    naming.GAP_PURITY,
+)
+TABLE_METRICS = (
+    naming.PURITY, naming.REFERENCE_AGREEMENT, naming.LOAD_ENTROPY, naming.MAX_VIO,
+    naming.DEAD_EXPERT_FRACTION, naming.GAP_LOSS,
+)
+REFERENCE_METRICS = (
+    naming.VAL_LOSS, naming.PURITY, naming.NMI, naming.REFERENCE_AGREEMENT, naming.LOAD_ENTROPY,
+    naming.MAX_VIO, naming.DEAD_EXPERT_FRACTION,
+)
+LOSS_METRICS = (naming.VAL_LOSS, naming.GAP_LOSS)
+EXPERT_CHOICE = "ec"
+EC_MARK = "†"
+EC_NOTE = (f"{EC_MARK} `ec` (expert choice) picks tokens per expert across the whole sequence, "
+           "which leaks future tokens in a causal LM: its `val_loss` and `gap_loss` are not "
+           "comparable with the other methods (its routing metrics are).")
+
+
+def default_out_dir(experiment: str) -> Path:
+    return Path("report-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", experiment))
+
+
+def write_report(
+    experiment: str,
+    out_dir: str | Path | None = None,
+    tracking_uri: str | None = None,
+    *,
+    top: int = LEADERBOARD_TOP,
+    include_stopped_early: bool = False,
+    history_cap: int = HISTORY_CAP,
+) -> Path:
+    """Write ``report.md`` and its PNG figures into ``out_dir``; return the report's path.
+
+    Raises ``ConfigError`` when the experiment does not exist or has no finished trial run.
+    """
+    from mlflow import MlflowClient
+
+    uri = tracking_uri or naming.default_tracking_uri()
+    client = MlflowClient(uri)
+    runs = load_study_runs(client, experiment, uri)
+    out = Path(out_dir) if out_dir else default_out_dir(experiment)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in FIGURE_FILES:  # a figure this run cannot draw must not survive from an old run
+        (out / name).unlink(missing_ok=True)
+
+    ranked, ranked_note = _ranked_trials(runs, include_stopped_early)
+    by, ascending = _ranking_metric(ranked)
+    ranked.sort(key=lambda r: _sort_value(r, by, ascending))
+    # statistics count each distinct config once (a repeated config with the same seed is the
+    # same measurement); the leaderboard and the Pareto plot still show every run
+    independent, repeats = distinct_configs(ranked)
+    figures = {
+        PARETO_FILE: _pareto_figure(ranked, out / PARETO_FILE),
+        HEATMAPS_FILE: _heatmap_figure(client, runs.reference, ranked, by, out / HEATMAPS_FILE),
+        CURVES_FILE: _curves_figure(client, independent, runs.reference, history_cap, out / CURVES_FILE),
+        BARS_FILE: _bars_figure(independent, runs.reference, out / BARS_FILE),
+    }
+    sections = [
+        header_markdown(runs, uri),
+        leaderboard_markdown(ranked, runs.reference, by, ascending, top, ranked_note),
+        cell_table_markdown(independent, repeats),
+        figures_markdown(figures),
+        findings_markdown(findings(independent, runs.reference)),
+        failures_markdown(runs.trials),
+    ]
+    path = out / REPORT_FILE
+    path.write_text("\n\n".join(s for s in sections if s).rstrip() + "\n")
+    return path
+
+
+# -- which trials are compared ----------------------------------------------------------------
+def _ranked_trials(runs: StudyRuns, include_stopped_early: bool) -> tuple[list[RunRecord], str]:
+    full = runs.full_length_trials
+    if include_stopped_early:
+        return list(runs.finished_trials), "Trials stopped early by the scheduler are included."
+    if not full:
+        return list(runs.finished_trials), (
+            "No trial ran the full `train.steps`: the scheduler stopped all of them, so the "
+            "stopped trials are shown, each measured at the step it stopped.")
+    skipped = len(runs.finished_trials) - len(full)
+    return list(full), (
+        "Only trials that ran the full `train.steps` are ranked and averaged"
+        + (f" ({skipped} stopped early by the scheduler are left out)." if skipped else "."))
+
+
+def _ranking_metric(ranked: Sequence[RunRecord]) -> tuple[str, bool]:
+    """``gap_purity`` ascending; ``purity`` descending when no trial has a gap (no reference)."""
+    if any(math.isfinite(r.metric(naming.GAP_PURITY)) for r in ranked):
+        return naming.GAP_PURITY, True
+    return naming.PURITY, False
+
+
+def _sort_value(run: RunRecord, by: str, ascending: bool) -> tuple:
+    v = run.metric(by)
+    return (not math.isfinite(v), v if ascending else -v, run.name)
+
+
+# -- Markdown sections ------------------------------------------------------------------------
+def _num(v: float | None) -> str:
+    return "–" if v is None or not math.isfinite(v) else f"{v:.3f}"
+
+
+def _estimate(e: Estimate | None, n_cell: int) -> str:
+    if e is None:
+        return "–"
+    if e.half_width is None:
+        return f"{e.mean:.3f} (n=1)"
+    suffix = f" (n={e.n})" if e.n != n_cell else ""
+    return f"{e.mean:.3f} ± {e.half_width:.3f}{suffix}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def header_markdown(runs: StudyRuns, uri: str) -> str:
+    trials = runs.trials
+    full = sum(t.full_length for t in trials)
+    early = sum(t.finished and t.stopped_early for t in trials)
+    failed = sum(t.status == "FAILED" for t in trials)
+    other = len(trials) - full - early - failed
+    study_names = sorted({s.tags.get(naming.TAG_STUDY, s.name) for s in runs.studies})
+    lines = [
+        f"# Routing study report: {runs.experiment}",
+        "",
+        f"- MLflow experiment `{runs.experiment}` (id {runs.experiment_id}) in `{uri}`",
+        f"- studies (parent runs): {len(runs.studies)}"
+        + (f" ({', '.join(study_names)})" if study_names else ""),
+        f"- trials: {len(trials)}: {full} finished the full `train.steps`, {early} stopped early "
+        f"by the scheduler, {failed} failed"
+        + (f", {other} unfinished (running or killed)" if other else ""),
+    ]
+    ref = runs.reference
+    if ref is None:
+        lines.append("- reference run: none found, so there are no gaps to the upper bound")
+        return "\n".join(lines)
+    source = f", {runs.reference_source}" if runs.reference_source else ""
+    lines += [
+        f"- reference run (the upper bound: each domain routed to its own experts): "
+        f"`{ref.name}` ({ref.run_id}{source})",
+        "",
+        _table(list(REFERENCE_METRICS), [[_num(ref.metric(m)) for m in REFERENCE_METRICS]]),
+    ]
+    if len(runs.references) > 1:
+        lines += ["", f"{len(runs.references)} finished reference runs; the newest is shown."]
+    return "\n".join(lines)
+
+
+def leaderboard_markdown(ranked: Sequence[RunRecord], reference: RunRecord | None, by: str,
+                         ascending: bool, top: int, note: str) -> str:
+    header = ["#", "run", "method", "scope", "capacity", "domains/micro-batch", "seed",
+              *LEADERBOARD_METRICS]
+    rows = []
+    if reference is not None:
+        rows.append(["ref", f"**{reference.name} (reference, upper bound)**", "reference", "–",
+                     "–", reference.domains_per_micro_batch, reference.seed,
+                     *[_num(_reference_value(reference, m)) for m in LEADERBOARD_METRICS]])
+    for i, r in enumerate(ranked[:top], start=1):
+        rows.append([str(i), r.name, r.method, r.scope, capacity_label(r.capacity),
+                     r.domains_per_micro_batch, r.seed, *[_metric_cell(r, m) for m in LEADERBOARD_METRICS]])
+    order = "ascending" if ascending else "descending"
+    why = "" if by == naming.GAP_PURITY else " (no trial has `gap_purity`: no reference run)"
+    parts = [
+        "## Leaderboard",
+        "",
+        f"Top {min(top, len(ranked))} of {len(ranked)} trials by `{by}` ({order}){why}. {note} "
+        "The reference row on top is the reference router: each domain sent to its own experts, "
+        "the upper bound of purity; it is not a trial and is not ranked.",
+        "",
+        _table(header, rows),
+    ]
+    if any(r.method == EXPERT_CHOICE for r in ranked[:top]):
+        parts += ["", EC_NOTE]
+    return "\n".join(parts)
+
+
+def _reference_value(reference: RunRecord, metric: str) -> float:
+    """The reference's own metric; its gaps are 0 by definition (it does not log them)."""
+    value = reference.metric(metric)
+    base = {naming.GAP_LOSS: naming.VAL_LOSS, naming.GAP_PURITY: naming.PURITY}.get(metric)
+    if base and not math.isfinite(value) and math.isfinite(reference.metric(base)):
+        return 0.0
+    return value
+
+
+def _metric_cell(run: RunRecord, metric: str) -> str:
+    text = _num(run.metric(metric))
+    if run.method == EXPERT_CHOICE and metric in LOSS_METRICS and text != "–":
+        return text + EC_MARK
+    return text
+
+
+def cell_table_markdown(ranked: Sequence[RunRecord], repeats: dict[str, str] | None = None) -> str:
+    cells = group_cells(ranked)
+    header = ["method", "scope", "capacity", "domains/micro-batch", "n", *TABLE_METRICS]
+    rows, pooled = [], []
+    for key, members in cells.items():
+        estimates = cell_estimates(members, TABLE_METRICS)
+        ec = key.method == EXPERT_CHOICE
+        rows.append([
+            key.method + (f" {EC_MARK}" if ec else ""), key.scope, capacity_label(key.capacity),
+            key.domains_per_micro_batch, str(len(members)),
+            *[_estimate(estimates[m], len(members)) + (EC_MARK if ec and m in LOSS_METRICS
+                                                       and estimates[m] is not None else "")
+              for m in TABLE_METRICS],
+        ])
+        varying = varying_params(members, ignore=("train.seed",))
+        if varying:
+            pooled.append(f"{key.method} / {key.scope}: {', '.join(f'`{k}`' for k in varying)}")
+    parts = [
+        "## Method x scope",
+        "",
+        "Mean ± half-width of the 95% confidence interval over the runs of each cell (Student's "
+        "t with n-1 degrees of freedom); `n=1` means a single run and no interval. Full-length "
+        "trials only (as in the leaderboard).",
+        "",
+        _table(header, rows),
+    ]
+    if any(k.method == EXPERT_CHOICE for k in cells):
+        parts += ["", EC_NOTE]
+    if repeats:
+        same = ", ".join(f"{name} (= {kept})" for name, kept in repeats.items())
+        parts += ["", f"{len(repeats)} run(s) repeat another run's exact config, seed included, "
+                      f"and are counted once: {same}."]
+    if pooled:
+        parts += ["", "Cells that pool more than seeds (these params differ between their runs, "
+                      "so the interval covers them too): " + "; ".join(pooled) + "."]
+    return "\n".join(parts)
+
+
+def figures_markdown(figures: dict[str, tuple[str, str]]) -> str:
+    """``figures`` maps file name -> (caption, '') when drawn, or ('', why not) when not."""
+    parts = ["## Figures"]
+    for name, (caption, missing) in figures.items():
+        parts.append("")
+        if caption:
+            parts += [f"![{name}]({name})", "", caption]
+        else:
+            parts.append(f"_{name} not drawn: {missing}_")
+    return "\n".join(parts)
+
+
+def findings_markdown(items: Sequence[Finding]) -> str:
+    parts = [
+        "## Findings",
+        "",
+        "Computed from the full-length trials' purity. A claim *holds* when the difference is "
+        "positive and its 95% interval (Welch's t) excludes 0, *does not hold* when the interval "
+        "lies below 0, and is *not shown* otherwise.",
+        "",
+    ]
+    if not items:
+        parts.append("No finding: the study lacks the groups a comparison needs (e.g. one method "
+                     "at two scopes).")
+    else:
+        parts += [f.markdown() for f in items]
+    return "\n".join(parts)
+
+
+def failures_markdown(trials: Sequence[RunRecord], limit: int = 10) -> str:
+    failed = [t for t in trials if t.status == "FAILED"]
+    if not failed:
+        return ""
+    lines = ["## Failed trials", ""]
+    for t in failed[:limit]:
+        last = next((ln.strip() for ln in reversed(t.error.splitlines()) if ln.strip()), "no error recorded")
+        lines.append(f"- `{t.name}` ({t.method}, {t.scope}): {last[:300]}")
+    if len(failed) > limit:
+        lines.append(f"- ... and {len(failed) - limit} more")
+    return "\n".join(lines)
+
+
+# -- figures ----------------------------------------------------------------------------------
+def _pareto_figure(ranked: Sequence[RunRecord], path: Path) -> tuple[str, str]:
+    from study.plots import pareto_plot, save_figure
+
+    points = [r for r in ranked if math.isfinite(r.metric(naming.GAP_PURITY))
+              and math.isfinite(r.metric(naming.GAP_LOSS))]
+    if not points:
+        return "", "no trial logged both gap_purity and gap_loss (they need a reference run)"
+    xy = [(r.metric(naming.GAP_PURITY), r.metric(naming.GAP_LOSS)) for r in points]
+    comparable = [i for i, r in enumerate(points) if r.method != EXPERT_CHOICE]
+    front = [comparable[j] for j in pareto_front([xy[i] for i in comparable])]
+    fig = pareto_plot([p[0] for p in xy], [p[1] for p in xy], [r.method for r in points],
+                      [r.scope for r in points], front,
+                      hollow=[r.method == EXPERT_CHOICE for r in points])
+    save_figure(fig, path)
+    names = ", ".join(f"{points[i].name} ({points[i].method}, {points[i].scope})" for i in front)
+    caption = (f"Each full-length trial: `gap_loss` against `gap_purity` (both 0 for the "
+               f"reference router, the star; lower-left is better). Pareto front: {names or 'none'}.")
+    if len(comparable) < len(points):
+        caption += " Hollow points are `ec`, left out of the front (its loss is not comparable)."
+    return caption, ""
+
+
+def _heatmap_figure(client, reference: RunRecord | None, ranked: Sequence[RunRecord], by: str,
+                    path: Path) -> tuple[str, str]:
+    from study.plots import heatmaps_side_by_side, save_figure
+
+    scored = [r for r in ranked if math.isfinite(r.metric(by))]
+    picks: list[tuple[str, RunRecord]] = []
+    if reference is not None:
+        picks.append(("reference", reference))
+    if scored:
+        picks.append((f"best: {scored[0].name}\n{scored[0].method}, {scored[0].scope}", scored[0]))
+        if len(scored) > 1:
+            picks.append((f"worst: {scored[-1].name}\n{scored[-1].method}, {scored[-1].scope}", scored[-1]))
+    tables, domains, missing = [], None, []
+    with tempfile.TemporaryDirectory(prefix="moe-study-report-") as tmp:
+        for i, (title, run) in enumerate(picks):
+            got = fetch_count_table(client, run.run_id, Path(tmp) / str(i))
+            if got is None:
+                missing.append(run.name)
+                continue
+            n_LED, run_domains = got
+            if domains is None:
+                domains = run_domains
+            if sorted(run_domains) != sorted(domains):
+                missing.append(f"{run.name} (other domains)")
+                continue
+            order = [run_domains.index(d) for d in domains]
+            tables.append((title, np.asarray(n_LED, dtype=float).sum(axis=0)[:, order]))
+    if not tables:
+        return "", "no count_table.parquet artifact on the reference, best or worst run"
+    save_figure(heatmaps_side_by_side(tables, domains), path)
+    caption = ("Routing of the evaluation set, all MoE layers summed: share of each domain's "
+               f"routed slots per expert (experts sorted by majority domain). Best and worst by `{by}`.")
+    if missing:
+        caption += f" No count table for: {', '.join(missing)}."
+    return caption, ""
+
+
+def _curves_figure(client, ranked: Sequence[RunRecord], reference: RunRecord | None, cap: int,
+                   path: Path) -> tuple[str, str]:
+    from study.plots import learning_curves, save_figure
+
+    histories = fetch_histories(client, ranked, naming.PURITY, cap)
+    curves = [(r.method, r.scope, [s for s, _ in histories[r.run_id]], [v for _, v in histories[r.run_id]])
+              for r in ranked if r.run_id in histories]
+    if not curves:
+        return "", "no trial logged a purity history"
+    ref = reference.metric(naming.PURITY) if reference is not None else None
+    save_figure(learning_curves(curves, metric=naming.PURITY, reference=ref), path)
+    caption = (f"`purity` at each evaluation step, one panel per method: thin lines are runs, bold "
+               f"lines the mean per scope; dashed: the reference router's final purity.")
+    if len(ranked) > cap:
+        caption += f" The first {cap} of {len(ranked)} ranked trials are drawn."
+    return caption, ""
+
+
+def _bars_figure(ranked: Sequence[RunRecord], reference: RunRecord | None, path: Path) -> tuple[str, str]:
+    from study.plots import interval_bars, save_figure
+
+    cells = group_cells(ranked)
+    capacity_varies = len({k.capacity for k in cells}) > 1
+    dpmb_varies = len({k.domains_per_micro_batch for k in cells}) > 1
+    bars = []
+    for key, members in cells.items():
+        est = mean_ci(r.metric(naming.PURITY) for r in members)
+        if est is None:
+            continue
+        label = f"{key.method}\n{key.scope}"
+        if capacity_varies:
+            label += f"\ncap {capacity_label(key.capacity)}"
+        if dpmb_varies:
+            label += f"\n{key.domains_per_micro_batch} dom/mb"
+        bars.append((label, key.method, est.mean, est.half_width, est.n))
+    if not bars:
+        return "", "no trial logged purity"
+    ref = reference.metric(naming.PURITY) if reference is not None else None
+    save_figure(interval_bars(bars, ylabel=naming.PURITY, reference=ref), path)
+    return ("Mean `purity` per cell with its 95% confidence interval over seeds (no bar for n=1); "
+            "dashed: the reference router."), ""

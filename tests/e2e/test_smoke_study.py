@@ -1,0 +1,107 @@
+"""End to end, as a user runs it: `moe-study run smoke.yaml` on a real local Ray cluster with a
+real MLflow sqlite store, then `moe-study best` in all three formats."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from study import naming
+
+ROOT = Path(__file__).resolve().parents[2]
+SMOKE = ROOT / "search_spaces" / "smoke.yaml"
+
+
+def moe_study(*args: str, cwd: Path, timeout: float = 1200) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "study.cli", *args], cwd=cwd, env=env,
+        capture_output=True, text=True, timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="module")
+def smoke_study(tmp_path_factory):
+    d = tmp_path_factory.mktemp("smoke-study")
+    uri = f"sqlite:///{d}/mlflow.db"
+    r = moe_study("run", str(SMOKE), "--tracking-uri", uri, "--storage", str(d / "runs"), cwd=d)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    return d, uri, r.stdout
+
+
+def _runs(uri: str):
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("smoke")
+    assert exp is not None
+    return client, client.search_runs([exp.experiment_id], max_results=1000)
+
+
+def test_study_writes_parent_run_and_nested_trial_runs_with_gaps(smoke_study):
+    _, uri, stdout = smoke_study
+    client, runs = _runs(uri)
+    parents = [r for r in runs if r.data.tags.get(naming.TAG_ROLE) == naming.ROLE_STUDY]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    parent_id = parents[0].info.run_id
+    assert "spec.yaml" in [a.path for a in client.list_artifacts(parent_id)]
+
+    children = [r for r in runs if r.data.tags.get(naming.TAG_PARENT_RUN) == parent_id]
+    refs = [r for r in children if r.data.tags[naming.TAG_ROLE] == naming.ROLE_REFERENCE]
+    trials = [r for r in children if r.data.tags[naming.TAG_ROLE] == naming.ROLE_TRIAL]
+    assert len(refs) == 1 and len(trials) == 4
+    ref = refs[0].data.metrics
+    assert ref["purity"] == 1.0 and ref["reference_agreement"] == 1.0
+
+    for run in trials:
+        m, p = run.data.metrics, run.data.params
+        assert run.info.status == "FINISHED"
+        assert p["router.method"] in ("lbl", "eb") and run.data.tags["router.method"] == p["router.method"]
+        assert p["router.scope"] in ("micro_batch", "global_batch")
+        # a conditional param exists only where its condition holds
+        assert ("router.lbl_coef" in p) == (p["router.method"] == "lbl")
+        # the gaps are computed against this study's reference run
+        assert m["gap_purity"] == pytest.approx(ref["purity"] - m["purity"])
+        assert m["gap_loss"] == pytest.approx(m["val_loss"] - ref["val_loss"])
+        assert 0 <= m["purity"] <= 1 and m["balance_window_tokens"] > 0
+        history = client.get_metric_history(run.info.run_id, "val_loss")
+        assert [h.step for h in history][:1] == [20]  # periodic evaluation: a curve, not a point
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"count_table.parquet", "routing_heatmap.png"} <= artifacts
+    assert "finished: 4 trials done, 0 failed" in stdout
+
+
+@pytest.mark.parametrize("fmt", ["json", "csv", "table"])
+def test_best_returns_trials_in_gap_order_in_every_format(smoke_study, fmt):
+    d, uri, _ = smoke_study
+    r = moe_study("best", "smoke", "--tracking-uri", uri, "--format", fmt, "--by", "gap_purity", cwd=d)
+    assert r.returncode == 0, r.stderr
+    client, runs = _runs(uri)
+    expected = sorted(
+        (r for r in runs if r.data.tags.get(naming.TAG_ROLE) == naming.ROLE_TRIAL),
+        key=lambda r: r.data.metrics["gap_purity"],
+    )
+    expected_gaps = [r.data.metrics["gap_purity"] for r in expected]
+    if fmt == "json":
+        rows = json.loads(r.stdout)
+        assert [row["gap_purity"] for row in rows] == pytest.approx(expected_gaps)
+        assert {row["run_id"] for row in rows} == {r.info.run_id for r in expected}
+    elif fmt == "csv":
+        rows = list(csv.DictReader(io.StringIO(r.stdout)))
+        assert [float(row["gap_purity"]) for row in rows] == pytest.approx(expected_gaps)
+    else:
+        positions = [r.stdout.index(run.info.run_id) for run in expected
+                     if expected_gaps.count(run.data.metrics["gap_purity"]) == 1]
+        assert positions == sorted(positions)
+
+
+def test_best_on_an_unknown_experiment_is_bad_input(smoke_study):
+    d, uri, _ = smoke_study
+    r = moe_study("best", "no-such-study", "--tracking-uri", uri, cwd=d)
+    assert r.returncode == 2 and "no-such-study" in r.stderr
