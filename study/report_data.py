@@ -24,7 +24,12 @@ from trainables.config import METHODS, SCOPES
 from trainables.errors import ConfigError
 
 from study import naming
-from study.tracking import COUNT_TABLE_FILE, TAG_ERROR, TAG_STOPPED_EARLY
+
+# The tracker's names (study.tracking), spelled again here because importing study.tracking
+# imports Ray, which would add seconds to every report; tests check that they agree.
+COUNT_TABLE_FILE = "count_table.parquet"
+TAG_STOPPED_EARLY = "moe_study.stopped_early"
+TAG_ERROR = "moe_study.error"
 
 _PAGE = 1000  # runs per search_runs page (the most a file/sqlite store returns at once)
 
@@ -191,12 +196,14 @@ def _reused_references(client: Any, studies: Iterable[RunRecord]) -> tuple[list[
     if not hashes:
         return [], ""
     exp_ids = [e.experiment_id for e in client.search_experiments(max_results=1000)]
-    quoted = ", ".join(f"'{h}'" for h in hashes)
-    runs = search_all_runs(
-        client, exp_ids,
-        f"tags.`{naming.TAG_ROLE}` = '{naming.ROLE_REFERENCE}' AND "
-        f"tags.`{naming.TAG_CONFIG_HASH}` IN ({quoted}) AND attributes.status = 'FINISHED'",
-    )
+    runs = []
+    for h in hashes:  # one search per distinct hash (MLflow has no IN for tags); usually one
+        runs += search_all_runs(
+            client, exp_ids,
+            f"tags.`{naming.TAG_ROLE}` = '{naming.ROLE_REFERENCE}' AND "
+            f"tags.`{naming.TAG_CONFIG_HASH}` = '{h}' AND attributes.status = 'FINISHED'",
+        )
+    runs.sort(key=lambda r: r.info.start_time or 0, reverse=True)
     if not runs:
         return [], ""
     names = {e.experiment_id: e.name for e in client.search_experiments(max_results=1000)}
@@ -212,7 +219,8 @@ def _reference_hash(client: Any, parent_run_id: str) -> str | None:
 
     try:
         with tempfile.TemporaryDirectory() as d:
-            path = client.download_artifacts(parent_run_id, naming.SPEC_ARTIFACT, d)
+            with _quiet_downloads():
+                path = client.download_artifacts(parent_run_id, naming.SPEC_ARTIFACT, d)
             spec = spec_from_dict(safe_load(Path(path).read_text()))
         return naming.config_hash(reference_flat_config(spec))
     except Exception:  # noqa: BLE001 - no spec or an old one: the report goes on without

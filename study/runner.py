@@ -160,15 +160,14 @@ def _execute(spec: StudySpec, state: dict, state_path: Path, *, address: str | N
             reference = run_reference(spec, state, available)
             state["reference"] = reference
             _write_state(state_path, state)
-        grid = _search(spec, state, available, reference or {}, restore=restore)
-        interrupted = any(t.status not in ("TERMINATED", "ERROR") for t in _trials(grid))
+        grid, interrupted = _search(spec, state, available, reference or {}, restore=restore)
         if interrupted:
             print(f"[{name}] interrupted; continue with: moe-study resume {name}", flush=True)
             status, code = "KILLED", EXIT_INTERRUPTED
         else:
-            errors = sum(1 for t in _trials(grid) if t.status == "ERROR")
+            errors = grid.num_errors
             status, code = "FINISHED", 0
-            print(f"[{name}] finished: {len(_trials(grid)) - errors} trials done, {errors} failed", flush=True)
+            print(f"[{name}] finished: {len(grid) - errors} trials done, {errors} failed", flush=True)
     except KeyboardInterrupt:
         print(f"[{name}] interrupted; continue with: moe-study resume {name}", flush=True)
         status, code = "KILLED", EXIT_INTERRUPTED
@@ -221,7 +220,9 @@ def run_reference(spec: StudySpec, state: dict, available: dict) -> dict[str, fl
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),
     )
-    grid = tuner.fit()
+    grid, interrupted = fit_noting_interrupt(tuner)
+    if interrupted:
+        raise KeyboardInterrupt
     result = grid[0]
     if result.error is not None:
         raise StudyFailed(f"the reference-router trial failed: {result.error}")
@@ -265,7 +266,7 @@ def _search(spec: StudySpec, state: dict, available: dict, reference: dict, *, r
     trainable = _with_resources(trial_function, spec)
     if restore and tune.Tuner.can_restore(path):
         tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False)
-        return tuner.fit()
+        return fit_noting_interrupt(tuner)
     metrics, modes = spec.search_metrics, spec.objective.modes
     multi = len(metrics) > 1
     searcher = OptunaSearch(
@@ -306,7 +307,28 @@ def _search(spec: StudySpec, state: dict, available: dict, reference: dict, *, r
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),
     )
-    return tuner.fit()
+    return fit_noting_interrupt(tuner)
+
+
+def fit_noting_interrupt(tuner) -> tuple[Any, bool]:
+    """``tuner.fit()``, and whether Ctrl-C ended it.
+
+    Tune catches SIGINT itself (it stops the trials and saves the experiment state, so the study
+    can be resumed) and returns normally; its handler puts back the handler it replaced when the
+    signal arrives. Installing a sentinel first is how we learn that it did.
+    """
+    import signal
+
+    def sentinel(signum, frame):  # a second Ctrl-C after Tune's: stop now
+        raise KeyboardInterrupt
+
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, sentinel)
+    try:
+        grid = tuner.fit()
+        return grid, signal.getsignal(signal.SIGINT) is sentinel
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _with_resources(fn, spec: StudySpec):
@@ -314,10 +336,6 @@ def _with_resources(fn, spec: StudySpec):
 
     r = spec.resources
     return tune.with_resources(fn, {"cpu": r.cpu * r.workers, "gpu": r.gpu * r.workers})
-
-
-def _trials(grid) -> list:
-    return list(getattr(grid, "_experiment_analysis").trials)
 
 
 def _largest_node(nodes: list[dict]) -> dict[str, float]:

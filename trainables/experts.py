@@ -17,6 +17,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 _HAS_GROUPED_MM = hasattr(torch, "_grouped_mm")
 
@@ -49,9 +50,7 @@ class GroupedExperts(nn.Module):
         if x_SD.dtype != w1.dtype:  # autocast does not cover _grouped_mm
             w1, w2 = w1.to(x_SD.dtype), w2.to(x_SD.dtype)
         gate_up_SH2 = _grouped_mm_contig(x_SD, w1, offsets_E)
-        gate_SH, up_SH = gate_up_SH2.chunk(2, dim=-1)
-        hidden_SH = F.silu(gate_SH) * up_SH
-        return _grouped_mm_contig(hidden_SH, w2, offsets_E)
+        return _grouped_mm_contig(swiglu(gate_up_SH2), w2, offsets_E)
 
     def _forward_loop(self, x_SD: torch.Tensor, counts_E: torch.Tensor) -> torch.Tensor:
         chunks = torch.split(x_SD, counts_E.tolist())
@@ -59,9 +58,38 @@ class GroupedExperts(nn.Module):
         for x_cD, w1_DH2, w2_HD in zip(chunks, self.w_gate_up_EDH2.unbind(0), self.w_down_EHD.unbind(0)):
             if x_cD.shape[0] == 0:
                 continue
-            gate, up = (x_cD @ w1_DH2.to(x_cD.dtype)).chunk(2, dim=-1)
-            outs.append((F.silu(gate) * up) @ w2_HD.to(x_cD.dtype))
+            outs.append(swiglu(x_cD @ w1_DH2.to(x_cD.dtype)) @ w2_HD.to(x_cD.dtype))
         return torch.cat(outs) if outs else x_SD.new_zeros(0, self.d_model)
+
+
+def swiglu(gate_up_NH2: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up of a fused [..., 2H] projection (gate first): [..., H].
+
+    Same values as ``F.silu(gate) * up``; the backward writes both halves of the gradient
+    straight into one [..., 2H] tensor, where autograd would build them apart and then copy
+    them together for the chunk (one pass over the largest activation saved, twice per layer).
+    """
+    return _SwiGLU.apply(gate_up_NH2)
+
+
+class _SwiGLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, gate_up_NH2):
+        gate_NH, up_NH = gate_up_NH2.chunk(2, dim=-1)
+        silu_NH = F.silu(gate_NH)
+        ctx.save_for_backward(gate_up_NH2, silu_NH)
+        return silu_NH * up_NH
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_NH):
+        gate_up_NH2, silu_NH = ctx.saved_tensors
+        gate_NH, up_NH = gate_up_NH2.chunk(2, dim=-1)
+        grad_NH2 = torch.empty_like(gate_up_NH2)
+        grad_gate_NH, grad_up_NH = grad_NH2.chunk(2, dim=-1)
+        torch.mul(grad_NH, silu_NH, out=grad_up_NH)
+        torch.ops.aten.silu_backward.grad_input(grad_NH * up_NH, gate_NH, grad_input=grad_gate_NH)
+        return grad_NH2
 
 
 class _ContiguousGradGroupedMM(torch.autograd.Function):

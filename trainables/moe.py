@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from trainables.config import TrialConfig
-from trainables.experts import GroupedExperts
+from trainables.dispatch import combine, dispatch, plan_slots
+from trainables.experts import GroupedExperts, swiglu
 from trainables.routers import Assignment, RoutingContext, build_router
 
 
@@ -23,8 +24,7 @@ class SwiGLU(nn.Module):
         self.down = nn.Linear(hidden, d_model, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up(x).chunk(2, dim=-1)
-        return self.down(nn.functional.silu(gate) * up)
+        return self.down(swiglu(self.gate_up(x)))
 
 
 class RoutingStats:
@@ -59,15 +59,15 @@ class MoELayer(nn.Module):
         B, L, D = x_BLD.shape
         x_TD = x_BLD.reshape(B * L, D)
         a = self.router(x_TD, ctx)
-        # sort slots by expert so every expert's tokens are one contiguous chunk
-        order_S = torch.argsort(a.expert_S, stable=True)
-        token_S = a.token_S[order_S]
-        counts_E = torch.bincount(a.expert_S, minlength=self.n_experts)
-        y_SD = self.experts(x_TD[token_S], counts_E)
-        y_SD = y_SD * a.gate_S[order_S].unsqueeze(1).to(y_SD.dtype)
-        out_TD = torch.zeros(B * L, D, dtype=y_SD.dtype, device=x_TD.device).index_add_(0, token_S, y_SD)
+        out_TD = self.routed_experts(x_TD, a)
         if self.shared is not None:
             out_TD = out_TD + self.shared(x_TD)
         if self.stats is not None and ctx.domain_T is not None:
             self.stats.add(a, ctx.domain_T)
         return out_TD.view(B, L, D).to(x_BLD.dtype), a.aux_loss
+
+    def routed_experts(self, x_TD: torch.Tensor, a: Assignment) -> torch.Tensor:
+        """Dispatch, expert FFNs, gated combine: sum over a token's slots of gate * expert(x)."""
+        plan = plan_slots(a.token_S, a.expert_S, x_TD.shape[0], self.n_experts)
+        y_SD = self.experts(dispatch(x_TD, plan), plan.counts_E)
+        return combine(y_SD, a.gate_S, plan)

@@ -1,0 +1,80 @@
+"""Timing helpers shared by the speed benchmarks: interleaved repeats, medians, plain tables.
+
+Interleaving (A B C A B C ... rather than A A A B B B) makes every case see the same machine
+state on average, so ratios from one run stay meaningful on a shared or throttling machine even
+when absolute times drift.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+from trainables.runtime import tune_allocator
+
+
+def setup_process(tune: bool, threads: int) -> str:
+    """Apply the project's start-up settings (or not) and describe them in one line."""
+    tuned = tune_allocator() if tune else False
+    if threads:
+        torch.set_num_threads(threads)
+    env = os.environ.get("GLIBC_TUNABLES", "")
+    allocator = "mallopt thresholds raised" if tuned else "glibc defaults"
+    if env:
+        allocator += f", GLIBC_TUNABLES={env}"
+    return (
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
+        f"allocator: {allocator}"
+    )
+
+
+def time_interleaved(
+    cases: dict[str, Callable[[], None]],
+    repeats: int,
+    warmup: int = 1,
+    before_each: Callable[[], None] | None = None,
+) -> dict[str, list[float]]:
+    """Seconds per call of every case; rounds run every case once, in turn, ``repeats`` times.
+
+    ``before_each`` runs untimed before every call (e.g. dropping gradients).
+    """
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for round_ in range(warmup + repeats):
+        for name, fn in cases.items():
+            if before_each is not None:
+                before_each()
+            t0 = time.perf_counter()
+            fn()
+            elapsed = time.perf_counter() - t0
+            if round_ >= warmup:
+                times[name].append(elapsed)
+    return times
+
+
+def medians(times: dict[str, list[float]]) -> dict[str, float]:
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def spread(ts: list[float]) -> float:
+    """Relative interquartile range: how noisy a case was (0.05 = 5 %)."""
+    q = statistics.quantiles(ts, n=4) if len(ts) >= 2 else [ts[0]] * 3
+    return (q[2] - q[0]) / statistics.median(ts)
+
+
+def format_table(headers: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table (pastes straight into BENCHMARKS.md)."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(headers), sep, *(line(r) for r in rows)])
+
+
+def load_average() -> str:
+    try:
+        return " ".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"

@@ -1,0 +1,118 @@
+"""Interrupting a study (Ctrl-C, or a driver killed with SIGKILL) and resuming it finishes the
+budget with no lost or duplicated trial in Tune, Optuna or MLflow."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from study import naming
+
+HERE = Path(__file__).resolve().parent
+SPEC = HERE / "interrupt.yaml"
+N_TRIALS = 6
+
+pytestmark = pytest.mark.slow
+
+
+def _start(args: list[str], cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "study.cli", *args], cwd=cwd, env=env, text=True,
+        stdout=open(cwd / f"{args[0]}-{time.time():.0f}.log", "w"), stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: the kill reaches Ray's processes too
+    )
+
+
+def _finished_trials(uri: str) -> int:
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("interrupt")
+    if exp is None:
+        return 0
+    return len(client.search_runs(
+        [exp.experiment_id],
+        f"tags.{naming.TAG_ROLE} = 'trial' AND attributes.status = 'FINISHED'",
+    ))
+
+
+def _wait_for(pred, timeout: float, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        assert proc.poll() is None, "the study ended before it could be interrupted"
+        time.sleep(1.0)
+    raise AssertionError("timed out waiting for the study to make progress")
+
+
+def _check_complete(d: Path, uri: str) -> None:
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("interrupt")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    trials = [r for r in runs if r.data.tags.get(naming.TAG_ROLE) == naming.ROLE_TRIAL]
+    ids = [r.data.tags[naming.TAG_TRIAL_ID] for r in trials]
+    # MLflow: one run per trial, every one finished with its final metrics
+    assert len(ids) == len(set(ids)) == N_TRIALS
+    assert all(r.info.status == "FINISHED" for r in trials)
+    assert all("gap_purity" in r.data.metrics for r in trials)
+    for r in trials:  # a continued run has no step logged twice
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "val_loss")]
+        assert steps == sorted(set(steps)) and steps[-1] == 40
+    parents = [r for r in runs if r.data.tags.get(naming.TAG_ROLE) == naming.ROLE_STUDY]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    # Tune: the experiment state holds exactly the budget, all terminated
+    search = d / "runs" / "interrupt" / "search"
+    trial_dirs = [p for p in search.iterdir() if p.is_dir() and p.name.startswith("trial_function")]
+    assert len(trial_dirs) == N_TRIALS
+    for p in trial_dirs:
+        results = [json.loads(line) for line in (p / "result.json").read_text().splitlines()]
+        assert results[-1]["step"] == 40
+    # Optuna: the searcher's study saw each trial once, all complete
+    state = sorted(glob.glob(str(search / "searcher-state-*.pkl")))[-1]
+    with open(state, "rb") as f:
+        searcher = pickle.load(f)
+    ot_trials = searcher["_ot_study"].trials
+    assert len(ot_trials) == N_TRIALS
+    assert all(t.state.name == "COMPLETE" for t in ot_trials)
+    assert sorted(ids) == sorted(searcher["_ot_trials"])
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["sigint", "sigkill"])
+def test_interrupt_then_resume_finishes_the_budget(tmp_path, sig):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    common = ["--tracking-uri", uri, "--storage", str(tmp_path / "runs")]
+    proc = _start(["run", str(SPEC), *common], tmp_path)
+    try:
+        _wait_for(lambda: _finished_trials(uri) >= 1, 600, proc)
+        if sig == signal.SIGINT:
+            os.kill(proc.pid, signal.SIGINT)  # Ctrl-C reaches the driver
+            code = proc.wait(timeout=300)
+            assert code == 130
+            client = MlflowClient(uri)
+            exp = client.get_experiment_by_name("interrupt")
+            runs = client.search_runs([exp.experiment_id], max_results=1000)
+            assert all(r.info.status != "RUNNING" for r in runs), "a run was left RUNNING"
+        else:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    done_before = _finished_trials(uri)
+    assert 1 <= done_before < N_TRIALS
+
+    resumed = _start(["resume", "interrupt", *common], tmp_path)
+    code = resumed.wait(timeout=900)
+    logs = "\n".join(p.read_text()[-3000:] for p in tmp_path.glob("resume-*.log"))
+    assert code == 0, logs
+    _check_complete(tmp_path, uri)

@@ -1,0 +1,421 @@
+"""``moe-study report`` against a real MLflow sqlite store of nested runs (no mocks).
+
+The store holds what ``study.tracking`` writes: a parent study run, a reference run and trial
+runs as children, with the flat config as params, metric histories over steps, the
+``stopped_early`` / ``error`` tags and ``count_table.parquet`` artifacts. Purity values are
+chosen per cell so every mean, interval and verdict can be recomputed here with scipy.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from study import naming
+from study.report import FIGURE_FILES, write_report
+from study.report_stats import difference_ci, mean_ci, pareto_front
+from study.report_data import COUNT_TABLE_FILE, TAG_ERROR, TAG_STOPPED_EARLY
+from trainables.count_table import write_count_table
+from trainables.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+DOMAINS = ["english", "german", "python"]
+REF_PURITY, REF_LOSS = 1.0, 2.0
+STEPS = 30
+# (method, scope, capacity_factor, purity per seed)
+CELLS = [
+    ("lbl", "sequence", 0.0, [0.50, 0.52, 0.55]),
+    ("lbl", "micro_batch", 0.0, [0.40, 0.42, 0.47]),
+    ("lbl", "global_batch", 0.0, [0.60, 0.64, 0.68]),
+    ("lbl", "global_batch", 1.0, [0.50, 0.52, 0.54]),
+    ("eb", "micro_batch", 0.0, [0.56, 0.49, 0.61]),
+    ("eb", "global_batch", 0.0, [0.55, 0.50, 0.60]),
+    ("ec", "global_batch", 0.0, [0.70]),
+]
+
+
+def trial_name(method, scope, cap, seed):
+    return f"trial-{method}-{scope}-cap{cap:g}-s{seed}"
+
+
+def trial_metrics(method, purity, seed, cap):
+    val_loss = 1.8 if method == "ec" else REF_LOSS + 0.5 * (1 - purity)
+    return {
+        "purity": purity, "reference_agreement": purity - 0.05, "load_entropy": 0.9 + 0.01 * seed,
+        "max_vio": 1.0 - purity, "dead_expert_fraction": 0.05 * seed,
+        "dropped_fraction": 0.02 if cap else 0.0, "val_loss": val_loss,
+        "gap_loss": val_loss - REF_LOSS, "gap_purity": REF_PURITY - purity,
+    }
+
+
+def count_table(purity: float) -> np.ndarray:
+    """Two layers of 6 experts x 3 domains, the diagonal share growing with purity."""
+    n_ED = np.full((6, 3), 10.0)
+    for e in range(6):
+        n_ED[e, e % 3] += 200 * purity
+    return np.stack([n_ED, n_ED[::-1]])
+
+
+class Store:
+    def __init__(self, root: Path):
+        from mlflow import MlflowClient
+
+        self.root = root
+        self.uri = "sqlite:///" + str(root / "mlflow.db")
+        self.client = MlflowClient(self.uri)
+
+    def experiment(self, name: str, spec_yaml: str | None = None) -> tuple[str, str]:
+        exp = self.client.create_experiment(name, artifact_location=str(self.root / "artifacts" / name))
+        parent = self.client.create_run(exp, run_name=f"study-{name}", tags={
+            naming.TAG_ROLE: naming.ROLE_STUDY, naming.TAG_STUDY: name,
+        }).info.run_id
+        if spec_yaml is not None:
+            path = self.root / name / naming.SPEC_ARTIFACT
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(spec_yaml)
+            self.client.log_artifact(parent, str(path))
+        self.client.set_terminated(parent)
+        return exp, parent
+
+    def run(self, exp, parent, name, role, params, metrics, *, tags=None, history=None,
+            table=None, status="FINISHED", steps=STEPS):
+        """A child run as the tracker logs it: params, a history per metric, final metrics."""
+        from mlflow.entities import Metric, Param
+
+        run_id = self.client.create_run(exp, run_name=name, tags={
+            naming.TAG_PARENT_RUN: parent, naming.TAG_ROLE: role, naming.TAG_STUDY: "s",
+            naming.TAG_METHOD: params.get("router.method", ""),
+            naming.TAG_SCOPE: params.get("router.scope", ""), **(tags or {}),
+        }).info.run_id
+        logged = [Metric(k, v, 0, steps) for k, v in metrics.items()]
+        for step, value in (history or []):
+            logged.append(Metric("purity", value, 0, step))
+        self.client.log_batch(run_id, metrics=logged,
+                              params=[Param(k, str(v)) for k, v in params.items()])
+        if table is not None:
+            path = write_count_table(self.root / "tables" / run_id / COUNT_TABLE_FILE, table, DOMAINS)
+            self.client.log_artifact(run_id, str(path))
+        self.client.set_terminated(run_id, status=status)
+        return run_id
+
+
+def trial_params(method, scope, cap, seed, steps=STEPS):
+    params = {"router.method": method, "router.scope": scope, "router.capacity_factor": float(cap),
+              "data.domains_per_micro_batch": 1, "train.seed": seed, "train.steps": steps}
+    if method == "lbl":
+        params["router.lbl_coef"] = 0.01
+    return params
+
+
+def history(purity):
+    return [(10, 0.5 * purity), (20, 0.8 * purity), (STEPS, purity)]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    s = Store(tmp_path_factory.mktemp("mlflow"))
+    exp, parent = s.experiment("paper_like")
+    ref_metrics = {"purity": REF_PURITY, "val_loss": REF_LOSS, "nmi": 0.8,
+                   "reference_agreement": 1.0, "load_entropy": 1.0, "max_vio": 0.0,
+                   "dead_expert_fraction": 0.0}
+    s.run(exp, parent, "reference-0", naming.ROLE_REFERENCE, {"router.method": "reference"},
+          ref_metrics, table=count_table(1.0), tags={TAG_STOPPED_EARLY: "false"})
+    for method, scope, cap, purities in CELLS:
+        for seed, p in enumerate(purities):
+            s.run(exp, parent, trial_name(method, scope, cap, seed), naming.ROLE_TRIAL,
+                  trial_params(method, scope, cap, seed), trial_metrics(method, p, seed, cap),
+                  history=history(p), table=count_table(p), tags={TAG_STOPPED_EARLY: "false"})
+    # a repeat of an identical config (seed included): listed, but counted once in the stats
+    s.run(exp, parent, "trial-eb-repeat", naming.ROLE_TRIAL, trial_params("eb", "micro_batch", 0.0, 0),
+          trial_metrics("eb", 0.56, 0, 0.0), history=history(0.56), tags={TAG_STOPPED_EARLY: "false"})
+    # stopped early by ASHA with the best purity of all: must not be ranked by default
+    s.run(exp, parent, "trial-stopped", naming.ROLE_TRIAL, trial_params("lbl", "global_batch", 0.0, 7),
+          trial_metrics("lbl", 0.95, 7, 0.0), history=[(10, 0.95)], steps=10,
+          tags={TAG_STOPPED_EARLY: "true"})
+    s.run(exp, parent, "trial-failed", naming.ROLE_TRIAL, trial_params("sh", "global_batch", 0.0, 0),
+          {}, status="FAILED", tags={TAG_ERROR: "Traceback ...\nRuntimeError: sinkhorn diverged"})
+    s.client.create_experiment("empty_study")
+    _reused_reference_study(s)
+    _study_without_reference(s)
+    return s
+
+
+def _reused_reference_study(s: Store) -> None:
+    """``second`` reused the reference run of ``first`` (same reference config hash)."""
+    from study.runner import reference_flat_config
+    from study.spec import load_spec
+
+    spec = load_spec(REPO / "search_spaces" / "smoke.yaml")
+    first_exp, first_parent = s.experiment("first")
+    s.run(first_exp, first_parent, "reference-first", naming.ROLE_REFERENCE,
+          {"router.method": "reference"}, {"purity": 0.97, "val_loss": 2.1},
+          tags={naming.TAG_CONFIG_HASH: naming.config_hash(reference_flat_config(spec))})
+    exp, parent = s.experiment("second", spec_yaml=spec.to_yaml())
+    for seed, p in enumerate([0.4, 0.5]):
+        s.run(exp, parent, f"t{seed}", naming.ROLE_TRIAL, trial_params("lbl", "global_batch", 0, seed),
+              trial_metrics("lbl", p, seed, 0), history=history(p))
+
+
+def _study_without_reference(s: Store) -> None:
+    exp, parent = s.experiment("noref")
+    for seed, p in enumerate([0.4, 0.6, 0.5]):
+        s.run(exp, parent, f"t{seed}", naming.ROLE_TRIAL, trial_params("eb", "sequence", 0, seed),
+              {"purity": p, "val_loss": 3.0})
+
+
+@pytest.fixture(scope="module")
+def report(store, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    path = write_report("paper_like", out_dir=out, tracking_uri=store.uri)
+    return path, path.read_text()
+
+
+def section(markdown: str, title: str) -> str:
+    start = markdown.index(f"## {title}")
+    end = markdown.find("\n## ", start + 1)
+    return markdown[start:] if end < 0 else markdown[start:end]
+
+
+def table_rows(text: str) -> list[list[str]]:
+    """Body rows of the first Markdown table in ``text``, as stripped cells."""
+    rows = [ln for ln in text.splitlines() if ln.startswith("|")]
+    return [[c.strip() for c in ln.strip("|").split("|")] for ln in rows[2:]]
+
+
+def full_length_trials():
+    out = []
+    for method, scope, cap, purities in CELLS:
+        for seed, p in enumerate(purities):
+            out.append((trial_name(method, scope, cap, seed), p))
+    out.append(("trial-eb-repeat", 0.56))
+    return out
+
+
+# -- statistics -------------------------------------------------------------------------------
+def test_mean_ci_matches_scipy_t_interval():
+    values = [0.60, 0.64, 0.68, 0.61]
+    est = mean_ci(values)
+    low, high = stats.t.interval(0.95, len(values) - 1, loc=np.mean(values), scale=stats.sem(values))
+    assert est.n == 4 and est.mean == pytest.approx(np.mean(values))
+    assert (est.low, est.high) == pytest.approx((low, high))
+    single = mean_ci([0.3, float("nan")])
+    assert single.n == 1 and single.half_width is None and single.mean == 0.3
+
+
+def test_difference_ci_is_welch_interval():
+    a, b = [0.60, 0.64, 0.68], [0.40, 0.42, 0.47, 0.45]
+    est = difference_ci(a, b)
+    ci = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    assert est.mean == pytest.approx(np.mean(a) - np.mean(b))
+    assert (est.low, est.high) == pytest.approx((ci.low, ci.high))
+    assert difference_ci([0.5], [0.4, 0.3]).half_width is None
+
+
+def test_pareto_front_keeps_only_non_dominated_points():
+    points = [(0.1, 0.5), (0.2, 0.2), (0.3, 0.1), (0.25, 0.25), (0.1, 0.6), (float("nan"), 0.0)]
+    # (0.25, 0.25) is beaten by (0.2, 0.2); (0.1, 0.6) by (0.1, 0.5); nan is never on the front
+    assert pareto_front(points) == [0, 1, 2]
+
+
+# -- the report -------------------------------------------------------------------------------
+def test_header_counts_runs_and_shows_the_reference(report):
+    _, md = report
+    assert md.startswith("# Routing study report: paper_like")
+    assert "studies (parent runs): 1" in md
+    assert "trials: 22: 20 finished the full `train.steps`, 1 stopped early by the scheduler, 1 failed" in md
+    header = md[: md.index("## Leaderboard")]
+    ref_row = table_rows(header)[0]
+    assert ref_row[:2] == ["2.000", "1.000"]  # val_loss, purity of the reference run
+
+
+def test_leaderboard_ranks_full_length_trials_by_gap_purity_under_the_reference(report):
+    _, md = report
+    board = section(md, "Leaderboard")
+    rows = table_rows(board)
+    assert rows[0][0] == "ref" and "reference, upper bound" in rows[0][1]
+    assert rows[0][-2:] == ["0.000", "0.000"]  # the reference's own gaps
+    expected = [name for name, p in sorted(full_length_trials(), key=lambda t: (REF_PURITY - t[1], t[0]))]
+    assert [r[1] for r in rows[1:]] == expected[:20]
+    assert "trial-stopped" not in board and "trial-failed" not in board
+    assert "Only trials that ran the full `train.steps`" in board and "1 stopped early" in board
+    top = rows[1]
+    assert top[1] == "trial-ec-global_batch-cap0-s0"
+    header = [c.strip() for c in board.splitlines()[4].strip("|").split("|")]
+    assert top[header.index("val_loss")].endswith("†")  # ec's loss is flagged
+    assert "leaks future tokens" in board
+    cap_row = next(r for r in rows if r[1] == trial_name("lbl", "global_batch", 1.0, 2))
+    assert cap_row[header.index("capacity")] == "1"
+    assert cap_row[header.index("purity")] == "0.540"
+    assert cap_row[header.index("dropped_fraction")] == "0.020"
+
+
+def test_method_scope_table_means_and_intervals_match_scipy(report):
+    _, md = report
+    table = section(md, "Method x scope")
+    header = [c.strip() for c in table.splitlines()[4].strip("|").split("|")]
+    rows = {(r[0], r[1], r[2]): r for r in table_rows(table)}
+    assert len(rows) == len(CELLS)
+    for method, scope, cap, purities in CELLS:
+        label = "dropless" if cap == 0 else f"{cap:g}"
+        row = rows[(method + (" †" if method == "ec" else ""), scope, label)]
+        assert row[header.index("n")] == str(len(purities))
+        gap_loss = [trial_metrics(method, p, 0, cap)["gap_loss"] for p in purities]
+        for metric, values in (("purity", purities), ("gap_loss", gap_loss)):
+            cell = row[header.index(metric)]
+            if len(values) == 1:
+                assert cell.startswith(f"{values[0]:.3f} (n=1)")
+                continue
+            half = stats.t.ppf(0.975, len(values) - 1) * stats.sem(values)
+            assert cell == f"{np.mean(values):.3f} ± {half:.3f}"
+    assert rows[("ec †", "global_batch", "dropless")][header.index("gap_loss")].endswith("†")
+    assert "trial-eb-repeat (= trial-eb-micro_batch-cap0-s0)" in table
+    assert "`router.lbl_coef`" not in table  # cells pool nothing but seeds
+
+
+def finding(md: str, topic: str, context: str) -> str:
+    lines = [ln for ln in section(md, "Findings").splitlines()
+             if ln.startswith(f"- **{topic}** ({context})")]
+    assert len(lines) == 1, (topic, context, section(md, "Findings"))
+    return lines[0]
+
+
+def verdict(line: str) -> str:
+    return re.search(r": \*\*([^*]+)\*\*$", line).group(1)
+
+
+def purities(method, scope, cap=0.0):
+    return next(p for m, s, c, p in CELLS if (m, s, c) == (method, scope, cap))
+
+
+def test_findings_verdicts_follow_the_numbers(report):
+    _, md = report
+    # lbl: global clearly above micro
+    line = finding(md, "global_batch vs micro_batch", "lbl, capacity dropless")
+    ci = stats.ttest_ind(purities("lbl", "global_batch"), purities("lbl", "micro_batch"),
+                         equal_var=False).confidence_interval(0.95)
+    assert ci.low > 0 and verdict(line) == "holds"
+    assert f"95% CI [{ci.low:.3f}, {ci.high:.3f}]" in line
+    diff = np.mean(purities("lbl", "global_batch")) - np.mean(purities("lbl", "micro_batch"))
+    assert f"difference {diff:.3f}" in line
+    # eb: the two scopes overlap, nothing shown
+    line = finding(md, "global_batch vs micro_batch", "eb, capacity dropless")
+    ci = stats.ttest_ind(purities("eb", "global_batch"), purities("eb", "micro_batch"),
+                         equal_var=False).confidence_interval(0.95)
+    assert ci.low < 0 < ci.high and verdict(line) == "not shown"
+    # lbl: sequence beats micro_batch here, so the wider-scope claim is reversed
+    line = finding(md, "micro_batch vs sequence", "lbl, capacity dropless")
+    assert verdict(line).startswith("does not hold")
+    # capacity 1 lowers purity against dropless lbl at global scope
+    line = finding(md, "capacity 1 vs dropless", "lbl, global_batch")
+    assert verdict(line) == "lower with capacity 1"
+    # a method with one scope only gives no scope finding
+    assert "(ec" not in section(md, "Findings").split("scope effect")[0]
+
+
+def test_effect_size_and_reference_findings(report):
+    _, md = report
+    means = {(m, s, c): np.mean(p) for m, s, c, p in CELLS}
+    scope_ranges = []
+    for method in ("lbl", "eb"):
+        v = [means[k] for k in means if k[0] == method and k[2] == 0.0]
+        scope_ranges.append(max(v) - min(v))
+    method_ranges = []
+    for scope in ("micro_batch", "global_batch"):
+        v = [means[k] for k in means if k[1] == scope and k[2] == 0.0]
+        method_ranges.append(max(v) - min(v))
+    scope_effect, method_effect = np.mean(scope_ranges), np.mean(method_ranges)
+    line = next(ln for ln in section(md, "Findings").splitlines() if "scope effect vs method effect" in ln)
+    assert f"{scope_effect:.3f}" in line and f"{method_effect:.3f}" in line
+    assert verdict(line) == ("method matters more than scope" if method_effect > scope_effect
+                             else "scope matters more than method")
+    line = next(ln for ln in section(md, "Findings").splitlines() if "reference router on top" in ln)
+    assert verdict(line) == "yes" and "best trial trial-ec-global_batch-cap0-s0" in line
+
+
+def test_figures_are_written_and_linked(report):
+    from matplotlib.image import imread
+
+    path, md = report
+    for name in FIGURE_FILES:
+        file = path.parent / name
+        assert file.stat().st_size > 1000, name
+        image = imread(file)
+        assert image.ndim == 3 and min(image.shape[:2]) > 100, name
+        assert f"![{name}]({name})" in md
+    assert "No count table" not in md  # reference, best and worst all had their artifact
+
+
+def test_failed_trials_are_listed_with_their_error(report):
+    _, md = report
+    assert "`trial-failed` (sh, global_batch): RuntimeError: sinkhorn diverged" in section(md, "Failed trials")
+
+
+def test_stopped_early_trials_are_ranked_when_asked(store, tmp_path):
+    path = write_report("paper_like", out_dir=tmp_path, tracking_uri=store.uri,
+                        include_stopped_early=True, top=3)
+    rows = table_rows(section(path.read_text(), "Leaderboard"))
+    assert [r[1] for r in rows[1:]] == ["trial-stopped", "trial-ec-global_batch-cap0-s0",
+                                        trial_name("lbl", "global_batch", 0.0, 2)]
+
+
+def test_unknown_or_empty_experiment_is_a_config_error(store, tmp_path):
+    with pytest.raises(ConfigError, match="paper_lik'.*did you mean 'paper_like'"):
+        write_report("paper_lik", out_dir=tmp_path, tracking_uri=store.uri)
+    with pytest.raises(ConfigError, match="'empty_study' has no finished trial runs"):
+        write_report("empty_study", out_dir=tmp_path, tracking_uri=store.uri)
+
+
+def test_reused_reference_is_found_in_another_experiment(store, tmp_path):
+    """A study that reused a reference run finds it by its spec's reference config hash."""
+    md = write_report("second", out_dir=tmp_path, tracking_uri=store.uri).read_text()
+    assert "`reference-first`" in md and "reused from experiment 'first'" in md
+    assert "**reference-first (reference, upper bound)**" in md
+
+
+def test_without_reference_trials_rank_by_purity(store, tmp_path):
+    path = write_report("noref", out_dir=tmp_path, tracking_uri=store.uri)
+    md = path.read_text()
+    assert "reference run: none found" in md
+    board = section(md, "Leaderboard")
+    assert "by `purity` (descending)" in board
+    assert [r[1] for r in table_rows(board)] == ["t1", "t2", "t0"]
+    assert "pareto.png not drawn" in md and not (path.parent / "pareto.png").exists()
+    assert (path.parent / "purity_bars.png").stat().st_size > 1000
+
+
+def test_report_reads_the_names_the_tracker_writes():
+    """report_data repeats three names of study.tracking (read from its source: no Ray import)."""
+    import ast
+
+    from study import report_data
+
+    tree = ast.parse((REPO / "study" / "tracking.py").read_text())
+    written = {t.id: node.value.value for node in tree.body if isinstance(node, ast.Assign)
+               for t in node.targets if isinstance(t, ast.Name) and isinstance(node.value, ast.Constant)}
+    for name in ("COUNT_TABLE_FILE", "TAG_STOPPED_EARLY", "TAG_ERROR"):
+        assert getattr(report_data, name) == written[name]
+
+
+def test_cli_report_subprocess(store, tmp_path):
+    out = tmp_path / "cli-report"
+    proc = subprocess.run(
+        [sys.executable, "-m", "study.cli", "report", "noref", "--tracking-uri", store.uri,
+         "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "report.md").read_text().startswith("# Routing study report: noref")
+    assert f"report written to {out / 'report.md'}" in proc.stdout
+
+
+def test_cli_unknown_experiment_exits_2(store, capsys):
+    from study.cli import main
+
+    assert main(["report", "nope", "--tracking-uri", store.uri]) == 2
+    assert "'nope' not found" in capsys.readouterr().err

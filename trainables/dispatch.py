@@ -1,0 +1,123 @@
+"""Moving routed slots between token order and expert order, and the gated combine.
+
+Shape legend: T tokens, S routed slots (kept (token, expert) pairs), D model width, E experts.
+
+A slot lives in two orders. *Expert order* sorts the slots by expert so every expert's rows are
+one contiguous chunk (what the grouped matmuls need). *Bag order* groups the slots by token
+(the "bag" of a token is its up to K slots); the routers already emit their slots that way.
+
+Why not ``x[token_S]`` and ``index_add_`` (the usual pair): the backward of an index gather is
+an accumulating scatter and ``index_add_`` is one too; on CPU both run serially over rows
+(PERF_NOTES). Here both directions are gathers: dispatch is ``index_select`` in the forward and
+a per-token bag sum (``embedding_bag``) in the backward; combine is the reverse, with the gate
+weights folded into the bag sum (``per_sample_weights``), so there is no separate gate multiply
+over the [S, D] outputs and no [T, D] zero buffer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+
+@dataclass
+class SlotPlan:
+    """Where every slot goes; built once per forward pass and shared by dispatch and combine."""
+
+    n_tokens: int
+    counts_E: torch.Tensor
+    """Slots per expert (sums to S); the grouped matmuls' chunk sizes."""
+    token_of_sorted_S: torch.Tensor
+    """Token of every slot, in expert order."""
+    sorted_row_of_bag_S: torch.Tensor
+    """Row in expert order of every slot, in bag order."""
+    bag_offsets_T: torch.Tensor
+    """Start of every token's slots in bag order (tokens with no slot have an empty bag)."""
+    bag_order_S: torch.Tensor | None
+    """Slot indices (as the router gave them) in bag order; None when they already are."""
+
+
+def plan_slots(token_S: torch.Tensor, expert_S: torch.Tensor, n_tokens: int, n_experts: int) -> SlotPlan:
+    """Sort the slots by expert once; everything the dispatch and the combine need follows."""
+    S = token_S.numel()
+    device = token_S.device
+    bag_order_S = None
+    if S > 1 and not bool((token_S[1:] >= token_S[:-1]).all()):
+        # not grouped by token (no built-in router does this): bring the slots into bag order
+        bag_order_S = torch.argsort(token_S, stable=True)
+        token_S, expert_S = token_S[bag_order_S], expert_S[bag_order_S]
+    # from here on, slot index = position in bag order
+    order_S = torch.argsort(expert_S, stable=True)  # stable: expert chunks keep token order
+    sorted_row_of_bag_S = torch.empty_like(order_S)
+    sorted_row_of_bag_S[order_S] = torch.arange(S, device=device)
+    slots_per_token_T = torch.bincount(token_S, minlength=n_tokens)
+    bag_offsets_T = torch.cumsum(slots_per_token_T, 0) - slots_per_token_T
+    return SlotPlan(
+        n_tokens=n_tokens,
+        counts_E=torch.bincount(expert_S, minlength=n_experts),
+        token_of_sorted_S=token_S[order_S],
+        sorted_row_of_bag_S=sorted_row_of_bag_S,
+        bag_offsets_T=bag_offsets_T,
+        bag_order_S=bag_order_S,
+    )
+
+
+def dispatch(x_TD: torch.Tensor, plan: SlotPlan) -> torch.Tensor:
+    """Copies of the token rows, one per slot, in expert order: [S, D]."""
+    return _Dispatch.apply(x_TD, plan)
+
+
+def combine(y_SD: torch.Tensor, gate_S: torch.Tensor, plan: SlotPlan) -> torch.Tensor:
+    """out[t] = sum over the slots s of token t of gate[s] * y[s]: [T, D].
+
+    y_SD in expert order (what the experts return); gate_S in the router's slot order.
+    """
+    if plan.bag_order_S is not None:
+        gate_S = gate_S[plan.bag_order_S]
+    return _GatedCombine.apply(y_SD, gate_S.to(y_SD.dtype), plan)
+
+
+def _bag_sum(rows_SD: torch.Tensor, plan: SlotPlan, weights_S: torch.Tensor | None = None) -> torch.Tensor:
+    """Per token, the (weighted) sum of its slots' rows, gathered straight from expert order."""
+    return F.embedding_bag(
+        plan.sorted_row_of_bag_S, rows_SD, plan.bag_offsets_T, mode="sum", per_sample_weights=weights_S
+    )
+
+
+class _Dispatch(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x_TD, plan):
+        ctx.plan = plan
+        return x_TD.index_select(0, plan.token_of_sorted_S)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_SD):
+        # a token's gradient is the sum over its slots: a bag sum, not a scatter-add
+        return _bag_sum(grad_SD.contiguous(), ctx.plan), None
+
+
+class _GatedCombine(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, y_SD, gate_bag_S, plan):
+        ctx.plan = plan
+        ctx.save_for_backward(y_SD, gate_bag_S)
+        return _bag_sum(y_SD, plan, gate_bag_S)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_TD):
+        y_SD, gate_bag_S = ctx.saved_tensors
+        plan = ctx.plan
+        grad_SD = grad_TD.index_select(0, plan.token_of_sorted_S)  # d out[t] / d y[s], expert order
+        grad_gate = None
+        if ctx.needs_input_grad[1]:
+            # d out[t] / d gate[s] = <grad_out[t], y[s]>, then back from expert to bag order
+            grad_gate = torch.linalg.vecdot(grad_SD, y_SD)[plan.sorted_row_of_bag_S]
+        gate_sorted_S = torch.empty_like(gate_bag_S)
+        gate_sorted_S[plan.sorted_row_of_bag_S] = gate_bag_S
+        grad_y = grad_SD.mul_(gate_sorted_S.unsqueeze(1)) if ctx.needs_input_grad[0] else None
+        return grad_y, grad_gate, None
