@@ -218,16 +218,19 @@ def pareto_plot(
 
 
 def learning_curves(
-    curves: Sequence[tuple[str, str, Sequence[int], Sequence[float]]],
+    curves: Sequence[tuple[str, str, str, Sequence[int], Sequence[float]]],
     *,
     metric: str = "purity",
     reference: float | None = None,
     title: str | None = None,
 ) -> Figure:
-    """One panel per method, one colour per scope: each run thin, the scope's mean bold.
+    """One panel per method; per series each run thin and the series mean bold.
 
-    ``curves`` holds ``(method, scope, steps, values)`` per run. The mean at a step averages
-    the runs that logged that step. ``reference`` draws the reference router's final value.
+    ``curves`` holds ``(method, scope, series, steps, values)`` per run; ``series`` names the
+    line within the method's panel (the scope, or the scope plus whatever else sets the cell
+    apart, e.g. a capacity). Colour is the scope's, the line style tells a scope's series
+    apart. The mean at a step averages the runs that logged that step. ``reference`` draws the
+    reference router's final value.
     """
     from trainables.config import METHODS, SCOPES
 
@@ -240,24 +243,27 @@ def learning_curves(
     fig = _new_figure(4.2 * columns + 1.5, 3.3 * rows + 0.6)
     axes = fig.subplots(rows, columns, squeeze=False, sharey=True)
     scope_colours = {"sequence": "tab:green", "micro_batch": "tab:orange", "global_batch": "tab:blue"}
+    styles = ("-", "--", ":", "-.")
     for ax in axes.flat[len(methods):]:
         ax.set_visible(False)
     for ax, method in zip(axes.flat, methods):
         mine = [c for c in curves if c[0] == method]
-        scopes = sorted({c[1] for c in mine},
-                        key=lambda s: (SCOPES.index(s) if s in SCOPES else len(SCOPES), s))
-        for scope in scopes:
+        series = sorted({(c[1], c[2]) for c in mine},
+                        key=lambda k: (SCOPES.index(k[0]) if k[0] in SCOPES else len(SCOPES), k))
+        used_per_scope: dict[str, int] = {}
+        for scope, label in series:
             colour = scope_colours.get(scope, "tab:purple")
+            style = styles[used_per_scope.get(scope, 0) % len(styles)]
+            used_per_scope[scope] = used_per_scope.get(scope, 0) + 1
             by_step: dict[int, list[float]] = {}
-            runs = [c for c in mine if c[1] == scope]
-            for _, _, steps, values in runs:
-                ax.plot(steps, values, color=colour, alpha=0.3, linewidth=0.8)
-                for s, v in zip(steps, values):
-                    by_step.setdefault(int(s), []).append(float(v))
+            runs = [c for c in mine if (c[1], c[2]) == (scope, label)]
+            for *_, steps, values in runs:
+                ax.plot(steps, values, color=colour, alpha=0.3, linewidth=0.8, linestyle=style)
+                for step, value in zip(steps, values):
+                    by_step.setdefault(int(step), []).append(float(value))
             steps_sorted = sorted(by_step)
-            ax.plot(steps_sorted, [np.mean(by_step[s]) for s in steps_sorted], color=colour,
-                    linewidth=2.2, linestyle=_SCOPE_LINES.get(scope, "-"),
-                    label=f"{scope} (n={len(runs)})")
+            ax.plot(steps_sorted, [np.mean(by_step[k]) for k in steps_sorted], color=colour,
+                    linewidth=2.2, linestyle=style, label=f"{label} (n={len(runs)})")
         if reference is not None and np.isfinite(reference):
             ax.axhline(reference, color="black", linestyle="--", linewidth=1.0, label="reference")
         ax.set_title(method)
@@ -266,7 +272,7 @@ def learning_curves(
         ax.set_ylabel(metric)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7, loc="best")
-    fig.suptitle(title or f"{metric} during training (thin: runs, bold: mean per scope)")
+    fig.suptitle(title or f"{metric} during training (thin: runs, bold: mean per series)")
     return fig
 
 

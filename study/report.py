@@ -1,15 +1,15 @@
 """``moe-study report EXPERIMENT``: a Markdown report with figures of one study's MLflow runs.
 
 ``write_report`` reads the experiment through ``MlflowClient`` (``report_data``), computes the
-tables and findings (``report_stats``, ``report_findings``), draws the figures (``plots``) and
+tables and findings (``report_stats``, ``report_findings``), draws the figures (``report_figures`` with ``plots``) and
 writes ``report.md`` plus PNGs into one folder:
 
 1. header: studies, trial counts (finished / stopped early / failed), the reference run;
 2. leaderboard: the best full-length trials by ``gap_purity`` under the reference row;
 3. method x scope table: mean and 95 % t-interval over seeds per (method, scope, capacity,
    domains per micro-batch);
-4. figures: Pareto plot of the gaps, routing heatmaps (reference / best / worst), purity
-   learning curves, mean purity bars;
+4. figures: Pareto plot of the gaps, routing heatmaps of the reference, best and worst trial
+   (one figure per MoE layer), purity learning curves, mean purity bars;
 5. findings computed from the numbers, each with a verdict.
 
 Only trials that ran all of ``train.steps`` are ranked and averaged by default: a trial the
@@ -20,27 +20,21 @@ from __future__ import annotations
 
 import math
 import re
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
+from trainables.errors import ConfigError
 
 from study import naming
-from study.report_data import (
-    RunRecord, StudyRuns, distinct_configs, fetch_count_table, fetch_histories, load_study_runs,
+from study.report_data import RunRecord, StudyRuns, distinct_configs, load_study_runs
+from study.report_figures import (
+    BARS_FILE, CURVES_FILE, EXPERT_CHOICE, FIGURE_FILES, HEATMAPS_FILE, PARETO_FILE, bars_figure,
+    curves_figure, heatmap_figures, pareto_figure,
 )
 from study.report_findings import Finding, findings
-from study.report_stats import (
-    Estimate, capacity_label, cell_estimates, group_cells, mean_ci, pareto_front, varying_params,
-)
+from study.report_stats import Estimate, capacity_label, cell_estimates, group_cells, varying_params
 
 REPORT_FILE = "report.md"
-PARETO_FILE = "pareto.png"
-HEATMAPS_FILE = "heatmaps.png"
-CURVES_FILE = "learning_curves.png"
-BARS_FILE = "purity_bars.png"
-FIGURE_FILES = (PARETO_FILE, HEATMAPS_FILE, CURVES_FILE, BARS_FILE)
 
 LEADERBOARD_TOP = 20
 HISTORY_CAP = 200
@@ -59,7 +53,6 @@ REFERENCE_METRICS = (
     naming.MAX_VIO, naming.DEAD_EXPERT_FRACTION,
 )
 LOSS_METRICS = (naming.VAL_LOSS, naming.GAP_LOSS)
-EXPERT_CHOICE = "ec"
 EC_MARK = "†"
 EC_NOTE = (f"{EC_MARK} `ec` (expert choice) picks tokens per expert across the whole sequence, "
            "which leaks future tokens in a causal LM: its `val_loss` and `gap_loss` are not "
@@ -85,13 +78,16 @@ def write_report(
     """
     from mlflow import MlflowClient
 
+    if not isinstance(top, int) or top < 1:
+        raise ConfigError(f"top: expected a positive integer (got {top!r})")
     uri = tracking_uri or naming.default_tracking_uri()
     client = MlflowClient(uri)
     runs = load_study_runs(client, experiment, uri)
     out = Path(out_dir) if out_dir else default_out_dir(experiment)
     out.mkdir(parents=True, exist_ok=True)
-    for name in FIGURE_FILES:  # a figure this run cannot draw must not survive from an old run
-        (out / name).unlink(missing_ok=True)
+    # a figure this run cannot draw must not survive from an earlier report in the same folder
+    for old in [*(out / name for name in FIGURE_FILES), *out.glob(HEATMAPS_FILE.format(layer="*"))]:
+        old.unlink(missing_ok=True)
 
     ranked, ranked_note = _ranked_trials(runs, include_stopped_early)
     by, ascending = _ranking_metric(ranked)
@@ -100,10 +96,10 @@ def write_report(
     # same measurement); the leaderboard and the Pareto plot still show every run
     independent, repeats = distinct_configs(ranked)
     figures = {
-        PARETO_FILE: _pareto_figure(ranked, out / PARETO_FILE),
-        HEATMAPS_FILE: _heatmap_figure(client, runs.reference, ranked, by, out / HEATMAPS_FILE),
-        CURVES_FILE: _curves_figure(client, independent, runs.reference, history_cap, out / CURVES_FILE),
-        BARS_FILE: _bars_figure(independent, runs.reference, out / BARS_FILE),
+        PARETO_FILE: pareto_figure(ranked, out / PARETO_FILE),
+        **heatmap_figures(client, runs.reference, ranked, by, out),
+        CURVES_FILE: curves_figure(client, independent, runs.reference, history_cap, out / CURVES_FILE),
+        BARS_FILE: bars_figure(independent, runs.reference, out / BARS_FILE),
     }
     sections = [
         header_markdown(runs, uri),
@@ -130,7 +126,7 @@ def _ranked_trials(runs: StudyRuns, include_stopped_early: bool) -> tuple[list[R
     skipped = len(runs.finished_trials) - len(full)
     return list(full), (
         "Only trials that ran the full `train.steps` are ranked and averaged"
-        + (f" ({skipped} stopped early by the scheduler are left out)." if skipped else "."))
+        + (f"; left out: {skipped} stopped early by the scheduler." if skipped else "."))
 
 
 def _ranking_metric(ranked: Sequence[RunRecord]) -> tuple[str, bool]:
@@ -175,7 +171,7 @@ def header_markdown(runs: StudyRuns, uri: str) -> str:
     lines = [
         f"# Routing study report: {runs.experiment}",
         "",
-        f"- MLflow experiment `{runs.experiment}` (id {runs.experiment_id}) in `{uri}`",
+        f"- MLflow experiment `{runs.experiment}` (id {runs.experiment_id}) in `{_without_credentials(uri)}`",
         f"- studies (parent runs): {len(runs.studies)}"
         + (f" ({', '.join(study_names)})" if study_names else ""),
         f"- trials: {len(trials)}: {full} finished the full `train.steps`, {early} stopped early "
@@ -196,6 +192,11 @@ def header_markdown(runs: StudyRuns, uri: str) -> str:
     if len(runs.references) > 1:
         lines += ["", f"{len(runs.references)} finished reference runs; the newest is shown."]
     return "\n".join(lines)
+
+
+def _without_credentials(uri: str) -> str:
+    """``http://user:secret@host`` -> ``http://host``: a report gets shared."""
+    return re.sub(r"//[^/@]*@", "//", uri)
 
 
 def leaderboard_markdown(ranked: Sequence[RunRecord], reference: RunRecord | None, by: str,
@@ -320,106 +321,3 @@ def failures_markdown(trials: Sequence[RunRecord], limit: int = 10) -> str:
     if len(failed) > limit:
         lines.append(f"- ... and {len(failed) - limit} more")
     return "\n".join(lines)
-
-
-# -- figures ----------------------------------------------------------------------------------
-def _pareto_figure(ranked: Sequence[RunRecord], path: Path) -> tuple[str, str]:
-    from study.plots import pareto_plot, save_figure
-
-    points = [r for r in ranked if math.isfinite(r.metric(naming.GAP_PURITY))
-              and math.isfinite(r.metric(naming.GAP_LOSS))]
-    if not points:
-        return "", "no trial logged both gap_purity and gap_loss (they need a reference run)"
-    xy = [(r.metric(naming.GAP_PURITY), r.metric(naming.GAP_LOSS)) for r in points]
-    comparable = [i for i, r in enumerate(points) if r.method != EXPERT_CHOICE]
-    front = [comparable[j] for j in pareto_front([xy[i] for i in comparable])]
-    fig = pareto_plot([p[0] for p in xy], [p[1] for p in xy], [r.method for r in points],
-                      [r.scope for r in points], front,
-                      hollow=[r.method == EXPERT_CHOICE for r in points])
-    save_figure(fig, path)
-    names = ", ".join(f"{points[i].name} ({points[i].method}, {points[i].scope})" for i in front)
-    caption = (f"Each full-length trial: `gap_loss` against `gap_purity` (both 0 for the "
-               f"reference router, the star; lower-left is better). Pareto front: {names or 'none'}.")
-    if len(comparable) < len(points):
-        caption += " Hollow points are `ec`, left out of the front (its loss is not comparable)."
-    return caption, ""
-
-
-def _heatmap_figure(client, reference: RunRecord | None, ranked: Sequence[RunRecord], by: str,
-                    path: Path) -> tuple[str, str]:
-    from study.plots import heatmaps_side_by_side, save_figure
-
-    scored = [r for r in ranked if math.isfinite(r.metric(by))]
-    picks: list[tuple[str, RunRecord]] = []
-    if reference is not None:
-        picks.append(("reference", reference))
-    if scored:
-        picks.append((f"best: {scored[0].name}\n{scored[0].method}, {scored[0].scope}", scored[0]))
-        if len(scored) > 1:
-            picks.append((f"worst: {scored[-1].name}\n{scored[-1].method}, {scored[-1].scope}", scored[-1]))
-    tables, domains, missing = [], None, []
-    with tempfile.TemporaryDirectory(prefix="moe-study-report-") as tmp:
-        for i, (title, run) in enumerate(picks):
-            got = fetch_count_table(client, run.run_id, Path(tmp) / str(i))
-            if got is None:
-                missing.append(run.name)
-                continue
-            n_LED, run_domains = got
-            if domains is None:
-                domains = run_domains
-            if sorted(run_domains) != sorted(domains):
-                missing.append(f"{run.name} (other domains)")
-                continue
-            order = [run_domains.index(d) for d in domains]
-            tables.append((title, np.asarray(n_LED, dtype=float).sum(axis=0)[:, order]))
-    if not tables:
-        return "", "no count_table.parquet artifact on the reference, best or worst run"
-    save_figure(heatmaps_side_by_side(tables, domains), path)
-    caption = ("Routing of the evaluation set, all MoE layers summed: share of each domain's "
-               f"routed slots per expert (experts sorted by majority domain). Best and worst by `{by}`.")
-    if missing:
-        caption += f" No count table for: {', '.join(missing)}."
-    return caption, ""
-
-
-def _curves_figure(client, ranked: Sequence[RunRecord], reference: RunRecord | None, cap: int,
-                   path: Path) -> tuple[str, str]:
-    from study.plots import learning_curves, save_figure
-
-    histories = fetch_histories(client, ranked, naming.PURITY, cap)
-    curves = [(r.method, r.scope, [s for s, _ in histories[r.run_id]], [v for _, v in histories[r.run_id]])
-              for r in ranked if r.run_id in histories]
-    if not curves:
-        return "", "no trial logged a purity history"
-    ref = reference.metric(naming.PURITY) if reference is not None else None
-    save_figure(learning_curves(curves, metric=naming.PURITY, reference=ref), path)
-    caption = (f"`purity` at each evaluation step, one panel per method: thin lines are runs, bold "
-               f"lines the mean per scope; dashed: the reference router's final purity.")
-    if len(ranked) > cap:
-        caption += f" The first {cap} of {len(ranked)} ranked trials are drawn."
-    return caption, ""
-
-
-def _bars_figure(ranked: Sequence[RunRecord], reference: RunRecord | None, path: Path) -> tuple[str, str]:
-    from study.plots import interval_bars, save_figure
-
-    cells = group_cells(ranked)
-    capacity_varies = len({k.capacity for k in cells}) > 1
-    dpmb_varies = len({k.domains_per_micro_batch for k in cells}) > 1
-    bars = []
-    for key, members in cells.items():
-        est = mean_ci(r.metric(naming.PURITY) for r in members)
-        if est is None:
-            continue
-        label = f"{key.method}\n{key.scope}"
-        if capacity_varies:
-            label += f"\ncap {capacity_label(key.capacity)}"
-        if dpmb_varies:
-            label += f"\n{key.domains_per_micro_batch} dom/mb"
-        bars.append((label, key.method, est.mean, est.half_width, est.n))
-    if not bars:
-        return "", "no trial logged purity"
-    ref = reference.metric(naming.PURITY) if reference is not None else None
-    save_figure(interval_bars(bars, ylabel=naming.PURITY, reference=ref), path)
-    return ("Mean `purity` per cell with its 95% confidence interval over seeds (no bar for n=1); "
-            "dashed: the reference router."), ""

@@ -9,11 +9,13 @@ capacity and its dropless twin, ...). Verdicts never go beyond the numbers:
   where there is no interval);
 - a two-sided comparison (capacity vs dropless) says *higher* / *lower* only when the interval
   excludes 0, else *no difference shown*;
-- the effect-size comparison (scope vs method) is descriptive: ranges of cell means, no interval.
+- the effect-size comparison (scope vs method) compares ranges of cell means and names the
+  larger only when they differ by more than the seed noise of a difference between two cells.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -127,7 +129,12 @@ def scope_findings(values: Mapping[CellKey, list[float]], labels: _Labels, metri
 
 
 def effect_size_finding(values: Mapping[CellKey, list[float]], metric: str) -> list[Finding]:
-    """Scope effect (range over scopes within a method) vs method effect (over methods)."""
+    """Scope effect (range over scopes within a method) vs method effect (over methods).
+
+    Which is larger is only said when the two effects differ by more than the seed noise of a
+    difference between two cells: the mean 95 % half-width of the cells' means times sqrt(2)
+    (cells with n >= 2). Otherwise, or with no cell of n >= 2, the verdict is "not shown".
+    """
     means = {k: float(np.mean(v)) for k, v in values.items() if v}
     scope_ranges = _ranges(means, vary="scope")
     method_ranges = _ranges(means, vary="method")
@@ -135,21 +142,24 @@ def effect_size_finding(values: Mapping[CellKey, list[float]], metric: str) -> l
         return []
     scope_effect = float(np.mean(list(scope_ranges.values())))
     method_effect = float(np.mean(list(method_ranges.values())))
-    if scope_effect > method_effect:
+    half_widths = [e.half_width for e in (mean_ci(v) for v in values.values())
+                   if e is not None and e.half_width is not None]
+    text = (f"largest difference between scopes within a method, averaged over "
+            f"{len(scope_ranges)} method(s): {_f(scope_effect)}; largest difference between "
+            f"methods within a scope, averaged over {len(method_ranges)} scope(s): "
+            f"{_f(method_effect)}")
+    if not half_widths:
+        return [Finding("scope effect vs method effect", f"mean {metric} per cell", text,
+                        f"{NOT_SHOWN} (n=1 cells: no estimate of the seed noise)")]
+    noise = float(np.mean(half_widths)) * math.sqrt(2)
+    text += f"; seed noise of a difference between two cells ±{_f(noise)}"
+    if abs(scope_effect - method_effect) <= noise:
+        verdict = f"{NOT_SHOWN} (the effects differ by {_f(abs(scope_effect - method_effect))}, within the noise)"
+    elif scope_effect > method_effect:
         verdict = "scope matters more than method"
-    elif method_effect > scope_effect:
-        verdict = "method matters more than scope"
     else:
-        verdict = "equal"
-    return [Finding(
-        topic="scope effect vs method effect",
-        context=f"descriptive, mean {metric} per cell, no interval",
-        text=(f"largest difference between scopes within a method, averaged over "
-              f"{len(scope_ranges)} method(s): {_f(scope_effect)}; largest difference between "
-              f"methods within a scope, averaged over {len(method_ranges)} scope(s): "
-              f"{_f(method_effect)}"),
-        verdict=verdict,
-    )]
+        verdict = "method matters more than scope"
+    return [Finding("scope effect vs method effect", f"mean {metric} per cell", text, verdict)]
 
 
 def capacity_findings(values: Mapping[CellKey, list[float]], labels: _Labels, metric: str) -> list[Finding]:

@@ -40,9 +40,16 @@ class GroupedExperts(nn.Module):
         """x_SD: slots already sorted by expert; counts_E: slots per expert (sums to S)."""
         if x_SD.shape[0] == 0:
             return x_SD.new_zeros(0, self.d_model)
-        if _HAS_GROUPED_MM and x_SD.dtype in (torch.float32, torch.bfloat16):
+        if self._grouped_mm_fits(x_SD.dtype):
             return self._forward_grouped(x_SD, counts_E)
         return self._forward_loop(x_SD, counts_E)
+
+    def _grouped_mm_fits(self, dtype: torch.dtype) -> bool:
+        """_grouped_mm takes fp32/bf16 rows whose strides are multiples of 16 bytes."""
+        if not _HAS_GROUPED_MM or dtype not in (torch.float32, torch.bfloat16):
+            return False
+        row_bytes = torch.finfo(dtype).bits // 8
+        return (self.d_model * row_bytes) % 16 == 0 and (self.hidden * row_bytes) % 16 == 0
 
     def _forward_grouped(self, x_SD: torch.Tensor, counts_E: torch.Tensor) -> torch.Tensor:
         offsets_E = torch.cumsum(counts_E, 0, dtype=torch.int32)

@@ -80,6 +80,8 @@ def test_bad_inputs_are_rejected():
         count_table_to_arrow(np.ones((2, 3)), ["a", "b", "c"])
     with pytest.raises(ValueError, match="non-negative"):
         count_table_to_arrow(-np.ones((1, 1, 1)), ["a"])
-    duplicated = pa.table({"layer": [0, 0], "expert": [0, 0], "domain": ["a", "a"], "count": [1, 2]})
+    duplicated = pa.table(
+        {"layer": [0, 0], "expert": [0, 0], "domain": ["a", "a"], "count": [1, 2]}
+    )
     with pytest.raises(ValueError, match="more than one row"):
         count_table_from_arrow(duplicated)
