@@ -18,7 +18,10 @@ same multiply-adds per token. Every case runs forward and backward, with gradien
 Skewed routing (config C1-skew) draws each token's k experts without replacement from a Zipf
 distribution tuned to max/mean load ~3; the router-driven 'layer' case is left out there.
 
-    python bench/moe_layer.py [--configs C1 C2 C3 C1-skew] [--repeats 9] [--no-tune-allocator]
+    python bench/moe_layer.py [--configs C1 C2 C3 C1-skew trial] [--repeats 9] [--no-tune-allocator]
+
+'trial' (not run by default) is one micro-batch of the default trial config: T=512, d=128, E=24,
+k=4, h=128, where the expert chunks are small (~85 rows) and per-call overheads show.
 
 The last line is the headline: routed / dense tokens-per-second ratio per config.
 """
@@ -41,12 +44,15 @@ from trainables.experts import GroupedExperts, _grouped_mm_contig  # noqa: E402
 from trainables.moe import MoELayer, SwiGLU  # noqa: E402
 from trainables.routers import Assignment, RoutingContext  # noqa: E402
 
-CONFIGS = {  # name: (d_model, n_experts, top_k, expert_hidden, skewed)
-    "C1": (256, 16, 4, 256, False),
-    "C2": (128, 32, 4, 128, False),
-    "C3": (256, 64, 8, 128, False),
-    "C1-skew": (256, 16, 4, 256, True),
+CONFIGS = {  # name: (d_model, n_experts, top_k, expert_hidden, skewed, tokens or None for --tokens)
+    "C1": (256, 16, 4, 256, False, None),
+    "C2": (128, 32, 4, 128, False, None),
+    "C3": (256, 64, 8, 128, False, None),
+    "C1-skew": (256, 16, 4, 256, True, None),
+    # one micro-batch of the default trial (TrialConfig defaults: 4 x 128 tokens)
+    "trial": (128, 24, 4, 128, False, 512),
 }
+DEFAULT_CONFIGS = ["C1", "C2", "C3", "C1-skew"]
 SEQ_LEN = 128
 
 
@@ -138,7 +144,8 @@ class PlainSwiGLU(SwiGLU):
 
 # -- one config ---------------------------------------------------------------------------------
 def build_cases(name: str, T: int, gen: torch.Generator):
-    d, E, K, h, skewed = CONFIGS[name]
+    d, E, K, h, skewed, tokens = CONFIGS[name]
+    T = tokens or T
     cfg = TrialConfig.from_flat({
         "model.d_model": d, "model.n_experts": E, "model.top_k": K, "model.expert_hidden": h,
         "router.method": "lbl", "router.scope": "micro_batch", "data.seq_len": SEQ_LEN,
@@ -186,12 +193,13 @@ def build_cases(name: str, T: int, gen: torch.Generator):
 
     flops = 3 * 2 * T * K * (d * 2 * h + h * d)  # forward + backward (x3) of the active matmuls
     info = f"d={d} E={E} k={K} h={h} max/mean load {load_skew(ids_TK, E):.2f}"
-    return cases, drop_grads, flops, info
+    info = f"T={T} {info}"
+    return cases, drop_grads, flops, T, info
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    p.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS, choices=list(CONFIGS))
     p.add_argument("--tokens", type=int, default=8192)
     p.add_argument("--repeats", type=int, default=9)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -209,7 +217,7 @@ def main() -> None:
     gen = torch.Generator().manual_seed(0)
     headline, layer_line = [], []
     for name in args.configs:
-        cases, drop_grads, flops, info = build_cases(name, args.tokens, gen)
+        cases, drop_grads, flops, T, info = build_cases(name, args.tokens, gen)
         if args.cases:
             cases = {k: v for k, v in cases.items() if k in {"dense", *args.cases}}
         times = time_interleaved(cases, args.repeats, warmup=1, before_each=drop_grads, clock=args.clock)
@@ -217,7 +225,7 @@ def main() -> None:
         base = min(med["dense"], med.get("dense-plain", math.inf))  # the faster dense
         rows = [
             [case, f"{med[case] * 1e3:.0f}", f"{spread(times[case]):.2f}",
-             f"{args.tokens / med[case]:,.0f}", f"{flops / med[case] / 1e9:.0f}", f"{base / med[case]:.2f}"]
+             f"{T / med[case]:,.0f}", f"{flops / med[case] / 1e9:.0f}", f"{base / med[case]:.2f}"]
             for case in cases
         ]
         print(f"\n{name}: {info}")

@@ -27,6 +27,7 @@ METHODS = ("none", "lbl", "eb", "sh", "ba", "ec", "reference")
 SCOPES = ("sequence", "micro_batch", "global_batch")
 SCORE_FUNCTIONS = ("softmax", "sigmoid")
 DROP_POLICIES = ("probs", "position")
+GLOBAL_COUNTS = ("exact", "running")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -96,6 +97,10 @@ class RouterConfig:
     """Maximum Sinkhorn normalisation rounds (stops early when the change < 1e-4)."""
     auction_iters: int = 100
     """Maximum auction rounds of balanced assignment (BA)."""
+    global_counts: str = "exact"
+    """LBL at global_batch scope: ``exact`` runs the step's micro-batches as one forward pass so
+    f counts the whole step for every token; ``running`` accumulates counts micro-batch by
+    micro-batch in a buffer (less memory; the first micro-batches see partial counts)."""
     capacity_factor: float = 0.0
     """Slots per expert = capacity_factor * tokens * k / E within the scope; 0 means dropless."""
     drop_policy: str = "probs"
@@ -213,6 +218,7 @@ class TrialConfig:
         _choice(p, "router.method", r.method, METHODS)
         _choice(p, "router.scope", r.scope, SCOPES)
         _choice(p, "router.drop_policy", r.drop_policy, DROP_POLICIES)
+        _choice(p, "router.global_counts", r.global_counts, GLOBAL_COUNTS)
         _choice(p, "model.score_fn", m.score_fn, SCORE_FUNCTIONS)
         _choice(p, "train.device", t.device, DEVICES)
         for key, value in [

@@ -300,9 +300,16 @@ def build_router(cfg: TrialConfig) -> Router:
 
 
 def runs_whole_step_forward(cfg: TrialConfig) -> bool:
-    """Solver-based methods at global scope see the whole step in one forward pass.
+    """Whether the training loop runs the optimizer step's micro-batches as one forward pass.
 
-    Summing the micro-batch losses and running them concatenated give the same gradient; only
-    memory differs. It is what lets SH/BA/EC solve over every token of the optimizer step.
+    Averaging the micro-batch losses and running them concatenated give the same gradient; only
+    memory differs. Solver-based methods (SH, BA, EC) at global scope need it to solve over every
+    token of the step. LBL at global scope uses it when ``router.global_counts`` is ``exact``:
+    f is then the step's full count vector for every token, where the accumulating buffer
+    (``running``, Megatron/Qwen style) gives the step's first micro-batches partial counts.
     """
-    return cfg.router.scope == "global_batch" and ROUTERS[cfg.router.method].solver_based
+    if cfg.router.scope != "global_batch":
+        return False
+    if ROUTERS[cfg.router.method].solver_based:
+        return True
+    return cfg.router.method == "lbl" and cfg.router.global_counts == "exact"
