@@ -134,6 +134,15 @@ def resume_study(name: str, *, tracking_uri: str | None = None, address: str | N
     check_tracking(state["tracking_uri"])
     from mlflow.tracking import MlflowClient
 
+    from study.tracking import StudyTracker
+
+    delivered = StudyTracker(  # writes an earlier driver could not deliver
+        tracking_uri=state["tracking_uri"], experiment_id=state["experiment_id"],
+        parent_run_id=state["parent_run_id"], study_name=name, spool_path=_spool(state),
+        progress=False,
+    ).queue.replay_spool()
+    if delivered:
+        print(f"[{name}] delivered {delivered} spooled MLflow writes", flush=True)
     MlflowClient(state["tracking_uri"]).update_run(state["parent_run_id"], status="RUNNING")
     return _execute(spec, state, state_path, address=address, restore=True)
 
@@ -144,6 +153,10 @@ def _execute(spec: StudySpec, state: dict, state_path: Path, *, address: str | N
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    # fail a tracking request fast: the tracker's delivery queue does the retrying, so a
+    # tracking outage must not block Tune's driver loop for minutes of HTTP back-off
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     name = state["name"]
     client = MlflowClient(state["tracking_uri"])
     started_ray = not ray.is_initialized()
@@ -168,14 +181,24 @@ def _execute(spec: StudySpec, state: dict, state_path: Path, *, address: str | N
             errors = grid.num_errors
             status, code = "FINISHED", 0
             print(f"[{name}] finished: {len(grid) - errors} trials done, {errors} failed", flush=True)
+        if _spool(state).exists():
+            print(f"[{name}] MLflow was unreachable at the end: undelivered writes are kept in "
+                  f"{_spool(state)}; deliver them with: moe-study resume {name}", flush=True)
+            status, code = "RUNNING", 1
     except KeyboardInterrupt:
         print(f"[{name}] interrupted; continue with: moe-study resume {name}", flush=True)
         status, code = "KILLED", EXIT_INTERRUPTED
     finally:
-        _close_open_children(client, state, "KILLED" if status != "FINISHED" else "FINISHED")
-        client.set_terminated(state["parent_run_id"], status=status)
         if started_ray:
             ray.shutdown()
+        if status != "RUNNING":  # RUNNING: tracking is down, resume closes the runs later
+            try:
+                _close_open_children(client, state, "KILLED" if status != "FINISHED" else "FINISHED")
+                client.set_terminated(state["parent_run_id"], status=status)
+            except Exception as exc:  # noqa: BLE001 - tracking down: nothing is lost, say so
+                print(f"[{name}] could not close the MLflow runs ({exc}); "
+                      f"`moe-study resume {name}` does it later", flush=True)
+                code = code or 1
     if code == 0:
         _print_best(spec, state)
     return code

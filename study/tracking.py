@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 TAG_STOPPED_EARLY = "moe_study.stopped_early"
 """``true`` on a trial run the scheduler (ASHA) stopped before train.steps."""
 TAG_ERROR = "moe_study.error"
+TAG_NODE = "moe_study.node_id"
+"""The Ray node the trial finished on."""
 """Why a trial failed (the end of its traceback)."""
 COUNT_TABLE_FILE = "count_table.parquet"
 HEATMAP_FILE = "routing_heatmap.png"
@@ -43,7 +45,7 @@ TUNE_AUTO_KEYS = {
 }
 
 # keys of a Tune result that are not metrics
-_SKIP_RESULT_KEYS = {"step", "count_table", "domains", "done", "training_iteration", "trial_id"}
+_SKIP_RESULT_KEYS = {"step", "count_table", "domains", "done", "training_iteration", "trial_id", "node_id"}
 
 
 def metric_items(result: dict) -> dict[str, float]:
@@ -60,9 +62,10 @@ def metric_items(result: dict) -> dict[str, float]:
 class _DeliveryQueue:
     """Ordered MLflow writes that survive a tracking outage."""
 
-    def __init__(self, client: MlflowClient, spool_path: Path | None):
+    def __init__(self, client: MlflowClient, spool_path: Path | None, resolve=None):
         self.client = client
         self.spool_path = spool_path
+        self.resolve = resolve  # trial id -> MLflow run id, opening the run when needed
         self.pending: list[tuple[str, dict]] = []
         self.last_error: str | None = None
 
@@ -86,17 +89,21 @@ class _DeliveryQueue:
 
     def _apply(self, op: str, kw: dict) -> None:
         c = self.client
+        if op == "open":
+            self.resolve(kw["trial"], kw)
+            return
+        run_id = kw.get("run_id") or self.resolve(kw["trial"], None)
         if op == "batch":
             c.log_batch(
-                kw["run_id"],
+                run_id,
                 metrics=[Metric(k, v, kw["ts"], kw["step"]) for k, v in kw.get("metrics", {}).items()],
                 params=[Param(k, str(v)[:6000]) for k, v in kw.get("params", {}).items()],
                 tags=[RunTag(k, str(v)[:5000]) for k, v in kw.get("tags", {}).items()],
             )
         elif op == "artifact":
-            c.log_artifact(kw["run_id"], kw["path"], kw.get("artifact_path"))
+            c.log_artifact(run_id, kw["path"], kw.get("artifact_path"))
         elif op == "terminate":
-            c.set_terminated(kw["run_id"], status=kw["status"])
+            c.set_terminated(run_id, status=kw["status"])
         else:  # pragma: no cover - programming error
             raise ValueError(op)
 
@@ -115,10 +122,8 @@ class _DeliveryQueue:
             return
         self.spool_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.spool_path, "a") as f:
-            for op, kw in self.pending:
-                if op == "artifact":
-                    continue  # artifact files live in temp dirs; metrics and statuses are what count
-                f.write(json.dumps({"op": op, **kw}) + "\n")
+            for op, kw in self.pending:  # artifact files stay in their temp dirs until delivered
+                f.write(json.dumps({"op": op, **kw}, default=str) + "\n")
         log.warning("%d MLflow writes spooled to %s", len(self.pending), self.spool_path)
         self.pending.clear()
 
@@ -155,8 +160,9 @@ class StudyTracker(Callback):
         self.tracking_uri, self.experiment_id = tracking_uri, experiment_id
         self.parent_run_id, self.study_name, self.role = parent_run_id, study_name, role
         self.client = MlflowClient(tracking_uri)
-        self.queue = _DeliveryQueue(self.client, spool_path)
+        self.queue = _DeliveryQueue(self.client, spool_path, self._resolve)
         self.run_ids: dict[str, str] = {}
+        self.opened: set[str] = set()
         self.final: dict[str, dict] = {}
         self.objective, self.mode, self.progress = objective, mode, progress
         self.counts = {"done": 0, "failed": 0}
@@ -174,42 +180,58 @@ class StudyTracker(Callback):
         spool_path, pending = state.pop("queue")
         self.__dict__.update(state)
         self.client = MlflowClient(self.tracking_uri)
-        self.queue = _DeliveryQueue(self.client, spool_path)
+        self.queue = _DeliveryQueue(self.client, spool_path, self._resolve)
         self.queue.pending = list(pending)
 
     # -- run lookup: a retried/restored trial continues its run ------------------------------
     def _run_for(self, trial) -> str:
-        if trial.trial_id in self.run_ids:
-            return self.run_ids[trial.trial_id]
+        """Queue the opening of the trial's run (once); return the key later writes use.
+
+        Opening goes through the delivery queue like every write, so a tracking outage at a
+        trial's start delays its run instead of failing the study.
+        """
+        if trial.trial_id not in self.opened:
+            self.opened.add(trial.trial_id)
+            cfg = {k: v for k, v in trial.config.items() if not k.startswith("_")}
+            self.queue.put(
+                "open", trial=trial.trial_id, role=self.role, config_hash=trial.config.get("_config_hash", ""),
+                params={k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in cfg.items()},
+            )
+        return trial.trial_id
+
+    def _resolve(self, trial_id: str, open_kw: dict | None) -> str:
+        if trial_id in self.run_ids:
+            return self.run_ids[trial_id]
         existing = self.client.search_runs(
             [self.experiment_id],
-            filter_string=f"tags.{naming.TAG_TRIAL_ID} = '{trial.trial_id}' "
+            filter_string=f"tags.{naming.TAG_TRIAL_ID} = '{trial_id}' "
             f"AND tags.{naming.TAG_STUDY} = '{self.study_name}'",
             max_results=1,
         )
         if existing:
             run_id = existing[0].info.run_id
-            if existing[0].info.status != "RUNNING":
+            if existing[0].info.status != "RUNNING" and open_kw is not None:
                 self.client.update_run(run_id, status="RUNNING")
+        elif open_kw is None:
+            raise RuntimeError(f"no MLflow run for trial {trial_id}")
         else:
-            cfg = {k: v for k, v in trial.config.items() if not k.startswith("_")}
+            params, role = open_kw["params"], open_kw.get("role", self.role)
             tags = {
                 naming.TAG_PARENT_RUN: self.parent_run_id,
-                "mlflow.runName": f"{self.role}-{trial.trial_id}",
-                naming.TAG_ROLE: self.role,
+                "mlflow.runName": f"{role}-{trial_id}",
+                naming.TAG_ROLE: role,
                 naming.TAG_STUDY: self.study_name,
-                naming.TAG_TRIAL_ID: trial.trial_id,
-                naming.TAG_METHOD: cfg.get("router.method", ""),
-                naming.TAG_SCOPE: cfg.get("router.scope", ""),
+                naming.TAG_TRIAL_ID: trial_id,
+                naming.TAG_METHOD: params.get("router.method", ""),
+                naming.TAG_SCOPE: params.get("router.scope", ""),
             }
-            if trial.config.get("_config_hash"):
-                tags[naming.TAG_CONFIG_HASH] = trial.config["_config_hash"]
+            if open_kw.get("config_hash"):
+                tags[naming.TAG_CONFIG_HASH] = open_kw["config_hash"]
             run_id = self.client.create_run(self.experiment_id, tags=tags).info.run_id
-            params = {k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in cfg.items()}
             items = list(params.items())
             for i in range(0, len(items), 90):  # MLflow takes at most 100 params a batch
-                self.queue.put("batch", run_id=run_id, params=dict(items[i : i + 90]), ts=0, step=0)
-        self.run_ids[trial.trial_id] = run_id
+                self.client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in items[i : i + 90]])
+        self.run_ids[trial_id] = run_id
         return run_id
 
     # -- Tune callback hooks ------------------------------------------------------------------
@@ -220,35 +242,35 @@ class StudyTracker(Callback):
         self._run_for(trial)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        run_id = self._run_for(trial)
+        key = self._run_for(trial)
         step = int(result.get("step", result.get("training_iteration", 0)))
         self.queue.put(
-            "batch", run_id=run_id, metrics=metric_items(result), ts=int(time.time() * 1000), step=step
+            "batch", trial=key, metrics=metric_items(result), ts=int(time.time() * 1000), step=step
         )
         self.final[trial.trial_id] = result
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        run_id = self._run_for(trial)
+        key = self._run_for(trial)
         result = self.final.get(trial.trial_id) or trial.last_result or {}
-        self._log_routing_artifacts(run_id, result)
+        self._log_routing_artifacts(key, result)
         stopped_early = int(result.get("step", 0)) < int(trial.config.get("train.steps", 0))
         self.queue.put(
-            "batch", run_id=run_id, metrics={}, ts=0, step=0,
-            tags={TAG_STOPPED_EARLY: str(stopped_early).lower()},
+            "batch", trial=key, metrics={}, ts=0, step=0,
+            tags={TAG_STOPPED_EARLY: str(stopped_early).lower(), **_node_tag(result)},
         )
-        self.queue.put("terminate", run_id=run_id, status="FINISHED")
+        self.queue.put("terminate", trial=key, status="FINISHED")
         self.counts["done"] += 1
         self._update_best(trial, result)
         self._print_progress(trials)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        run_id = self._run_for(trial)
+        key = self._run_for(trial)
         error = _trial_error_text(trial)
         self.queue.put(
-            "batch", run_id=run_id, metrics={}, ts=0, step=0,
+            "batch", trial=key, metrics={}, ts=0, step=0,
             tags={TAG_ERROR: error[-4000:] or "trial failed"},
         )
-        self.queue.put("terminate", run_id=run_id, status="FAILED")
+        self.queue.put("terminate", trial=key, status="FAILED")
         self.counts["failed"] += 1
         self._print_progress(trials)
 
@@ -259,7 +281,7 @@ class StudyTracker(Callback):
         return self.queue.drain(timeout_s)
 
     # -- helpers ------------------------------------------------------------------------------
-    def _log_routing_artifacts(self, run_id: str, result: dict) -> None:
+    def _log_routing_artifacts(self, key: str, result: dict) -> None:
         table, domains = result.get("count_table"), result.get("domains")
         if not table or not domains:
             return
@@ -271,11 +293,11 @@ class StudyTracker(Callback):
         n_LED = np.asarray(table)
         d = tempfile.mkdtemp(prefix="moe-study-artifacts-")
         write_count_table(os.path.join(d, COUNT_TABLE_FILE), n_LED, domains)
-        self.queue.put("artifact", run_id=run_id, path=os.path.join(d, COUNT_TABLE_FILE))
+        self.queue.put("artifact", trial=key, path=os.path.join(d, COUNT_TABLE_FILE))
         mean_ED = n_LED.sum(axis=0)
         fig = routing_heatmap(mean_ED, domains, title="all layers")
         save_figure(fig, os.path.join(d, HEATMAP_FILE))
-        self.queue.put("artifact", run_id=run_id, path=os.path.join(d, HEATMAP_FILE))
+        self.queue.put("artifact", trial=key, path=os.path.join(d, HEATMAP_FILE))
 
     def _update_best(self, trial, result: dict) -> None:
         if not self.objective or self.objective not in result:
@@ -295,6 +317,11 @@ class StudyTracker(Callback):
             f"{self.counts['failed']} failed{best}",
             flush=True,
         )
+
+
+def _node_tag(result: dict) -> dict[str, str]:
+    node = result.get("node_id")
+    return {TAG_NODE: str(node)} if node else {}
 
 
 def _trial_error_text(trial) -> str:

@@ -36,6 +36,8 @@ class SlotPlan:
     """Row in expert order of every slot, in bag order."""
     bag_offsets_T: torch.Tensor
     """Start of every token's slots in bag order (tokens with no slot have an empty bag)."""
+    token_of_bag_S: torch.Tensor
+    """Token of every slot, in bag order (non-decreasing)."""
     bag_order_S: torch.Tensor | None
     """Slot indices (as the router gave them) in bag order; None when they already are."""
 
@@ -61,6 +63,7 @@ def plan_slots(token_S: torch.Tensor, expert_S: torch.Tensor, n_tokens: int, n_e
         token_of_sorted_S=token_S[order_S],
         sorted_row_of_bag_S=sorted_row_of_bag_S,
         bag_offsets_T=bag_offsets_T,
+        token_of_bag_S=token_S,
         bag_order_S=bag_order_S,
     )
 
@@ -112,12 +115,23 @@ class _GatedCombine(torch.autograd.Function):
     def backward(ctx, grad_TD):
         y_SD, gate_bag_S = ctx.saved_tensors
         plan = ctx.plan
-        grad_SD = grad_TD.index_select(0, plan.token_of_sorted_S)  # d out[t] / d y[s], expert order
-        grad_gate = None
+        grad_TD = grad_TD.contiguous()
+        grad_y = grad_gate = None
+        if ctx.needs_input_grad[0]:
+            # d out[t] / d y[s] = gate[s] * grad_out[t]: gathered and scaled in one pass
+            gate_sorted_S = torch.empty_like(gate_bag_S)
+            gate_sorted_S[plan.sorted_row_of_bag_S] = gate_bag_S
+            grad_y = F.embedding_bag(
+                plan.token_of_sorted_S.unsqueeze(1), grad_TD, mode="sum",
+                per_sample_weights=gate_sorted_S.unsqueeze(1),
+            )
         if ctx.needs_input_grad[1]:
-            # d out[t] / d gate[s] = <grad_out[t], y[s]>, then back from expert to bag order
-            grad_gate = torch.linalg.vecdot(grad_SD, y_SD)[plan.sorted_row_of_bag_S]
-        gate_sorted_S = torch.empty_like(gate_bag_S)
-        gate_sorted_S[plan.sorted_row_of_bag_S] = gate_bag_S
-        grad_y = grad_SD.mul_(gate_sorted_S.unsqueeze(1)) if ctx.needs_input_grad[0] else None
+            # d out[t] / d gate[s] = <grad_out[t], y[s]>: embedding_bag's own per-sample-weight
+            # gradient, one row dot per slot without an [S, D] temporary
+            grad_gate = torch.ops.aten._embedding_bag_per_sample_weights_backward(
+                grad_TD, y_SD, plan.sorted_row_of_bag_S, plan.bag_offsets_T, plan.token_of_bag_S, _MODE_SUM
+            )
         return grad_y, grad_gate, None
+
+
+_MODE_SUM = 0  # embedding_bag's mode code for "sum"
