@@ -14,21 +14,22 @@ from typing import Callable
 
 import torch
 
-from trainables.runtime import tune_allocator
+from trainables.runtime import denormals_flushed, flush_denormals, tune_allocator
 
 
-def setup_process(tune: bool, threads: int) -> str:
+def setup_process(tune: bool, threads: int, flush: bool = True) -> str:
     """Apply the project's start-up settings (or not) and describe them in one line."""
-    tuned = tune_allocator() if tune else False
     if threads:
         torch.set_num_threads(threads)
+    tuned = tune_allocator() if tune else False
+    flushed = flush_denormals() if flush else denormals_flushed()
     env = os.environ.get("GLIBC_TUNABLES", "")
     allocator = "mallopt thresholds raised" if tuned else "glibc defaults"
     if env:
         allocator += f", GLIBC_TUNABLES={env}"
     return (
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
-        f"allocator: {allocator}"
+        f"allocator: {allocator}, subnormal floats {'flushed' if flushed else 'kept'}"
     )
 
 

@@ -11,6 +11,9 @@ same multiply-adds per token. Every case runs forward and backward, with gradien
   layer             the whole MoELayer: lbl router (micro-batch scope, aux loss) + routed
   previous          this project before the optimisations: argsort, x[token], grouped experts
                     with autograd silu, gate multiply, index_add_
+  previous+swiglu   ablation: previous with the fused SwiGLU activation
+  gathers+vecdot    ablation: the current dispatch/combine with the first combine backward
+                    (index_select, vecdot for the gate gradient, in-place scale)
   loop-mask         the textbook block: per expert a boolean mask, W[e] indexing, index_add_
   padded-bmm        capacity = max load, [E, C, D] buffers, torch.bmm
   experts-only      the grouped expert FFNs on tokens already sorted (no dispatch): the limit
@@ -40,7 +43,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/common.py, run
 from common import format_table, load_average, medians, setup_process, spread, time_interleaved  # noqa: E402
 
 from trainables.config import TrialConfig  # noqa: E402
-from trainables.experts import GroupedExperts, _grouped_mm_contig  # noqa: E402
+from torch.autograd.function import once_differentiable  # noqa: E402
+
+from trainables.dispatch import _GatedCombine, dispatch, plan_slots  # noqa: E402
+from trainables.experts import GroupedExperts, _grouped_mm_contig, swiglu  # noqa: E402
 from trainables.moe import MoELayer, SwiGLU  # noqa: E402
 from trainables.routers import Assignment, RoutingContext  # noqa: E402
 
@@ -94,16 +100,44 @@ def assignment_of(ids_TK: torch.Tensor, gates_TK: torch.Tensor) -> Assignment:
 
 
 # -- comparison implementations (same weights as GroupedExperts) ----------------------------------
-def previous_routed(experts: GroupedExperts, x_TD, a: Assignment):
-    """The project's code before the optimisations (argsort + x[token] + gate multiply + index_add_)."""
+def previous_routed(experts: GroupedExperts, x_TD, a: Assignment, fused_activation: bool = False):
+    """The project's code before the optimisations (argsort + x[token] + gate multiply + index_add_);
+    ``fused_activation``: the same with trainables.experts.swiglu (ablation)."""
     order_S = torch.argsort(a.expert_S, stable=True)
     token_S = a.token_S[order_S]
     counts_E = torch.bincount(a.expert_S, minlength=experts.n_experts)
     offsets_E = torch.cumsum(counts_E, 0, dtype=torch.int32)
-    gate_SH, up_SH = _grouped_mm_contig(x_TD[token_S], experts.w_gate_up_EDH2, offsets_E).chunk(2, dim=-1)
-    y_SD = _grouped_mm_contig(F.silu(gate_SH) * up_SH, experts.w_down_EHD, offsets_E)
+    gate_up_SH2 = _grouped_mm_contig(x_TD[token_S], experts.w_gate_up_EDH2, offsets_E)
+    if fused_activation:
+        hidden_SH = swiglu(gate_up_SH2)
+    else:
+        gate_SH, up_SH = gate_up_SH2.chunk(2, dim=-1)
+        hidden_SH = F.silu(gate_SH) * up_SH
+    y_SD = _grouped_mm_contig(hidden_SH, experts.w_down_EHD, offsets_E)
     y_SD = y_SD * a.gate_S[order_S].unsqueeze(1)
     return torch.zeros_like(x_TD).index_add_(0, token_S, y_SD)
+
+
+class _CombineVecdotBackward(_GatedCombine):
+    """The gated combine with its first backward (ablation): gather the output gradient, row
+    dot for the gate gradient, scale in place."""
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_TD):
+        y_SD, gate_bag_S = ctx.saved_tensors
+        plan = ctx.plan
+        grad_SD = grad_TD.index_select(0, plan.token_of_sorted_S)
+        grad_gate = torch.linalg.vecdot(grad_SD, y_SD)[plan.sorted_row_of_bag_S]
+        gate_sorted_S = torch.empty_like(gate_bag_S)
+        gate_sorted_S[plan.sorted_row_of_bag_S] = gate_bag_S
+        return grad_SD.mul_(gate_sorted_S.unsqueeze(1)), grad_gate, None
+
+
+def routed_vecdot_backward(layer: MoELayer, x_TD, a: Assignment):
+    plan = plan_slots(a.token_S, a.expert_S, x_TD.shape[0], layer.n_experts)
+    y_SD = layer.experts(dispatch(x_TD, plan), plan.counts_E)
+    return _CombineVecdotBackward.apply(y_SD, a.gate_S, plan)
 
 
 def loop_mask(experts: GroupedExperts, x_TD, ids_TK, gate_TK):
@@ -179,6 +213,8 @@ def build_cases(name: str, T: int, gen: torch.Generator):
         "routed": lambda: fb(layer.routed_experts(x_TD, a)),
         "layer": whole_layer,
         "previous": lambda: fb(previous_routed(ex, x_TD, a)),
+        "previous+swiglu": lambda: fb(previous_routed(ex, x_TD, a, fused_activation=True)),
+        "gathers+vecdot": lambda: fb(routed_vecdot_backward(layer, x_TD, a)),
         "loop-mask": lambda: fb(loop_mask(ex, x_TD, ids_TK, a.gate_S.view(T, K))),
         "padded-bmm": lambda: fb(padded_bmm(ex, x_TD, a)),
         "experts-only": lambda: fb(ex(x_sorted_SD, counts_E), upstream_SD),
@@ -206,11 +242,12 @@ def main() -> None:
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                    help="cpu: process CPU time, for a busy machine (use with --threads 1)")
     p.add_argument("--no-tune-allocator", action="store_true", help="skip trainables.runtime.tune_allocator()")
+    p.add_argument("--keep-denormals", action="store_true", help="skip trainables.runtime.flush_denormals()")
     p.add_argument("--cases", nargs="+", default=None, help="only these cases (dense is always run)")
     args = p.parse_args()
     if args.tokens % SEQ_LEN:
         raise SystemExit(f"--tokens must be a multiple of {SEQ_LEN}")
-    print(setup_process(not args.no_tune_allocator, args.threads))
+    print(setup_process(not args.no_tune_allocator, args.threads, not args.keep_denormals))
     print(f"T={args.tokens} tokens, fp32, forward+backward, {args.repeats} interleaved repeats, medians "
           f"of {args.clock} time; "
           f"load average before: {load_average()}")

@@ -32,7 +32,8 @@ from trainables.model import MoETransformer  # noqa: E402
 from trainables.training import build_optimizer, lm_loss  # noqa: E402
 
 
-def training_step(cfg: TrialConfig, micro_batch_sets: list, previous_dispatch: bool = False):
+def training_step(cfg: TrialConfig, micro_batch_sets: list, previous_dispatch: bool = False,
+                  fused_adamw: bool = False):
     """A closure that runs one optimizer step per call, cycling through the pre-drawn steps."""
     torch.manual_seed(cfg.train.seed)
     model = MoETransformer(cfg).train()
@@ -42,6 +43,8 @@ def training_step(cfg: TrialConfig, micro_batch_sets: list, previous_dispatch: b
                 lambda self, x_TD, a: previous_routed(self.experts, x_TD, a), layer
             )
     optimizer = build_optimizer(model, cfg)
+    if fused_adamw:  # same groups and hyper-parameters, one fused kernel per step
+        optimizer = torch.optim.AdamW([{**g, "fused": True} for g in optimizer.param_groups], fused=True)
     state = {"i": 0}
 
     def step() -> None:
@@ -88,14 +91,17 @@ def main() -> None:
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                    help="cpu: process CPU time, for a busy machine (use with --threads 1)")
     p.add_argument("--no-tune-allocator", action="store_true", help="skip trainables.runtime.tune_allocator()")
+    p.add_argument("--keep-denormals", action="store_true", help="skip trainables.runtime.flush_denormals()")
     p.add_argument("--random-tokens", action="store_true", help="random bytes instead of the domain mix")
     p.add_argument("--no-previous", action="store_true", help="skip the moe-previous case")
+    p.add_argument("--fused-adamw", action="store_true",
+                   help="also time both models with AdamW(fused=True) (not what training.py builds)")
     args = p.parse_args()
     overrides = {"router.method": "lbl"}
     overrides.update({k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)})
     moe_cfg = TrialConfig.from_flat(overrides)
     dense_cfg = TrialConfig.from_flat({**overrides, "model.dense": True})
-    print(setup_process(not args.no_tune_allocator, args.threads))
+    print(setup_process(not args.no_tune_allocator, args.threads, not args.keep_denormals))
     steps = draw_steps(moe_cfg, 4, args.random_tokens)
     tokens_per_step = moe_cfg.train.micro_batch_size * moe_cfg.train.grad_accum * moe_cfg.data.seq_len
     m = moe_cfg.model
@@ -111,6 +117,9 @@ def main() -> None:
     cases["moe"], n_params["moe"] = training_step(moe_cfg, steps)
     if not args.no_previous:
         cases["moe-previous"], n_params["moe-previous"] = training_step(moe_cfg, steps, previous_dispatch=True)
+    if args.fused_adamw:
+        cases["dense fused-adamw"], n_params["dense fused-adamw"] = training_step(dense_cfg, steps, fused_adamw=True)
+        cases["moe fused-adamw"], n_params["moe fused-adamw"] = training_step(moe_cfg, steps, fused_adamw=True)
     times = time_interleaved(cases, args.steps, warmup=2, clock=args.clock)
     med = medians(times)
     rows = [

@@ -277,7 +277,10 @@ class StudyTracker(Callback):
     def on_experiment_end(self, trials, **info):
         self.close()
 
-    def close(self, timeout_s: float = 30.0) -> bool:
+    def close(self, timeout_s: float | None = None) -> bool:
+        """Deliver what is pending, waiting out a short tracking outage; spool the rest."""
+        if timeout_s is None:
+            timeout_s = float(os.environ.get("MOE_STUDY_TRACKING_DRAIN_S", "120"))
         return self.queue.drain(timeout_s)
 
     # -- helpers ------------------------------------------------------------------------------

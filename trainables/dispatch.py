@@ -52,7 +52,8 @@ def plan_slots(token_S: torch.Tensor, expert_S: torch.Tensor, n_tokens: int, n_e
         bag_order_S = torch.argsort(token_S, stable=True)
         token_S, expert_S = token_S[bag_order_S], expert_S[bag_order_S]
     # from here on, slot index = position in bag order
-    order_S = torch.argsort(expert_S, stable=True)  # stable: expert chunks keep token order
+    # stable: expert chunks keep token order; int32 keys sort about twice as fast as int64
+    order_S = torch.sort(expert_S.to(torch.int32), stable=True).indices
     sorted_row_of_bag_S = torch.empty_like(order_S)
     sorted_row_of_bag_S[order_S] = torch.arange(S, device=device)
     slots_per_token_T = torch.bincount(token_S, minlength=n_tokens)

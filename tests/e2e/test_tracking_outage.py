@@ -30,8 +30,8 @@ def _trial_runs(uri: str, status: str | None = None):
     return client.search_runs([exp.experiment_id], f, max_results=100)
 
 
-def _start_study(tmp_path, uri, *args):
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+def _start_study(tmp_path, uri, *args, drain_s: int = 120):
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "MOE_STUDY_TRACKING_DRAIN_S": str(drain_s)}
     return subprocess.Popen(
         [sys.executable, "-m", "study.cli", *args, "--tracking-uri", uri,
          "--storage", str(tmp_path / "runs")],
@@ -74,7 +74,7 @@ def test_outage_in_the_middle_is_bridged(tmp_path):
 
 def test_outage_past_the_end_is_spooled_and_delivered_on_resume(tmp_path):
     server = MlflowServer(tmp_path / "server").start()
-    proc = _start_study(tmp_path, server.uri, "run", str(INTERRUPT_SPEC))
+    proc = _start_study(tmp_path, server.uri, "run", str(INTERRUPT_SPEC), drain_s=5)
     try:
         _wait_finished(server, proc, 1)
         server.stop()
