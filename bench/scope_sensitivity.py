@@ -23,6 +23,21 @@ from trainables.model import MoETransformer
 from trainables.training import evaluate, run_to_end, seed_everything
 
 
+def random_routing_purity(batches, cfg: TrialConfig, seed: int = 0) -> float:
+    """Purity when every evaluation token picks k distinct experts uniformly at random."""
+    from trainables.metrics import purity
+
+    g = torch.Generator().manual_seed(seed)
+    E, K = cfg.model.n_experts, cfg.model.top_k
+    n_ED = torch.zeros(E, len(cfg.data.domains))
+    for mb in batches:
+        T = mb.tokens.shape[0] * (mb.tokens.shape[1] - 1)
+        experts_TK = torch.rand(T, E, generator=g).topk(K, dim=-1).indices
+        domain_TK = mb.domains.repeat_interleave(mb.tokens.shape[1] - 1).unsqueeze(1).expand(T, K)
+        n_ED.index_put_((experts_TK.reshape(-1), domain_TK.reshape(-1)), torch.ones(T * K), accumulate=True)
+    return purity(n_ED.numpy())
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -33,8 +48,10 @@ def main() -> None:
     mix = build_mix(base.data)
 
     seed_everything(0)
-    floor = evaluate(MoETransformer(base), eval_batches(mix, base), base, mix.domains, torch.device("cpu"))[0]
-    print(f"random routing (untrained router): purity {floor['purity']:.3f}")
+    batches = eval_batches(mix, base)
+    floor = evaluate(MoETransformer(base), batches, base, mix.domains, torch.device("cpu"))[0]
+    print(f"uniformly random routing: purity {random_routing_purity(batches, base):.3f}")
+    print(f"untrained router (random weights, domain-dependent inputs): purity {floor['purity']:.3f}")
     rows = {}
     for seed in args.seeds:
         for scope in ("micro_batch", "global_batch"):
