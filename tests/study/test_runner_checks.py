@@ -1,0 +1,34 @@
+"""The runner's pre-flight checks: they fail before Ray starts or anything is written."""
+
+from __future__ import annotations
+
+import pytest
+
+from study.runner import check_resources, max_concurrent, resume_study, run_study
+from study.spec import load_spec
+from trainables.errors import ConfigError
+
+from tests.e2e.test_smoke_study import SMOKE
+
+
+def test_an_existing_study_name_is_not_run_twice(tmp_path):
+    (tmp_path / "smoke").mkdir()
+    (tmp_path / "smoke" / "study.json").write_text("{}")
+    with pytest.raises(ConfigError, match="moe-study resume smoke"):
+        run_study(load_spec(SMOKE), tracking_uri=f"sqlite:///{tmp_path}/m.db", storage=str(tmp_path))
+    assert not (tmp_path / "m.db").exists()
+
+
+def test_resuming_an_unknown_study_names_it(tmp_path):
+    with pytest.raises(ConfigError, match="nope"):
+        resume_study("nope", storage=str(tmp_path))
+
+
+def test_resources_and_concurrency_follow_the_cluster():
+    spec = load_spec(SMOKE)
+    check_resources(spec, {"CPU": 1, "GPU": 0})  # one CPU a trial fits
+    assert max_concurrent(spec, {"CPU": 6, "GPU": 0}) == 6
+    spec.resources.gpu = 0.5
+    assert max_concurrent(spec, {"CPU": 6, "GPU": 1}) == 2  # the GPUs bound it
+    with pytest.raises(ConfigError, match="GPU 0.5"):
+        check_resources(spec, {"CPU": 8, "GPU": 0})
