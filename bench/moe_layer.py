@@ -4,14 +4,12 @@ T tokens (default 8192), fp32 on CPU. The dense FFN has hidden = k x expert widt
 same multiply-adds per token. Every case runs forward and backward, with gradients to the input
 (and to the gates, where there are gates), as in training. Cases, all in one interleaved run:
 
-  dense             the project's SwiGLU (fused gate/up Linear, trainables.experts.swiglu)
-  dense-plain       the same with autograd's silu(gate) * up (textbook)
+  dense             the project's dense SwiGLU (trainables.moe.SwiGLU: fused gate/up Linear)
   routed            the project's MoELayer.routed_experts on a fixed routing: sort, dispatch,
                     grouped expert FFNs, gated combine (THE HEADLINE: dispatch included)
   layer             the whole MoELayer: lbl router (micro-batch scope, aux loss) + routed
   previous          this project before the optimisations: argsort, x[token], grouped experts
                     with autograd silu, gate multiply, index_add_
-  previous+swiglu   ablation: previous with the fused SwiGLU activation
   gathers+vecdot    ablation: the current dispatch/combine with the first combine backward
                     (index_select, vecdot for the gate gradient, in-place scale)
   loop-mask         the textbook block: per expert a boolean mask, W[e] indexing, index_add_
@@ -32,7 +30,6 @@ The last line is the headline: routed / dense tokens-per-second ratio per config
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
@@ -46,7 +43,7 @@ from trainables.config import TrialConfig  # noqa: E402
 from torch.autograd.function import once_differentiable  # noqa: E402
 
 from trainables.dispatch import _GatedCombine, dispatch, plan_slots  # noqa: E402
-from trainables.experts import GroupedExperts, _grouped_mm_contig, swiglu  # noqa: E402
+from trainables.experts import GroupedExperts, _grouped_mm_contig  # noqa: E402
 from trainables.moe import MoELayer, SwiGLU  # noqa: E402
 from trainables.routers import Assignment, RoutingContext  # noqa: E402
 
@@ -100,20 +97,14 @@ def assignment_of(ids_TK: torch.Tensor, gates_TK: torch.Tensor) -> Assignment:
 
 
 # -- comparison implementations (same weights as GroupedExperts) ----------------------------------
-def previous_routed(experts: GroupedExperts, x_TD, a: Assignment, fused_activation: bool = False):
-    """The project's code before the optimisations (argsort + x[token] + gate multiply + index_add_);
-    ``fused_activation``: the same with trainables.experts.swiglu (ablation)."""
+def previous_routed(experts: GroupedExperts, x_TD, a: Assignment):
+    """The project's code before the optimisations (argsort + x[token] + gate multiply + index_add_)."""
     order_S = torch.argsort(a.expert_S, stable=True)
     token_S = a.token_S[order_S]
     counts_E = torch.bincount(a.expert_S, minlength=experts.n_experts)
     offsets_E = torch.cumsum(counts_E, 0, dtype=torch.int32)
-    gate_up_SH2 = _grouped_mm_contig(x_TD[token_S], experts.w_gate_up_EDH2, offsets_E)
-    if fused_activation:
-        hidden_SH = swiglu(gate_up_SH2)
-    else:
-        gate_SH, up_SH = gate_up_SH2.chunk(2, dim=-1)
-        hidden_SH = F.silu(gate_SH) * up_SH
-    y_SD = _grouped_mm_contig(hidden_SH, experts.w_down_EHD, offsets_E)
+    gate_SH, up_SH = _grouped_mm_contig(x_TD[token_S], experts.w_gate_up_EDH2, offsets_E).chunk(2, dim=-1)
+    y_SD = _grouped_mm_contig(F.silu(gate_SH) * up_SH, experts.w_down_EHD, offsets_E)
     y_SD = y_SD * a.gate_S[order_S].unsqueeze(1)
     return torch.zeros_like(x_TD).index_add_(0, token_S, y_SD)
 
@@ -170,12 +161,6 @@ def padded_bmm(experts: GroupedExperts, x_TD, a: Assignment):
     return torch.zeros_like(x_TD).index_add_(0, token_sorted, y_SD)
 
 
-class PlainSwiGLU(SwiGLU):
-    def forward(self, x):
-        gate, up = self.gate_up(x).chunk(2, dim=-1)
-        return self.down(F.silu(gate) * up)
-
-
 # -- one config ---------------------------------------------------------------------------------
 def build_cases(name: str, T: int, gen: torch.Generator):
     d, E, K, h, skewed, tokens = CONFIGS[name]
@@ -187,8 +172,6 @@ def build_cases(name: str, T: int, gen: torch.Generator):
     torch.manual_seed(0)
     layer = MoELayer(cfg).train()
     dense = SwiGLU(d, K * h)
-    plain = PlainSwiGLU(d, K * h)
-    plain.load_state_dict(dense.state_dict())
     ids_TK, gates_TK = random_routing(T, E, K, 3.0 if skewed else None, gen)
     a = assignment_of(ids_TK, gates_TK)
     x_TD = torch.randn(T, d, generator=gen).requires_grad_()
@@ -209,11 +192,9 @@ def build_cases(name: str, T: int, gen: torch.Generator):
 
     cases = {
         "dense": lambda: fb(dense(x_TD)),
-        "dense-plain": lambda: fb(plain(x_TD)),
         "routed": lambda: fb(layer.routed_experts(x_TD, a)),
         "layer": whole_layer,
         "previous": lambda: fb(previous_routed(ex, x_TD, a)),
-        "previous+swiglu": lambda: fb(previous_routed(ex, x_TD, a, fused_activation=True)),
         "gathers+vecdot": lambda: fb(routed_vecdot_backward(layer, x_TD, a)),
         "loop-mask": lambda: fb(loop_mask(ex, x_TD, ids_TK, a.gate_S.view(T, K))),
         "padded-bmm": lambda: fb(padded_bmm(ex, x_TD, a)),
@@ -221,7 +202,7 @@ def build_cases(name: str, T: int, gen: torch.Generator):
     }
     if skewed:
         del cases["layer"]  # the router picks its own (balanced-ish) routing
-    leaves = [x_TD, x_sorted_SD, a.gate_S, *layer.parameters(), *dense.parameters(), *plain.parameters()]
+    leaves = [x_TD, x_sorted_SD, a.gate_S, *layer.parameters(), *dense.parameters()]
 
     def drop_grads():
         for t in leaves:
@@ -259,9 +240,9 @@ def main() -> None:
             cases = {k: v for k, v in cases.items() if k in {"dense", *args.cases}}
         times = time_interleaved(cases, args.repeats, warmup=1, before_each=drop_grads, clock=args.clock)
         med = medians(times)
-        base = min(med["dense"], med.get("dense-plain", math.inf))  # the faster dense
+        base = med["dense"]
         rows = [
-            [case, f"{med[case] * 1e3:.0f}", f"{spread(times[case]):.2f}",
+            [case, f"{med[case] * 1e3:.1f}" if med[case] < 0.1 else f"{med[case] * 1e3:.0f}", f"{spread(times[case]):.2f}",
              f"{T / med[case]:,.0f}", f"{flops / med[case] / 1e9:.0f}", f"{base / med[case]:.2f}"]
             for case in cases
         ]

@@ -214,7 +214,7 @@ def _reused_references(client: Any, studies: Iterable[RunRecord]) -> tuple[list[
 
 def _reference_hash(client: Any, parent_run_id: str) -> str | None:
     """Config hash of the reference run a study used, from its spec artifact."""
-    from study.runner import reference_flat_config
+    from study.runner import reference_key
     from study.spec import safe_load, spec_from_dict
 
     try:
@@ -222,7 +222,7 @@ def _reference_hash(client: Any, parent_run_id: str) -> str | None:
             with _quiet_downloads():
                 path = client.download_artifacts(parent_run_id, naming.SPEC_ARTIFACT, d)
             spec = spec_from_dict(safe_load(Path(path).read_text()))
-        return naming.config_hash(reference_flat_config(spec))
+        return reference_key(spec)
     except Exception:  # noqa: BLE001 - no spec or an old one: the report goes on without
         return None
 

@@ -161,7 +161,10 @@ def _execute(spec: StudySpec, state: dict, state_path: Path, *, address: str | N
     client = MlflowClient(state["tracking_uri"])
     started_ray = not ray.is_initialized()
     if started_ray:
-        ray.init(address=address, include_dashboard=False, dashboard_host="127.0.0.1",
+        # data-parallel trials need the dashboard: Ray Train frees a dead trial's workers
+        # through a cleanup actor that uses it (it binds to loopback all the same)
+        ray.init(address=address, include_dashboard=None if spec.resources.workers > 1 else False,
+                 dashboard_host="127.0.0.1",
                  log_to_driver=True, configure_logging=False)
     status, code = "FAILED", 1
     try:
@@ -193,7 +196,9 @@ def _execute(spec: StudySpec, state: dict, state_path: Path, *, address: str | N
             ray.shutdown()
         if status != "RUNNING":  # RUNNING: tracking is down, resume closes the runs later
             try:
-                _close_open_children(client, state, "KILLED" if status != "FINISHED" else "FINISHED")
+                # a child still RUNNING here did not complete (interrupted, or cut by the
+                # study's time budget): never FINISHED, so no report ranks it as full-length
+                _close_open_children(client, state, "KILLED")
                 client.set_terminated(state["parent_run_id"], status=status)
             except Exception as exc:  # noqa: BLE001 - tracking down: nothing is lost, say so
                 print(f"[{name}] could not close the MLflow runs ({exc}); "
@@ -206,6 +211,12 @@ def _execute(spec: StudySpec, state: dict, state_path: Path, *, address: str | N
 
 def spec_base_config(spec: StudySpec) -> TrialConfig:
     return TrialConfig.from_flat(dict(spec.fixed))
+
+
+def reference_key(spec: StudySpec) -> str:
+    """Identity of a reference run: its config and the workers it trained on (the global batch
+    of a 2-worker study is twice that of a 1-worker one)."""
+    return naming.config_hash({**reference_flat_config(spec), "_workers": spec.resources.workers})
 
 
 def reference_flat_config(spec: StudySpec) -> dict[str, Any]:
@@ -221,7 +232,7 @@ def run_reference(spec: StudySpec, state: dict, available: dict) -> dict[str, fl
     from trainables.tune_trainable import trial_function
 
     flat = reference_flat_config(spec)
-    key = naming.config_hash(flat)
+    key = reference_key(spec)
     if spec.reference.reuse:
         found = _find_reference(state["tracking_uri"], key)
         if found is not None:
@@ -234,7 +245,7 @@ def run_reference(spec: StudySpec, state: dict, available: dict) -> dict[str, fl
     )
     tuner = tune.Tuner(
         _with_resources(trial_function, spec),
-        param_space={**flat, "_config_hash": key},
+        param_space={**flat, "_config_hash": key, **_worker_constants(spec)},
         tune_config=tune.TuneConfig(num_samples=1),
         run_config=tune.RunConfig(
             name="reference", storage_path=os.path.join(state["storage"], state["name"]),
@@ -314,14 +325,16 @@ def _search(spec: StudySpec, state: dict, available: dict, reference: dict, *, r
         role=naming.ROLE_TRIAL, spool_path=_spool(state),
         objective=spec.objective.metrics[0], mode=modes[0],
     )
-    constants = {"_reference": reference, "_objective": spec.objective.to_dict()}
+    constants = {"_reference": reference, "_objective": spec.objective.to_dict(), **_worker_constants(spec)}
     tuner = tune.Tuner(
         trainable,
         param_space=constants,
         tune_config=tune.TuneConfig(
             search_alg=searcher, scheduler=scheduler, num_samples=spec.num_trials,
             max_concurrent_trials=max_concurrent(spec, available),
-            time_budget_s=spec.budget.time_s, reuse_actors=True,
+            time_budget_s=spec.budget.time_s,
+            # a stopped data-parallel trial's Train workers cannot be reset for reuse
+            reuse_actors=spec.resources.workers == 1,
         ),
         run_config=tune.RunConfig(
             name=SEARCH_DIR, storage_path=os.path.join(state["storage"], state["name"]),
@@ -358,7 +371,19 @@ def _with_resources(fn, spec: StudySpec):
     from ray import tune
 
     r = spec.resources
-    return tune.with_resources(fn, {"cpu": r.cpu * r.workers, "gpu": r.gpu * r.workers})
+    if r.workers > 1:
+        # Train inside Tune: the trial is only the Train driver; the TorchTrainer's ScalingConfig
+        # reserves the workers (trainables.tune_data_parallel, from the _worker_constants keys)
+        from trainables.tune_data_parallel import DRIVER_RESOURCES
+
+        return tune.with_resources(fn, DRIVER_RESOURCES)
+    return tune.with_resources(fn, {"cpu": r.cpu, "gpu": r.gpu})
+
+
+def _worker_constants(spec: StudySpec) -> dict[str, Any]:
+    """Private Tune config keys: data-parallel workers per trial and each worker's share."""
+    r = spec.resources
+    return {"_workers": r.workers, "_cpu_per_worker": r.cpu, "_gpu_per_worker": r.gpu}
 
 
 def _largest_node(nodes: list[dict]) -> dict[str, float]:
@@ -395,6 +420,7 @@ def _close_open_children(client, state: dict, status: str) -> None:
         max_results=1000,
     )
     for run in runs:
+        client.set_tag(run.info.run_id, "moe_study.stopped_early", "true")
         client.set_terminated(run.info.run_id, status=status)
 
 

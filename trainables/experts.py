@@ -17,7 +17,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.autograd.function import once_differentiable
+
+from trainables import expert_threads
 
 _HAS_GROUPED_MM = hasattr(torch, "_grouped_mm")
 
@@ -53,11 +54,12 @@ class GroupedExperts(nn.Module):
 
     def _forward_grouped(self, x_SD: torch.Tensor, counts_E: torch.Tensor) -> torch.Tensor:
         offsets_E = torch.cumsum(counts_E, 0, dtype=torch.int32)
+        counts = counts_E.tolist() if x_SD.device.type == "cpu" else None  # no GPU sync
         w1, w2 = self.w_gate_up_EDH2, self.w_down_EHD
         if x_SD.dtype != w1.dtype:  # autocast does not cover _grouped_mm
             w1, w2 = w1.to(x_SD.dtype), w2.to(x_SD.dtype)
-        gate_up_SH2 = _grouped_mm_contig(x_SD, w1, offsets_E)
-        return _grouped_mm_contig(swiglu(gate_up_SH2), w2, offsets_E)
+        gate_SH, up_SH = _grouped_mm_contig(x_SD, w1, offsets_E, counts).chunk(2, dim=-1)
+        return _grouped_mm_contig(F.silu(gate_SH) * up_SH, w2, offsets_E, counts)
 
     def _forward_loop(self, x_SD: torch.Tensor, counts_E: torch.Tensor) -> torch.Tensor:
         chunks = torch.split(x_SD, counts_E.tolist())
@@ -65,61 +67,47 @@ class GroupedExperts(nn.Module):
         for x_cD, w1_DH2, w2_HD in zip(chunks, self.w_gate_up_EDH2.unbind(0), self.w_down_EHD.unbind(0)):
             if x_cD.shape[0] == 0:
                 continue
-            outs.append(swiglu(x_cD @ w1_DH2.to(x_cD.dtype)) @ w2_HD.to(x_cD.dtype))
+            gate, up = (x_cD @ w1_DH2.to(x_cD.dtype)).chunk(2, dim=-1)
+            outs.append((F.silu(gate) * up) @ w2_HD.to(x_cD.dtype))
         return torch.cat(outs) if outs else x_SD.new_zeros(0, self.d_model)
 
 
-def swiglu(gate_up_NH2: torch.Tensor) -> torch.Tensor:
-    """silu(gate) * up of a fused [..., 2H] projection (gate first): [..., H].
-
-    Same values as ``F.silu(gate) * up``; the backward writes both halves of the gradient
-    straight into one [..., 2H] tensor, where autograd would build them apart and then copy
-    them together for the chunk (one pass over the largest activation saved, twice per layer).
-    """
-    return _SwiGLU.apply(gate_up_NH2)
-
-
-class _SwiGLU(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, gate_up_NH2):
-        gate_NH, up_NH = gate_up_NH2.chunk(2, dim=-1)
-        silu_NH = F.silu(gate_NH)
-        ctx.save_for_backward(gate_up_NH2, silu_NH)
-        return silu_NH * up_NH
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_NH):
-        gate_up_NH2, silu_NH = ctx.saved_tensors
-        gate_NH, up_NH = gate_up_NH2.chunk(2, dim=-1)
-        grad_NH2 = torch.empty_like(gate_up_NH2)
-        grad_gate_NH, grad_up_NH = grad_NH2.chunk(2, dim=-1)
-        torch.mul(grad_NH, silu_NH, out=grad_up_NH)
-        torch.ops.aten.silu_backward.grad_input(grad_NH * up_NH, gate_NH, grad_input=grad_gate_NH)
-        return grad_NH2
-
-
 class _ContiguousGradGroupedMM(torch.autograd.Function):
-    """``torch._grouped_mm`` whose backward receives a contiguous gradient (required on CPU)."""
+    """``torch._grouped_mm`` whose backward receives a contiguous gradient (required on CPU).
+
+    On CPU with several intra-op threads and enough work, the per-expert products run in
+    ``trainables.expert_threads`` instead (experts spread over the threads, same results).
+    """
 
     @staticmethod
-    def forward(ctx, a_SK, b_EKN, offsets_E):
+    def forward(ctx, a_SK, b_EKN, offsets_E, counts):
         ctx.save_for_backward(a_SK, b_EKN, offsets_E)
+        ctx.counts = counts
+        if counts is not None and expert_threads.worth_threading(a_SK, b_EKN.shape[-1]):
+            return expert_threads.grouped_mm_rows(a_SK, b_EKN, counts)
         return torch._grouped_mm(a_SK, b_EKN, offs=offsets_E)
 
     @staticmethod
     def backward(ctx, grad_SN):
         a_SK, b_EKN, offsets_E = ctx.saved_tensors
         grad_SN = grad_SN.contiguous()
+        threaded = ctx.counts is not None and expert_threads.worth_threading(grad_SN, a_SK.shape[1])
         grad_a = grad_b = None
         if ctx.needs_input_grad[0]:
             # dA = dY @ B^T, expert by expert on the same chunks
-            grad_a = torch._grouped_mm(grad_SN, b_EKN.transpose(1, 2), offs=offsets_E)
+            if threaded:
+                grad_a = expert_threads.grouped_mm_rows(grad_SN, b_EKN.transpose(1, 2), ctx.counts)
+            else:
+                grad_a = torch._grouped_mm(grad_SN, b_EKN.transpose(1, 2), offs=offsets_E)
         if ctx.needs_input_grad[1]:
             # dB_e = A_e^T @ dY_e: the (K x S) @ (S x N) form with offsets on the shared S dim
-            grad_b = torch._grouped_mm(a_SK.t(), grad_SN, offs=offsets_E)
-        return grad_a, grad_b, None
+            if threaded:
+                grad_b = expert_threads.grouped_mm_weight_grad(a_SK, grad_SN, ctx.counts)
+            else:
+                grad_b = torch._grouped_mm(a_SK.t(), grad_SN, offs=offsets_E)
+        return grad_a, grad_b, None, None
 
 
-def _grouped_mm_contig(a_SK: torch.Tensor, b_EKN: torch.Tensor, offsets_E: torch.Tensor):
-    return _ContiguousGradGroupedMM.apply(a_SK.contiguous(), b_EKN, offsets_E)
+def _grouped_mm_contig(a_SK: torch.Tensor, b_EKN: torch.Tensor, offsets_E: torch.Tensor, counts=None):
+    """counts: the Python list of rows per expert (CPU only; enables the threaded path)."""
+    return _ContiguousGradGroupedMM.apply(a_SK.contiguous(), b_EKN, offsets_E, counts)

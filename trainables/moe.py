@@ -11,7 +11,7 @@ from torch import nn
 
 from trainables.config import TrialConfig
 from trainables.dispatch import combine, dispatch, plan_slots
-from trainables.experts import GroupedExperts, swiglu
+from trainables.experts import GroupedExperts
 from trainables.routers import Assignment, RoutingContext, build_router
 
 
@@ -24,7 +24,8 @@ class SwiGLU(nn.Module):
         self.down = nn.Linear(hidden, d_model, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(swiglu(self.gate_up(x)))
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(nn.functional.silu(gate) * up)
 
 
 class RoutingStats:

@@ -18,6 +18,7 @@ import tempfile
 from typing import Callable
 
 import torch
+import ray
 from ray import tune
 
 from trainables.config import TrialConfig
@@ -49,7 +50,7 @@ def trial_function(config: dict) -> None:
     resume_state = load_trial_state(tune.get_checkpoint())
     for report in train(cfg, resume_state=resume_state):
         with tempfile.TemporaryDirectory() as d:
-            save_trial_state(report, d)
+            save_trial_state(report.state(), d)
             tune.report(build_result(report), checkpoint=tune.Checkpoint.from_directory(d))
 
 
@@ -59,6 +60,7 @@ def result_builder(private: dict) -> Callable[[Report], dict]:
     and the expert x domain table."""
     reference = private.get("_reference") or {}
     scorer = _objective_scorer(private.get("_objective"))
+    node_id = ray.get_runtime_context().get_node_id()
 
     def build(report: Report) -> dict:
         result = dict(report.metrics)
@@ -69,14 +71,16 @@ def result_builder(private: dict) -> Callable[[Report], dict]:
         if report.count_table is not None:
             result["count_table"] = report.count_table.tolist()
             result["domains"] = list(report.domains)
+        result["node_id"] = node_id  # where the trial ran (tagged on its MLflow run)
         return result
 
     return build
 
 
-def save_trial_state(report: Report, directory: str) -> None:
-    """Write the report's checkpoint (model, optimizer, data stream, step) into ``directory``."""
-    torch.save(report.state(), os.path.join(directory, CHECKPOINT_FILE))
+def save_trial_state(state: dict, directory: str) -> None:
+    """Write a training state (``Report.state()``: model, optimizer, data stream, step) into
+    ``directory``, as the checkpoint file ``load_trial_state`` reads."""
+    torch.save(state, os.path.join(directory, CHECKPOINT_FILE))
 
 
 def load_trial_state(checkpoint) -> dict | None:

@@ -1,0 +1,185 @@
+"""Data-parallel trials: the trial runs on a Ray Train ``TorchTrainer`` inside its Tune trial.
+
+``trainables.tune_trainable.trial_function`` hands a trial here when its private config key
+``_workers`` is above 1. Ray 2.60 (Train V2) runs Train inside Tune this way: the Tune trial is
+only the Train driver and reserves next to nothing (``DRIVER_RESOURCES``); the TorchTrainer's
+``ScalingConfig`` reserves the workers (``_cpu_per_worker`` / ``_gpu_per_worker`` each).
+
+Every worker runs ``trainables.training.train`` on the torch.distributed group Ray Train set up
+(gloo on CPU; on GPU nccl, with gloo for CPU tensors): its own data stream (the StepSampler's
+rank), the same seeded initialisation, gradients averaged after every step, and the
+``global_batch`` scope's expert counts all-reduced over all workers
+(``trainables.scope.DistributedGroup``). Every worker reports at every evaluation point (Train
+waits for all of them); rank 0's report, built by the same ``result_builder`` as the one-process
+trial, is what Tune sees, through ``TuneReportCallback``.
+
+Resume: rank 0 attaches a checkpoint to each report (the model and optimizer, the same on every
+rank, and every rank's own data stream and RNG) and Train keeps the latest under
+``<Tune trial folder>/train`` on the study's storage. A restarted Tune trial (a
+``FailureConfig`` retry, ``moe-study resume``) builds the same run name on the same storage, Ray
+Train restores its checkpoint bookkeeping from there, and ``ray.train.get_checkpoint()`` hands
+every worker the latest state.
+
+What the study must do around it (Ray 2.60, measured): Tune must not reuse trial actors
+(``reuse_actors=False``; a stopped trial's Train run otherwise blocks on its next report and
+keeps its workers' placement group), and the Ray dashboard must run: when ASHA stops a trial,
+Train's ``PlacementGroupCleaner`` frees the workers' placement group through the state API, and
+without it the next trial waits for those CPUs forever.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from typing import Iterable
+
+import ray.train
+import torch.distributed as dist
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from trainables.errors import ConfigError
+from trainables.scope import DistributedGroup
+from trainables.training import train
+from trainables.tune_trainable import (
+    WORKERS_KEY,
+    load_trial_state,
+    result_builder,
+    save_trial_state,
+    split_tune_config,
+)
+
+CPU_PER_WORKER_KEY = "_cpu_per_worker"
+GPU_PER_WORKER_KEY = "_gpu_per_worker"
+TRAIN_RUN_NAME = "train"
+"""The Train run's folder inside the Tune trial's folder; the same on every restart of the
+trial, which is what makes Train restore its latest checkpoint."""
+
+RANKS_KEY = "ranks"
+"""Checkpoint key: every rank's own data stream and RNG state, in rank order."""
+
+DRIVER_RESOURCES = {"cpu": 0, "gpu": 0, "memory": 256 * 2**20}
+"""What the Tune trial reserves for itself when Train workers do the work. Ray refuses an
+all-zero request, and any CPU share would keep a 2-CPU node from fitting 2 workers x 1 CPU; a
+little logical memory (the driver is an idle Python process) schedules it without a core."""
+
+
+def worker_settings(config: dict) -> tuple[int, float, float]:
+    """(workers, CPUs per worker, GPUs per worker) from the private keys; ConfigError if bad."""
+    problems = []
+    workers = config.get(WORKERS_KEY, 1)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        problems.append(f"{WORKERS_KEY}: {workers!r} must be a whole number >= 1")
+    shares = []
+    for key, default in ((CPU_PER_WORKER_KEY, 1.0), (GPU_PER_WORKER_KEY, 0.0)):
+        value = config.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            problems.append(f"{key}: {value!r} must be a number >= 0")
+            value = default
+        shares.append(float(value))
+    if problems:
+        raise ConfigError(problems)
+    return workers, shares[0], shares[1]
+
+
+def data_parallel_trial(config: dict) -> None:
+    """The Tune function body of a trial with ``_workers`` > 1: run it on a TorchTrainer."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    path, filesystem = _tune_trial_storage()
+    fit_data_parallel(
+        config, name=TRAIN_RUN_NAME, storage_path=path, storage_filesystem=filesystem,
+        callbacks=[TuneReportCallback()],
+    )
+
+
+def fit_data_parallel(
+    config: dict,
+    *,
+    name: str,
+    storage_path: str,
+    storage_filesystem=None,
+    callbacks: Iterable = (),
+) -> ray.train.Result:
+    """Train the trial ``config`` (flat keys plus private ``_`` keys) on ``_workers`` Ray Train
+    workers; a run of the same ``name`` on the same storage resumes from its latest checkpoint."""
+    split_tune_config(config)  # a bad trial config fails here, before any worker starts
+    workers, cpu, gpu = worker_settings(config)
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config=config,
+        # GPU workers: nccl for the CUDA tensors (gradients, counts), gloo for the CPU tensors some
+        # collectives use (the global scope's gathered sizes, the EB window count); CPU: gloo
+        torch_config=TorchConfig(backend="cpu:gloo,cuda:nccl" if gpu > 0 else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=workers, use_gpu=gpu > 0, resources_per_worker={"CPU": cpu, "GPU": gpu},
+        ),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=storage_path, storage_filesystem=storage_filesystem,
+            callbacks=list(callbacks),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+            # no Train-level retries: the Tune trial's FailureConfig retries a failed trial, from
+            # this run's latest checkpoint, exactly like a one-process trial
+            failure_config=ray.train.FailureConfig(max_failures=0),
+        ),
+    )
+    return trainer.fit()
+
+
+def train_worker(config: dict) -> None:
+    """One Ray Train worker: the training loop on Ray Train's process group."""
+    cfg, private = split_tune_config(config)
+    context = ray.train.get_context()
+    group = DistributedGroup()
+    if group.world_size != context.get_world_size():
+        # without the process group every worker would silently train alone
+        raise RuntimeError(f"torch.distributed spans {group.world_size} workers, Ray Train "
+                           f"started {context.get_world_size()}")
+    rank = context.get_world_rank()
+    build_result = result_builder(private)
+    latest = ray.train.get_checkpoint()  # None on a fresh run
+    resume_state = own_rank_state(load_trial_state(latest), rank, group.world_size)
+    for report in train(cfg, resume_state=resume_state, dist_group=group):
+        state = gather_rank_states(report.state(), group)  # collective: every rank takes part
+        if rank != 0:
+            # Train waits for every worker's report; the models are identical, rank 0 speaks
+            ray.train.report({"step": report.step})
+            continue
+        with tempfile.TemporaryDirectory() as d:
+            save_trial_state(state, d)
+            checkpoint = ray.train.Checkpoint.from_directory(d)
+            ray.train.report(build_result(report), checkpoint=checkpoint)
+
+
+def gather_rank_states(state: dict, group: DistributedGroup) -> dict:
+    """Rank 0's training state plus every rank's data stream and RNG (``RANKS_KEY``).
+
+    The model and optimizer are the same on every rank, but each rank draws its own stream: a
+    checkpoint of rank 0's sampler alone would make every worker resume on rank 0's data.
+    """
+    own = {"sampler": state["sampler"], "torch_rng": state["torch_rng"]}
+    everyone: list = [None] * group.world_size
+    dist.all_gather_object(everyone, own, group=group.group)
+    return {**state, RANKS_KEY: everyone}
+
+
+def own_rank_state(state: dict | None, rank: int, world_size: int) -> dict | None:
+    """The resume state of ``rank``: the shared model and optimizer, its own stream and RNG."""
+    if state is None:
+        return None
+    ranks = state.get(RANKS_KEY)
+    if ranks is None or len(ranks) != world_size:
+        found = "no per-rank state" if ranks is None else f"{len(ranks)} workers"
+        raise RuntimeError(f"the checkpoint holds {found}; this run has {world_size} workers "
+                           "(a data-parallel trial resumes on the same number of workers)")
+    return {**state, **ranks[rank]}
+
+
+def _tune_trial_storage() -> tuple[str, object]:
+    """(path, pyarrow filesystem) of this Tune trial's folder on the study's storage.
+
+    Ray 2.60 has no public getter for it; ``TuneReportCallback`` reads the same session. The
+    trial folder is stable across retries and ``Tuner.restore``, unlike the local trial dir.
+    """
+    from ray.train._internal.session import get_session
+
+    storage = get_session().storage
+    return storage.trial_fs_path, storage.storage_filesystem
