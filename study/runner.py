@@ -160,12 +160,13 @@ def _execute(spec: StudySpec, state: dict, state_path: Path, *, address: str | N
     name = state["name"]
     client = MlflowClient(state["tracking_uri"])
     started_ray = not ray.is_initialized()
-    if started_ray:
+    if started_ray and address is not None:
+        ray.init(address=address, log_to_driver=True, configure_logging=False)  # join a cluster
+    elif started_ray:
         # data-parallel trials need the dashboard: Ray Train frees a dead trial's workers
         # through a cleanup actor that uses it (it binds to loopback all the same)
-        ray.init(address=address, include_dashboard=None if spec.resources.workers > 1 else False,
-                 dashboard_host="127.0.0.1",
-                 log_to_driver=True, configure_logging=False)
+        ray.init(include_dashboard=None if spec.resources.workers > 1 else False,
+                 dashboard_host="127.0.0.1", log_to_driver=True, configure_logging=False)
     status, code = "FAILED", 1
     try:
         if address is not None:

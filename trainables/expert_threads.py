@@ -8,7 +8,8 @@ inefficient, and when another process shares the cores every join waits for a de
 (BENCHMARKS.md: 2-thread grouped matmuls ran 4x slower than one dense matmul of the same FLOPs on
 a loaded 2-core machine). Here each thread takes a contiguous range of experts, balanced by rows,
 and runs them one after another with single-threaded MKL: one fork/join per grouped matmul.
-Results equal ``torch._grouped_mm`` up to float summation order.
+An expert holding more than 1/n of the rows runs alone first, with every thread. Results equal
+``torch._grouped_mm`` up to float summation order.
 """
 
 from __future__ import annotations
@@ -80,7 +81,15 @@ class _ExpertPool:
         torch.set_num_threads(n_threads)
 
     def run(self, fn, tasks: list, counts: list[int]) -> None:
-        chunks = _balanced_ranges(tasks, counts, self.n_threads)
+        # an expert with more than 1/n of the rows cannot be balanced: it runs first, on its
+        # own, with every thread (MKL splits it); the others are spread over the workers
+        total, n = sum(counts), self.n_threads
+        big = [t for t, c in zip(tasks, counts) if c * n > total]
+        if big:
+            _without_autograd(fn, big)
+            rest = [(t, c) for t, c in zip(tasks, counts) if c * n <= total]
+            tasks, counts = [t for t, _ in rest], [c for _, c in rest]
+        chunks = _balanced_ranges(tasks, counts, n)
         for future in [self.executor.submit(_without_autograd, fn, chunk) for chunk in chunks]:
             future.result()
 

@@ -20,25 +20,28 @@ def two_threads():
 
 
 COUNTS = [5, 0, 17, 1, 0, 9]  # empty experts, uneven loads
+DOMINANT = [2, 40, 0, 3, 1, 4]  # one expert with more than half of the rows (runs unsplit first)
 
 
-def _inputs(k=6, n=7):
+def _inputs(k=6, n=7, counts=COUNTS):
     g = torch.Generator().manual_seed(0)
-    S = sum(COUNTS)
-    return torch.randn(S, k, generator=g), torch.randn(len(COUNTS), k, n, generator=g), torch.randn(S, n, generator=g)
+    S = sum(counts)
+    return torch.randn(S, k, generator=g), torch.randn(len(counts), k, n, generator=g), torch.randn(S, n, generator=g)
 
 
-def test_rows_and_weight_grads_equal_per_expert_products(two_threads):
-    a, b, grad = _inputs()
-    out = expert_threads.grouped_mm_rows(a, b, COUNTS)
-    wgrad = expert_threads.grouped_mm_weight_grad(a, grad, COUNTS)
+@pytest.mark.parametrize("counts", [COUNTS, DOMINANT], ids=["uneven", "one-dominant"])
+def test_rows_and_weight_grads_equal_per_expert_products(two_threads, counts):
+    a, b, grad = _inputs(counts=counts)
+    out = expert_threads.grouped_mm_rows(a, b, counts)
+    wgrad = expert_threads.grouped_mm_weight_grad(a, grad, counts)
     start = 0
-    for e, rows in enumerate(COUNTS):
+    for e, rows in enumerate(counts):
         sl = slice(start, start + rows)
         torch.testing.assert_close(out[sl], a[sl] @ b[e])
         torch.testing.assert_close(wgrad[e], a[sl].T @ grad[sl])
         start += rows
-    assert torch.equal(wgrad[1], torch.zeros_like(wgrad[1]))  # an expert without rows
+    empty = counts.index(0)
+    assert torch.equal(wgrad[empty], torch.zeros_like(wgrad[empty]))  # an expert without rows
 
 
 def test_transposed_weights_view(two_threads):
