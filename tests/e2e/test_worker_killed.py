@@ -19,14 +19,24 @@ from tests.e2e.test_interrupt_resume import N_TRIALS, SPEC
 pytestmark = pytest.mark.slow
 
 
-def _trial_worker_pids() -> list[int]:
+def _trial_worker_pids(marker: str) -> list[int]:
+    """Trial workers of this test's study only: Ray's processes inherit the driver's
+    environment, which carries a marker no other study on the machine has."""
     out = subprocess.run(["pgrep", "-f", "ray::ImplicitFunc"], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
+    pids = []
+    for p in out.split():
+        try:
+            if marker.encode() in open(f"/proc/{p}/environ", "rb").read():
+                pids.append(int(p))
+        except OSError:
+            continue
+    return pids
 
 
 def test_killed_trial_worker_is_retried_and_its_run_continued(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    marker = f"MOE_STUDY_TEST_MARKER={tmp_path.name}"
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "MOE_STUDY_TEST_MARKER": tmp_path.name}
     log = open(tmp_path / "run.log", "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "study.cli", "run", str(SPEC), "--tracking-uri", uri,
@@ -43,8 +53,9 @@ def test_killed_trial_worker_is_retried_and_its_run_continued(tmp_path):
                 [exp.experiment_id],
                 f"tags.{naming.TAG_ROLE} = 'trial' AND attributes.status = 'RUNNING'")
             # a trial that has reported (and so checkpointed) at least once, not yet finished
-            if any("val_loss" in r.data.metrics for r in running) and _trial_worker_pids():
-                killed = _trial_worker_pids()[0]
+            victims = _trial_worker_pids(marker)
+            if any("val_loss" in r.data.metrics for r in running) and victims:
+                killed = victims[0]
                 os.kill(killed, signal.SIGKILL)
             time.sleep(0.5)
         assert killed is not None, "no trial worker to kill"
@@ -62,3 +73,6 @@ def test_killed_trial_worker_is_retried_and_its_run_continued(tmp_path):
         steps = [m.step for m in client.get_metric_history(r.info.run_id, "val_loss")]
         assert steps[-1] == 40 and len(steps) == len(set(steps))
     assert "finished: 6 trials done, 0 failed" in (tmp_path / "run.log").read_text()
+    # Tune saw the failure and retried: the killed trial has an error record
+    search = tmp_path / "runs" / "interrupt" / "search"
+    assert any(search.glob("*/error.txt")), "no trial failed: the kill did not hit a trial worker"
