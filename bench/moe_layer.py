@@ -7,6 +7,9 @@ same multiply-adds per token. Every case runs forward and backward, with gradien
   dense             the project's dense SwiGLU (trainables.moe.SwiGLU: fused gate/up Linear)
   routed            the project's MoELayer.routed_experts on a fixed routing: sort, dispatch,
                     grouped expert FFNs, gated combine (THE HEADLINE: dispatch included)
+  routed-mkl        ablation: routed with the per-expert products on torch._grouped_mm (MKL
+                    splits each expert over the threads) instead of trainables.expert_threads
+                    (same as routed with one thread)
   layer             the whole MoELayer: lbl router (micro-batch scope, aux loss) + routed
   previous          this project before the optimisations: argsort, x[token], grouped experts
                     with autograd silu, gate multiply, index_add_
@@ -39,6 +42,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/common.py, run as a script
 from common import format_table, load_average, medians, setup_process, spread, time_interleaved  # noqa: E402
 
+from trainables import expert_threads  # noqa: E402
 from trainables.config import TrialConfig  # noqa: E402
 from torch.autograd.function import once_differentiable  # noqa: E402
 
@@ -107,6 +111,15 @@ def previous_routed(experts: GroupedExperts, x_TD, a: Assignment):
     y_SD = _grouped_mm_contig(F.silu(gate_SH) * up_SH, experts.w_down_EHD, offsets_E)
     y_SD = y_SD * a.gate_S[order_S].unsqueeze(1)
     return torch.zeros_like(x_TD).index_add_(0, token_S, y_SD)
+
+
+def without_expert_threads(fn):
+    """Run fn with the per-expert products on torch._grouped_mm (MKL threads inside each expert)."""
+    saved, expert_threads.MIN_FLOPS = expert_threads.MIN_FLOPS, float("inf")
+    try:
+        fn()
+    finally:
+        expert_threads.MIN_FLOPS = saved
 
 
 class _CombineVecdotBackward(_GatedCombine):
@@ -193,6 +206,7 @@ def build_cases(name: str, T: int, gen: torch.Generator):
     cases = {
         "dense": lambda: fb(dense(x_TD)),
         "routed": lambda: fb(layer.routed_experts(x_TD, a)),
+        "routed-mkl": lambda: without_expert_threads(lambda: fb(layer.routed_experts(x_TD, a))),
         "layer": whole_layer,
         "previous": lambda: fb(previous_routed(ex, x_TD, a)),
         "gathers+vecdot": lambda: fb(routed_vecdot_backward(layer, x_TD, a)),

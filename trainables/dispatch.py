@@ -7,11 +7,12 @@ one contiguous chunk (what the grouped matmuls need). *Bag order* groups the slo
 (the "bag" of a token is its up to K slots); the routers already emit their slots that way.
 
 Why not ``x[token_S]`` and ``index_add_`` (the usual pair): the backward of an index gather is
-an accumulating scatter and ``index_add_`` is one too; on CPU both run serially over rows
-(PERF_NOTES). Here both directions are gathers: dispatch is ``index_select`` in the forward and
-a per-token bag sum (``embedding_bag``) in the backward; combine is the reverse, with the gate
-weights folded into the bag sum (``per_sample_weights``), so there is no separate gate multiply
-over the [S, D] outputs and no [T, D] zero buffer.
+an accumulating ``index_put_`` and ``index_add_`` is a scatter too; on CPU they were 1.5-6x
+slower than a gather of the same rows (BENCHMARKS.md). Here every step is a gather: dispatch is
+``index_select`` forward and a per-token bag sum (``embedding_bag``) backward; combine is the
+reverse, with the gate weights folded into the bag sum (``per_sample_weights``), so there is no
+separate gate multiply over the [S, D] outputs and no [T, D] zero buffer. Its backward gathers
+and scales in one pass and takes the gate gradient from embedding_bag's own fused row dot.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from torch.autograd.function import once_differentiable
 class SlotPlan:
     """Where every slot goes; built once per forward pass and shared by dispatch and combine."""
 
-    n_tokens: int
     counts_E: torch.Tensor
     """Slots per expert (sums to S); the grouped matmuls' chunk sizes."""
     token_of_sorted_S: torch.Tensor
@@ -59,7 +59,6 @@ def plan_slots(token_S: torch.Tensor, expert_S: torch.Tensor, n_tokens: int, n_e
     slots_per_token_T = torch.bincount(token_S, minlength=n_tokens)
     bag_offsets_T = torch.cumsum(slots_per_token_T, 0) - slots_per_token_T
     return SlotPlan(
-        n_tokens=n_tokens,
         counts_E=torch.bincount(expert_S, minlength=n_experts),
         token_of_sorted_S=token_S[order_S],
         sorted_row_of_bag_S=sorted_row_of_bag_S,

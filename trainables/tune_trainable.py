@@ -88,8 +88,9 @@ def load_trial_state(checkpoint) -> dict | None:
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as d:
-        # our own checkpoint format, holding optimizer state and RNG states: not weights only
-        return torch.load(os.path.join(d, CHECKPOINT_FILE), weights_only=False)
+        # tensors, numbers, strings and containers only: the safe loader takes it, so a
+        # checkpoint cannot run code even if its storage were written by someone else
+        return torch.load(os.path.join(d, CHECKPOINT_FILE), weights_only=True)
 
 
 def _objective_scorer(objective: dict | None):
