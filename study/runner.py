@@ -170,7 +170,7 @@ def _execute(spec: StudySpec, state: dict, state_path: Path, *, address: str | N
     status, code = "FAILED", 1
     try:
         if address is not None:
-            check_resources(spec, _largest_node(ray.nodes()))
+            check_resources(spec, _largest_node(ray.nodes(), _autoscaler_node_types()))
         available = ray.cluster_resources()
         reference = state.get("reference")
         if spec.reference.enabled and reference is None:
@@ -387,13 +387,29 @@ def _worker_constants(spec: StudySpec) -> dict[str, Any]:
     return {"_workers": r.workers, "_cpu_per_worker": r.cpu, "_gpu_per_worker": r.gpu}
 
 
-def _largest_node(nodes: list[dict]) -> dict[str, float]:
+def _largest_node(nodes: list[dict], node_types: list[dict] | None = None) -> dict[str, float]:
+    """Per kind, the most any live node (or any node type the autoscaler may launch) offers."""
     best = {"CPU": 0.0, "GPU": 0.0}
-    for n in nodes:
-        if n.get("Alive"):
-            for k in best:
-                best[k] = max(best[k], float(n.get("Resources", {}).get(k, 0)))
+    offers = [n.get("Resources", {}) for n in nodes if n.get("Alive")] + list(node_types or [])
+    for resources in offers:
+        for k in best:
+            best[k] = max(best[k], float(resources.get(k, 0)))
     return best
+
+
+def _autoscaler_node_types() -> list[dict]:
+    """Resources of the node types in the autoscaler's config, where this driver runs on the
+    head of a cluster started by `ray up` (a cluster scaled to zero has no live GPU node yet)."""
+    import yaml
+
+    path = Path.home() / "ray_bootstrap_config.yaml"
+    if not path.exists():
+        return []
+    try:
+        cfg = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return []
+    return [t.get("resources", {}) for t in (cfg.get("available_node_types") or {}).values()]
 
 
 def _build_data_once(cfg: TrialConfig) -> None:

@@ -32,3 +32,11 @@ def test_resources_and_concurrency_follow_the_cluster():
     assert max_concurrent(spec, {"CPU": 6, "GPU": 1}) == 2  # the GPUs bound it
     with pytest.raises(ConfigError, match="GPU 0.5"):
         check_resources(spec, {"CPU": 8, "GPU": 0})
+
+
+def test_largest_node_counts_node_types_the_autoscaler_can_launch():
+    from study.runner import _largest_node
+
+    live = [{"Alive": True, "Resources": {"CPU": 4.0}}, {"Alive": False, "Resources": {"GPU": 8.0}}]
+    assert _largest_node(live) == {"CPU": 4.0, "GPU": 0.0}  # dead nodes offer nothing
+    assert _largest_node(live, [{"CPU": 4, "GPU": 1}]) == {"CPU": 4.0, "GPU": 1.0}
