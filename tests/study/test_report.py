@@ -148,14 +148,14 @@ def store(tmp_path_factory):
 
 def _reused_reference_study(s: Store) -> None:
     """``second`` reused the reference run of ``first`` (same reference config hash)."""
-    from study.runner import reference_flat_config
+    from study.runner import reference_key
     from study.spec import load_spec
 
     spec = load_spec(REPO / "search_spaces" / "smoke.yaml")
     first_exp, first_parent = s.experiment("first")
     s.run(first_exp, first_parent, "reference-first", naming.ROLE_REFERENCE,
           {"router.method": "reference"}, {"purity": 0.97, "val_loss": 2.1},
-          tags={naming.TAG_CONFIG_HASH: naming.config_hash(reference_flat_config(spec))})
+          tags={naming.TAG_CONFIG_HASH: reference_key(spec)})
     exp, parent = s.experiment("second", spec_yaml=spec.to_yaml())
     for seed, p in enumerate([0.4, 0.5]):
         s.run(exp, parent, f"t{seed}", naming.ROLE_TRIAL, trial_params("lbl", "global_batch", 0, seed),
