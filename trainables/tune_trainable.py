@@ -45,6 +45,7 @@ def trial_function(config: dict) -> None:
         data_parallel_trial(config)
         return
     cfg, private = split_tune_config(config)
+    _match_threads_to_cpus(cfg)
     build_result = result_builder(private)
     # only checkpoints Tune handed back for this very trial, from the study's own storage
     resume_state = load_trial_state(tune.get_checkpoint())
@@ -52,6 +53,18 @@ def trial_function(config: dict) -> None:
         with tempfile.TemporaryDirectory() as d:
             save_trial_state(report.state(), d)
             tune.report(build_result(report), checkpoint=tune.Checkpoint.from_directory(d))
+
+
+def _match_threads_to_cpus(cfg: TrialConfig) -> None:
+    """Use as many torch threads as the trial holds CPUs (unless train.threads says otherwise).
+
+    torch starts one thread per core; two 1-CPU trials on a 2-core machine then run four
+    spinning OpenMP threads on two cores, and every parallel region waits for a descheduled
+    thread (BENCHMARKS.md, "Threads on a shared machine")."""
+    if cfg.train.threads:
+        return
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 0)
+    torch.set_num_threads(max(1, int(cpus)))
 
 
 def result_builder(private: dict) -> Callable[[Report], dict]:
