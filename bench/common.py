@@ -14,22 +14,24 @@ from typing import Callable
 
 import torch
 
+from trainables import expert_threads
 from trainables.runtime import denormals_flushed, flush_denormals, tune_allocator
 
 
-def setup_process(tune: bool, threads: int, flush: bool = True) -> str:
+def setup_process(tune: bool, threads: int, flush: bool = False) -> str:
     """Apply the project's start-up settings (or not) and describe them in one line."""
     if threads:
         torch.set_num_threads(threads)
     tuned = tune_allocator() if tune else False
     flushed = flush_denormals() if flush else denormals_flushed()
-    env = os.environ.get("GLIBC_TUNABLES", "")
     allocator = "mallopt thresholds raised" if tuned else "glibc defaults"
-    if env:
-        allocator += f", GLIBC_TUNABLES={env}"
+    if os.environ.get("GLIBC_TUNABLES"):
+        allocator += f", GLIBC_TUNABLES={os.environ['GLIBC_TUNABLES']}"
     return (
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
-        f"allocator: {allocator}, subnormal floats {'flushed' if flushed else 'kept'}"
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
+        f"allocator: {allocator}; subnormal floats {'flushed' if flushed else 'kept'}; "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}; "
+        f"expert threads {'on' if expert_threads.ENABLED else 'off'}"
     )
 
 

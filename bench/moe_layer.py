@@ -7,9 +7,9 @@ same multiply-adds per token. Every case runs forward and backward, with gradien
   dense             the project's dense SwiGLU (trainables.moe.SwiGLU: fused gate/up Linear)
   routed            the project's MoELayer.routed_experts on a fixed routing: sort, dispatch,
                     grouped expert FFNs, gated combine (THE HEADLINE: dispatch included)
-  routed-mkl        ablation: routed with the per-expert products on torch._grouped_mm (MKL
-                    splits each expert over the threads) instead of trainables.expert_threads
-                    (same as routed with one thread)
+  routed-ethreads   routed with trainables.expert_threads on (MOE_EXPERT_THREADS=1: experts
+                    spread over the threads instead of MKL splitting each expert); with one
+                    thread it runs the same code as routed, so the two show the noise
   layer             the whole MoELayer: lbl router (micro-batch scope, aux loss) + routed
   previous          this project before the optimisations: argsort, x[token], grouped experts
                     with autograd silu, gate multiply, index_add_
@@ -113,13 +113,13 @@ def previous_routed(experts: GroupedExperts, x_TD, a: Assignment):
     return torch.zeros_like(x_TD).index_add_(0, token_S, y_SD)
 
 
-def without_expert_threads(fn):
-    """Run fn with the per-expert products on torch._grouped_mm (MKL threads inside each expert)."""
-    saved, expert_threads.MIN_FLOPS = expert_threads.MIN_FLOPS, float("inf")
+def with_expert_threads(fn):
+    """Run fn with trainables.expert_threads on (MOE_EXPERT_THREADS=1): experts over the threads."""
+    saved, expert_threads.ENABLED = expert_threads.ENABLED, True
     try:
         fn()
     finally:
-        expert_threads.MIN_FLOPS = saved
+        expert_threads.ENABLED = saved
 
 
 class _CombineVecdotBackward(_GatedCombine):
@@ -206,7 +206,7 @@ def build_cases(name: str, T: int, gen: torch.Generator):
     cases = {
         "dense": lambda: fb(dense(x_TD)),
         "routed": lambda: fb(layer.routed_experts(x_TD, a)),
-        "routed-mkl": lambda: without_expert_threads(lambda: fb(layer.routed_experts(x_TD, a))),
+        "routed-ethreads": lambda: with_expert_threads(lambda: fb(layer.routed_experts(x_TD, a))),
         "layer": whole_layer,
         "previous": lambda: fb(previous_routed(ex, x_TD, a)),
         "gathers+vecdot": lambda: fb(routed_vecdot_backward(layer, x_TD, a)),
@@ -237,13 +237,14 @@ def main() -> None:
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                    help="cpu: process CPU time, for a busy machine (use with --threads 1)")
     p.add_argument("--no-tune-allocator", action="store_true", help="skip trainables.runtime.tune_allocator()")
-    p.add_argument("--keep-denormals", action="store_true", help="skip trainables.runtime.flush_denormals()")
+    p.add_argument("--flush-denormals", action="store_true",
+                   help="call trainables.runtime.flush_denormals() (training does not, yet)")
     p.add_argument("--cases", nargs="+", default=None, help="only these cases (dense is always run)")
     args = p.parse_args()
     if args.tokens % SEQ_LEN:
         raise SystemExit(f"--tokens must be a multiple of {SEQ_LEN}")
-    print(setup_process(not args.no_tune_allocator, args.threads, not args.keep_denormals))
-    print(f"T={args.tokens} tokens, fp32, forward+backward, {args.repeats} interleaved repeats, medians "
+    print(setup_process(not args.no_tune_allocator, args.threads, args.flush_denormals))
+    print(f"T={args.tokens} tokens (trial: 512), fp32, forward+backward, {args.repeats} interleaved repeats, medians "
           f"of {args.clock} time; "
           f"load average before: {load_average()}")
     gen = torch.Generator().manual_seed(0)
@@ -255,9 +256,10 @@ def main() -> None:
         times = time_interleaved(cases, args.repeats, warmup=1, before_each=drop_grads, clock=args.clock)
         med = medians(times)
         base = med["dense"]
+        ms = {case: f"{med[case] * 1e3:.1f}" if med[case] < 0.1 else f"{med[case] * 1e3:.0f}" for case in cases}
         rows = [
-            [case, f"{med[case] * 1e3:.1f}" if med[case] < 0.1 else f"{med[case] * 1e3:.0f}", f"{spread(times[case]):.2f}",
-             f"{T / med[case]:,.0f}", f"{flops / med[case] / 1e9:.0f}", f"{base / med[case]:.2f}"]
+            [case, ms[case], f"{spread(times[case]):.2f}", f"{T / med[case]:,.0f}",
+             f"{flops / med[case] / 1e9:.0f}", f"{base / med[case]:.2f}"]
             for case in cases
         ]
         print(f"\n{name}: {info}")

@@ -91,7 +91,8 @@ def main() -> None:
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                    help="cpu: process CPU time, for a busy machine (use with --threads 1)")
     p.add_argument("--no-tune-allocator", action="store_true", help="skip trainables.runtime.tune_allocator()")
-    p.add_argument("--keep-denormals", action="store_true", help="skip trainables.runtime.flush_denormals()")
+    p.add_argument("--flush-denormals", action="store_true",
+                   help="call trainables.runtime.flush_denormals() (training does not, yet)")
     p.add_argument("--random-tokens", action="store_true", help="random bytes instead of the domain mix")
     p.add_argument("--no-previous", action="store_true", help="skip the moe-previous case")
     p.add_argument("--fused-adamw", action="store_true",
@@ -101,7 +102,7 @@ def main() -> None:
     overrides.update({k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)})
     moe_cfg = TrialConfig.from_flat(overrides)
     dense_cfg = TrialConfig.from_flat({**overrides, "model.dense": True})
-    print(setup_process(not args.no_tune_allocator, args.threads, not args.keep_denormals))
+    print(setup_process(not args.no_tune_allocator, args.threads, args.flush_denormals))
     steps = draw_steps(moe_cfg, 4, args.random_tokens)
     tokens_per_step = moe_cfg.train.micro_batch_size * moe_cfg.train.grad_accum * moe_cfg.data.seq_len
     m = moe_cfg.model

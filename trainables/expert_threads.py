@@ -5,8 +5,8 @@ Shape legend: S slots sorted by expert, E experts, K inner width, N output width
 Why: ``torch._grouped_mm`` on CPU is a loop of ``mm`` calls, each split by MKL over all intra-op
 threads, so every expert costs a fork/join. With a few hundred rows per expert that splitting is
 inefficient, and when another process shares the cores every join waits for a descheduled thread
-(BENCHMARKS.md: 2-thread grouped matmuls ran 4x slower than one dense matmul of the same FLOPs on
-a loaded 2-core machine). Here each thread takes a contiguous range of experts, balanced by rows,
+(BENCHMARKS.md: on a 2-core machine shared with other jobs, 2-thread grouped matmuls ran 4x
+slower than one dense matmul of the same FLOPs). Here each thread takes a contiguous range of experts, balanced by rows,
 and runs them one after another with single-threaded MKL: one fork/join per grouped matmul.
 An expert holding more than 1/n of the rows runs alone first, with every thread. Results equal
 ``torch._grouped_mm`` up to float summation order.
@@ -20,13 +20,23 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+ENABLED = os.environ.get("MOE_EXPERT_THREADS", "0") == "1"
+"""Off by default: on an idle machine MKL's own threading inside each expert was faster (MoE
+layer 0.94 vs 0.83 of dense on C1, 0.86 vs 0.64 on C2: OpenMP joins are cheap while the threads
+spin); on an oversubscribed one (more busy threads than cores) this was 1.2-4x faster. Set
+MOE_EXPERT_THREADS=1 there, or better, give each process no more threads than the cores it has
+(BENCHMARKS.md)."""
+
 MIN_FLOPS = 4_000_000
 """Below this much work per grouped matmul the pool's hand-off costs more than it saves."""
 
 
 def worth_threading(a: torch.Tensor, n_out: int) -> bool:
-    """CPU, more than one intra-op thread, and enough work."""
-    return a.device.type == "cpu" and torch.get_num_threads() > 1 and 2 * a.numel() * n_out >= MIN_FLOPS
+    """Enabled, CPU, more than one intra-op thread, and enough work."""
+    return (
+        ENABLED and a.device.type == "cpu" and torch.get_num_threads() > 1
+        and 2 * a.numel() * n_out >= MIN_FLOPS
+    )
 
 
 def grouped_mm_rows(a_SK: torch.Tensor, b_EKN: torch.Tensor, counts: list[int]) -> torch.Tensor:

@@ -41,12 +41,12 @@ def tune_allocator() -> bool:
 def flush_denormals() -> bool:
     """Treat subnormal floats as zero (FTZ/DAZ) in this thread and in its OpenMP workers.
 
-    Gradients of a small model underflow into the subnormal range (|x| < 1.2e-38), where x86
-    arithmetic takes a slow microcode path: a training step of the default trial ran 17-18 %
-    faster with them flushed (BENCHMARKS.md). Values that small are zero for training purposes
-    (TensorFlow flushes them by default on CPU). ``torch.set_flush_denormal`` only sets the
-    calling thread; OpenMP workers started earlier keep their own FP control register, so the
-    setting is also run inside one parallel region. Call it from the thread that trains.
+    Values that small (|x| < 1.2e-38) take a slow microcode path in x86 arithmetic and are zero
+    for training purposes (TensorFlow flushes them by default on CPU). Measured gain on the
+    default trial's first steps: 2-3 % (BENCHMARKS.md); the training loop does not call it.
+    ``torch.set_flush_denormal`` only sets the calling thread; OpenMP workers started earlier
+    keep their own FP control register, so the setting is also run inside one parallel region.
+    Call it from the thread that trains.
     Returns True when verified in every intra-op thread (False on CPUs without FTZ/DAZ).
     """
     if not torch.set_flush_denormal(True):

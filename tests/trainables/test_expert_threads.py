@@ -12,7 +12,8 @@ from trainables.experts import GroupedExperts
 
 
 @pytest.fixture
-def two_threads():
+def two_threads(monkeypatch):
+    monkeypatch.setattr(expert_threads, "ENABLED", True)  # opt-in (MOE_EXPERT_THREADS=1)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     yield
@@ -53,6 +54,13 @@ def test_transposed_weights_view(two_threads):
     for e, rows in enumerate(COUNTS):
         torch.testing.assert_close(out[start : start + rows], a6[start : start + rows] @ b[e].T)
         start += rows
+
+
+def test_off_unless_enabled(monkeypatch):
+    monkeypatch.setattr(expert_threads, "ENABLED", False)
+    assert not expert_threads.worth_threading(torch.zeros(4096, 512), 512)
+    monkeypatch.setattr(expert_threads, "ENABLED", True)
+    assert expert_threads.worth_threading(torch.zeros(4096, 512), 512) == (torch.get_num_threads() > 1)
 
 
 def test_ranges_are_contiguous_balanced_and_cover_every_expert():
