@@ -326,7 +326,8 @@ def _search(spec: StudySpec, state: dict, available: dict, reference: dict, *, r
         role=naming.ROLE_TRIAL, spool_path=_spool(state),
         objective=spec.objective.metrics[0], mode=modes[0],
     )
-    constants = {"_reference": reference, "_objective": spec.objective.to_dict(), **_worker_constants(spec)}
+    constants = {"_reference": reference, "_objective": spec.objective.to_dict(),
+                 "_search_keys": list(spec.search_keys), **_worker_constants(spec)}
     tuner = tune.Tuner(
         trainable,
         param_space=constants,

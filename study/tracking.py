@@ -59,6 +59,18 @@ def metric_items(result: dict) -> dict[str, float]:
     return out
 
 
+def logged_params(tune_config: dict) -> dict:
+    """The trial's whole resolved config as flat params, so defaults the spec did not set
+    (e.g. data.domains_per_micro_batch) are recorded too; a searched param whose condition did
+    not hold stays absent rather than showing an unused default."""
+    from trainables.config import TrialConfig
+
+    own = {k: v for k, v in tune_config.items() if not k.startswith("_")}
+    inactive = set(tune_config.get("_search_keys") or ()) - set(own)
+    full = TrialConfig.from_flat(own, check=False).to_flat()
+    return {k: v for k, v in full.items() if k not in inactive}
+
+
 class _DeliveryQueue:
     """Ordered MLflow writes that survive a tracking outage."""
 
@@ -192,7 +204,7 @@ class StudyTracker(Callback):
         """
         if trial.trial_id not in self.opened:
             self.opened.add(trial.trial_id)
-            cfg = {k: v for k, v in trial.config.items() if not k.startswith("_")}
+            cfg = logged_params(trial.config)
             self.queue.put(
                 "open", trial=trial.trial_id, role=self.role, config_hash=trial.config.get("_config_hash", ""),
                 params={k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in cfg.items()},

@@ -66,6 +66,8 @@ def test_study_writes_parent_run_and_nested_trial_runs_with_gaps(smoke_study):
         assert p["router.scope"] in ("micro_batch", "global_batch")
         # a conditional param exists only where its condition holds
         assert ("router.lbl_coef" in p) == (p["router.method"] == "lbl")
+        # the whole resolved config is logged, defaults included
+        assert p["data.domains_per_micro_batch"] == "1" and p["model.n_experts"] == "12"
         # the gaps are computed against this study's reference run
         assert m["gap_purity"] == pytest.approx(ref["purity"] - m["purity"])
         assert m["gap_loss"] == pytest.approx(m["val_loss"] - ref["val_loss"])
