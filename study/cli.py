@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="write a study report (tables and plots)")
     report.add_argument("experiment", help="MLflow experiment (the study's name)")
-    report.add_argument("--out", help="output directory (default: reports/<experiment>)")
+    report.add_argument("--out", help="output directory (default: report-<experiment>)")
     _tracking_args(report)
     report.set_defaults(handler=cmd_report)
     return parser
