@@ -38,6 +38,21 @@ def setup_process(tune: bool, threads: int, flush: bool = False) -> str:
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
+def add_process_args(p) -> None:
+    """The process settings every benchmark takes: threads, clock, allocator, subnormals."""
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="cpu: process CPU time, for a busy machine (use with --threads 1)")
+    p.add_argument("--no-tune-allocator", action="store_true", help="skip trainables.runtime.tune_allocator()")
+    p.add_argument("--flush-denormals", action="store_true",
+                   help="call trainables.runtime.flush_denormals() (training does not, yet)")
+
+
+def setup_from_args(args) -> str:
+    """``setup_process`` with the options of ``add_process_args``."""
+    return setup_process(not args.no_tune_allocator, args.threads, args.flush_denormals)
+
+
 def time_interleaved(
     cases: dict[str, Callable[[], None]],
     repeats: int,

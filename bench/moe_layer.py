@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/common.py, run as a script
-from common import format_table, load_average, medians, setup_process, spread, time_interleaved  # noqa: E402
+from common import add_process_args, format_table, load_average, medians, setup_from_args, spread, time_interleaved  # noqa: E402
 
 from trainables import expert_threads  # noqa: E402
 from trainables.config import TrialConfig  # noqa: E402
@@ -233,17 +233,12 @@ def main() -> None:
     p.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS, choices=list(CONFIGS))
     p.add_argument("--tokens", type=int, default=8192)
     p.add_argument("--repeats", type=int, default=9)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
-                   help="cpu: process CPU time, for a busy machine (use with --threads 1)")
-    p.add_argument("--no-tune-allocator", action="store_true", help="skip trainables.runtime.tune_allocator()")
-    p.add_argument("--flush-denormals", action="store_true",
-                   help="call trainables.runtime.flush_denormals() (training does not, yet)")
+    add_process_args(p)
     p.add_argument("--cases", nargs="+", default=None, help="only these cases (dense is always run)")
     args = p.parse_args()
     if args.tokens % SEQ_LEN:
         raise SystemExit(f"--tokens must be a multiple of {SEQ_LEN}")
-    print(setup_process(not args.no_tune_allocator, args.threads, args.flush_denormals))
+    print(setup_from_args(args))
     print(f"T={args.tokens} tokens (trial: 512), fp32, forward+backward, {args.repeats} interleaved repeats, medians "
           f"of {args.clock} time; "
           f"load average before: {load_average()}")

@@ -24,7 +24,7 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/common.py, run as a script
-from common import format_table, load_average, medians, setup_process, spread, time_interleaved  # noqa: E402
+from common import add_process_args, format_table, load_average, medians, setup_from_args, spread, time_interleaved  # noqa: E402
 from moe_layer import previous_routed  # noqa: E402
 
 from trainables.config import TrialConfig  # noqa: E402
@@ -87,12 +87,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=15, help="timed steps per model")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
-                   help="cpu: process CPU time, for a busy machine (use with --threads 1)")
-    p.add_argument("--no-tune-allocator", action="store_true", help="skip trainables.runtime.tune_allocator()")
-    p.add_argument("--flush-denormals", action="store_true",
-                   help="call trainables.runtime.flush_denormals() (training does not, yet)")
+    add_process_args(p)
     p.add_argument("--random-tokens", action="store_true", help="random bytes instead of the domain mix")
     p.add_argument("--no-previous", action="store_true", help="skip the moe-previous case")
     p.add_argument("--fused-adamw", action="store_true",
@@ -102,7 +97,7 @@ def main() -> None:
     overrides.update({k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)})
     moe_cfg = TrialConfig.from_flat(overrides)
     dense_cfg = TrialConfig.from_flat({**overrides, "model.dense": True})
-    print(setup_process(not args.no_tune_allocator, args.threads, args.flush_denormals))
+    print(setup_from_args(args))
     steps = draw_steps(moe_cfg, 4, args.random_tokens)
     tokens_per_step = moe_cfg.train.micro_batch_size * moe_cfg.train.grad_accum * moe_cfg.data.seq_len
     m = moe_cfg.model

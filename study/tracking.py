@@ -104,7 +104,7 @@ class _DeliveryQueue:
         if op == "open":
             self.resolve(kw["trial"], kw)
             return
-        run_id = kw.get("run_id") or self.resolve(kw["trial"], None)
+        run_id = self.resolve(kw["trial"], None)
         if op == "batch":
             c.log_batch(
                 run_id,
