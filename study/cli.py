@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = sub.add_parser("validate", help="check a study spec and print what it would run")
     validate.add_argument("spec", help="study spec YAML")
+    _spec_set_arg(validate)
     validate.set_defaults(handler=cmd_validate)
 
     run = sub.add_parser("run", help="run a study spec with Ray Tune, Optuna and MLflow")
@@ -56,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--address", help="Ray cluster address (default: start Ray locally)")
     run.add_argument("--name", help="study / MLflow experiment name (default: the spec's name)")
     run.add_argument("--storage", help="Ray Tune storage path (shared storage on a cluster)")
+    _spec_set_arg(run)
     run.set_defaults(handler=cmd_run)
 
     resume = sub.add_parser("resume", help="resume an interrupted study")
@@ -84,6 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
     _tracking_args(report)
     report.set_defaults(handler=cmd_report)
     return parser
+
+
+def _spec_set_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override the spec (repeatable): fix a key (--set model.d_model=256), "
+                        "fix a searched key (--set train.seed=0) or keep some of its choices "
+                        "(--set 'train.seed=[0, 1]')")
 
 
 def _tracking_args(p: argparse.ArgumentParser) -> None:
@@ -150,7 +159,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     from study.spec import load_spec
 
-    spec = load_spec(args.spec)
+    spec = load_spec(args.spec, sets=args.sets)
     print(describe_spec(spec))
     return EXIT_OK
 
@@ -184,7 +193,7 @@ def describe_spec(spec: Any) -> str:
 def cmd_run(args: argparse.Namespace) -> int:
     from study.spec import load_spec
 
-    spec = load_spec(args.spec)
+    spec = load_spec(args.spec, sets=args.sets)
     run_study = _lazy("study.runner", "run_study")
     return _exit_code(run_study(
         spec,

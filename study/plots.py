@@ -13,7 +13,7 @@ keep the experts' original indices.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from os import PathLike
 from pathlib import Path
 
@@ -310,4 +310,46 @@ def interval_bars(
     ax.set_ylabel(ylabel)
     ax.set_title(title or f"mean {ylabel} per method x scope (95% CI over seeds)")
     ax.grid(True, axis="y", alpha=0.3)
+    return fig
+
+
+def window_curve(
+    series: Mapping[str, Sequence[tuple[int, float, float | None, int]]],
+    *,
+    ylabel: str = "purity",
+    reference: float | None = None,
+    step_sequences: int | None = None,
+    title: str | None = None,
+) -> Figure:
+    """The balance-window sweep: the metric against the window size (sequences, log scale).
+
+    ``series`` maps a label (method, and whatever else sets a series apart) to points
+    ``(window, mean, half_width, n)``; half_width None draws no error bar (n=1).
+    ``step_sequences`` marks the global batch of one worker.
+    """
+    if not series:
+        raise ValueError("window_curve needs at least one series")
+    fig = _new_figure(6.4, 4.4)
+    ax = fig.add_subplot()
+    for label, points in series.items():
+        pts = sorted(points)
+        xs = [p[0] for p in pts]
+        ax.errorbar(xs, [p[1] for p in pts],
+                    yerr=[p[2] if p[2] is not None else 0.0 for p in pts],
+                    marker="o", capsize=4, linewidth=1.6,
+                    label=f"{label} (n={min(p[3] for p in pts)}-{max(p[3] for p in pts)})")
+    ax.set_xscale("log", base=2)
+    windows = sorted({p[0] for pts in series.values() for p in pts})
+    ax.set_xticks(windows, labels=[str(w) for w in windows])
+    if step_sequences:
+        ax.axvline(step_sequences, color="0.5", linestyle=":", linewidth=1.0)
+        ax.annotate("global batch", (step_sequences, 0.02), xycoords=("data", "axes fraction"),
+                    textcoords="offset points", xytext=(-3, 0), ha="right", fontsize=8)
+    if reference is not None and np.isfinite(reference):
+        ax.axhline(reference, color="black", linestyle="--", linewidth=1.0, label="reference")
+    ax.set_xlabel("balance window (sequences; 1 = sequence scope)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title or f"{ylabel} against the LBL balance window (95% CI over seeds)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
     return fig

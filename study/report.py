@@ -28,8 +28,8 @@ from trainables.errors import ConfigError
 from study import naming
 from study.report_data import RunRecord, StudyRuns, distinct_configs, load_study_runs
 from study.report_figures import (
-    BARS_FILE, CURVES_FILE, EXPERT_CHOICE, FIGURE_FILES, HEATMAPS_FILE, PARETO_FILE, bars_figure,
-    curves_figure, heatmap_figures, pareto_figure,
+    BARS_FILE, CURVES_FILE, EXPERT_CHOICE, FIGURE_FILES, HEATMAPS_FILE, PARETO_FILE, WINDOW_FILE,
+    bars_figure, curves_figure, heatmap_figures, pareto_figure, window_figure,
 )
 from study.report_findings import Finding, findings
 from study.report_stats import Estimate, capacity_label, cell_estimates, group_cells, varying_params
@@ -100,6 +100,7 @@ def write_report(
         **heatmap_figures(client, runs.reference, ranked, by, out),
         CURVES_FILE: curves_figure(client, independent, runs.reference, history_cap, out / CURVES_FILE),
         BARS_FILE: bars_figure(independent, runs.reference, out / BARS_FILE),
+        WINDOW_FILE: window_figure(independent, out / WINDOW_FILE),
     }
     sections = [
         header_markdown(runs, uri),
@@ -282,9 +283,12 @@ def cell_table_markdown(ranked: Sequence[RunRecord], repeats: dict[str, str] | N
 
 
 def figures_markdown(figures: dict[str, tuple[str, str]]) -> str:
-    """``figures`` maps file name -> (caption, '') when drawn, or ('', why not) when not."""
+    """``figures`` maps file name -> (caption, '') when drawn, ('', why not) when not, and
+    ('', '') when the study is not of the kind the figure is for (left out silently)."""
     parts = ["## Figures"]
     for name, (caption, missing) in figures.items():
+        if not (caption or missing):
+            continue
         parts.append("")
         if caption:
             parts += [f"![{name}]({name})", "", caption]

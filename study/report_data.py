@@ -31,6 +31,7 @@ COUNT_TABLE_FILE = "count_table.parquet"
 TAG_STOPPED_EARLY = "moe_study.stopped_early"
 TAG_ERROR = "moe_study.error"
 
+WINDOW_SCOPE = "window"
 _PAGE = 1000  # runs per search_runs page (the most a file/sqlite store returns at once)
 
 
@@ -53,7 +54,22 @@ class RunRecord:
 
     @property
     def scope(self) -> str:
-        return self.params.get(naming.TAG_SCOPE) or self.tags.get(naming.TAG_SCOPE) or "?"
+        """The balancing scope; ``window n`` for the window scope of n sequences, so every
+        window size is a cell of its own."""
+        raw = self.params.get(naming.TAG_SCOPE) or self.tags.get(naming.TAG_SCOPE) or "?"
+        if raw == WINDOW_SCOPE:
+            return f"{WINDOW_SCOPE} {self.balance_window if self.balance_window is not None else '?'}"
+        return raw
+
+    @property
+    def balance_window(self) -> int | None:
+        """Sequences per balance window (``router.balance_window``) at the window scope, else None."""
+        if (self.params.get(naming.TAG_SCOPE) or self.tags.get(naming.TAG_SCOPE)) != WINDOW_SCOPE:
+            return None
+        try:
+            return int(self.params["router.balance_window"])
+        except (KeyError, ValueError):
+            return None
 
     @property
     def capacity(self) -> float:
@@ -290,5 +306,9 @@ def method_rank(method: str) -> tuple[int, str]:
     return (METHODS.index(method) if method in METHODS else len(METHODS), method)
 
 
-def scope_rank(scope: str) -> tuple[int, str]:
-    return (SCOPES.index(scope) if scope in SCOPES else len(SCOPES), scope)
+def scope_rank(scope: str) -> tuple[int, int, str]:
+    """Scopes in SCOPES order, window sizes in numeric order, unknown scopes last."""
+    name, _, size = scope.partition(" ")
+    if name in SCOPES:
+        return (SCOPES.index(name), int(size) if size.isdigit() else 0, scope)
+    return (len(SCOPES), 0, scope)

@@ -24,7 +24,8 @@ HEATMAPS_FILE = "heatmaps_layer{layer}.png"
 MAX_HEATMAP_LAYERS = 8
 CURVES_FILE = "learning_curves.png"
 BARS_FILE = "purity_bars.png"
-FIGURE_FILES = (PARETO_FILE, CURVES_FILE, BARS_FILE)
+WINDOW_FILE = "balance_window.png"
+FIGURE_FILES = (PARETO_FILE, CURVES_FILE, BARS_FILE, WINDOW_FILE)
 """The figures every report tries to draw, besides the heatmaps."""
 EXPERT_CHOICE = "ec"
 
@@ -163,3 +164,32 @@ def bars_figure(ranked: Sequence[RunRecord], reference: RunRecord | None, path: 
     save_figure(interval_bars(bars, ylabel=naming.PURITY, reference=ref), path)
     return ("Mean `purity` per cell with its 95% confidence interval over seeds (no bar for n=1); "
             "dashed: the reference router."), ""
+
+
+def window_series(ranked: Sequence[RunRecord], metric: str = naming.PURITY
+                  ) -> dict[str, list[tuple[int, float, float | None, int]]]:
+    """Window-scope trials as curves: one per (method, capacity, data layout), a point per window."""
+    windowed = [r for r in ranked if r.balance_window is not None]
+    label = _cell_labeller(windowed, sep=", ")
+    series: dict[str, list[tuple[int, float, float | None, int]]] = {}
+    for key, members in group_cells(windowed).items():
+        est = mean_ci(r.metric(metric) for r in members)
+        if est is None:
+            continue
+        name = label(CellKey(key.method, "", key.capacity, key.domains_per_micro_batch)).rstrip(", ")
+        series.setdefault(name, []).append((members[0].balance_window, est.mean, est.half_width, est.n))
+    return series
+
+
+def window_figure(ranked: Sequence[RunRecord], path: Path) -> tuple[str, str]:
+    from study.plots import save_figure, window_curve
+
+    series = window_series(ranked)
+    if not series:
+        return "", ""  # not a window sweep: nothing to say
+    steps = {int(r.params.get("train.micro_batch_size", 0)) * int(r.params.get("train.grad_accum", 0))
+             for r in ranked if r.balance_window is not None}
+    save_figure(window_curve(series, step_sequences=max(steps) if len(steps) == 1 else None), path)
+    return ("Mean `purity` against the LBL balance window (sequences whose counts one loss term "
+            "sees; log scale) with 95% confidence intervals over seeds: 1 is the sequence scope, "
+            "the dotted line the global batch. The reference router (purity 1) is off the scale."), ""

@@ -104,6 +104,7 @@ def findings(trials: Sequence[RunRecord], reference: RunRecord | None,
     out += effect_size_finding(values, metric)
     out += capacity_findings(values, labels, metric)
     out += layout_findings(values, labels, metric)
+    out += window_findings(values, labels, metric)
     out += reference_finding(trials, reference, metric)
     return out
 
@@ -199,6 +200,29 @@ def layout_findings(values: Mapping[CellKey, list[float]], labels: _Labels, metr
                       f"difference {_f(diff.mean)}, {_interval(diff)}"),
                 verdict=two_sided_verdict(diff, f"domains_per_micro_batch {other}"),
             ))
+    return out
+
+
+def window_findings(values: Mapping[CellKey, list[float]], labels: _Labels, metric: str) -> list[Finding]:
+    """Balance-window sweep: the widest window against the narrowest (wider should be purer)."""
+    out = []
+    for (method, cap, dpmb), by_scope in _split(values, "scope").items():
+        sizes = {int(s.split()[1]): v for s, v in by_scope.items()
+                 if s.startswith("window ") and s.split()[1].isdigit()}
+        if len(sizes) < 2:
+            continue
+        wide, narrow = max(sizes), min(sizes)
+        diff = difference_ci(sizes[wide], sizes[narrow])
+        if diff is None:
+            continue
+        a, b = mean_ci(sizes[wide]), mean_ci(sizes[narrow])
+        out.append(Finding(
+            topic=f"window {wide} vs window {narrow} sequences",
+            context=labels(method=method, capacity=cap, dpmb=dpmb),
+            text=(f"mean {metric} {_f(a.mean)} vs {_f(b.mean)} (n={a.n} vs {b.n}), "
+                  f"difference {_f(diff.mean)}, {_interval(diff)}"),
+            verdict=directional_verdict(diff),
+        ))
     return out
 
 

@@ -20,6 +20,7 @@ import yaml
 from trainables.config import TrialConfig, flatten
 from trainables.errors import ConfigError
 from study.spec_checks import check_spec
+from study.spec_overrides import apply_overrides
 from study.spec_parse import Problems, parse_spec
 from study.spec_types import (
     BudgetSpec, Objective, ReferenceSpec, ResourceSpec, SamplerSpec, SchedulerSpec, SearchParam,
@@ -33,14 +34,17 @@ __all__ = [
 ]
 
 
-def load_spec(path: str | Path, cluster_resources: Mapping[str, float] | None = None) -> StudySpec:
+def load_spec(path: str | Path, cluster_resources: Mapping[str, float] | None = None,
+              sets: Iterable[str] = ()) -> StudySpec:
     """Load and check a study spec; raise ``ConfigError`` with every problem found.
 
     ``cluster_resources`` (e.g. ``ray.cluster_resources()``: ``{"CPU": 2, "GPU": 0}``) adds a
     check that one trial fits the cluster. The study name defaults to the file name's stem.
+    ``sets`` are ``key=value`` overrides (``study.spec_overrides``), applied before the checks.
     """
     path = Path(path)
     raw = read_yaml(path, what="study spec")
+    raw = apply_overrides(raw, [parse_set(s) for s in sets])
     return spec_from_dict(raw, default_name=path.stem, source=str(path), cluster_resources=cluster_resources)
 
 

@@ -52,7 +52,7 @@ def test_grid_specs_cover_the_paper_axes():
     for p in points:
         scopes_by_method.setdefault(p["router.method"], set()).add(p["router.scope"])
     assert scopes_by_method == {
-        "none": {"micro_batch", "global_batch"}, "lbl": {"micro_batch", "global_batch", "sequence"},
+        "none": {"micro_batch"}, "lbl": {"micro_batch", "global_batch", "sequence"},
         "eb": {"micro_batch", "global_batch"}, "sh": {"micro_batch", "global_batch"},
         "ba": {"micro_batch", "global_batch"},
     }

@@ -24,7 +24,7 @@ BUILTIN_DOMAIN_NAMES = (
 )
 
 METHODS = ("none", "lbl", "eb", "sh", "ba", "ec", "reference")
-SCOPES = ("sequence", "micro_batch", "global_batch")
+SCOPES = ("sequence", "micro_batch", "global_batch", "window")
 SCORE_FUNCTIONS = ("softmax", "sigmoid")
 DROP_POLICIES = ("probs", "position")
 GLOBAL_COUNTS = ("exact", "running")
@@ -84,7 +84,8 @@ class RouterConfig:
     method: str = "lbl"
     """none | lbl | eb | sh | ba | ec | reference."""
     scope: str = "global_batch"
-    """Tokens whose statistics the balancing acts on: sequence | micro_batch | global_batch."""
+    """Tokens whose statistics the balancing acts on: sequence | micro_batch | global_batch, or
+    ``window`` (LBL only): every ``router.balance_window`` consecutive sequences of the step."""
     lbl_coef: float = 0.1
     """alpha of the auxiliary load-balancing loss alpha * E * sum_i f_i P_i. 0.1 by default, above
     the literature's 1e-3..1e-2: in a one-minute trial weaker coefficients make the scope effect
@@ -97,6 +98,10 @@ class RouterConfig:
     """Maximum Sinkhorn normalisation rounds (stops early when the change < 1e-4)."""
     auction_iters: int = 100
     """Maximum auction rounds of balanced assignment (BA)."""
+    balance_window: int = 0
+    """Sequences per balance window at scope ``window`` (the Qwen-style sweep: 1 is the sequence
+    scope, micro_batch_size x grad_accum the global batch of one worker); must divide the
+    step's sequences. Windows may span micro-batches: the step runs as one forward pass."""
     global_counts: str = "exact"
     """LBL at global_batch scope: ``exact`` runs the step's micro-batches as one forward pass so
     f counts the whole step for every token; ``running`` accumulates counts micro-batch by
@@ -187,6 +192,8 @@ class TrialConfig:
             return seq
         if self.router.scope == "micro_batch":
             return seq * self.train.micro_batch_size
+        if self.router.scope == "window":
+            return seq * self.router.balance_window
         return seq * self.train.micro_batch_size * self.train.grad_accum * world_size
 
     def parameter_counts(self) -> dict[str, int]:
@@ -283,6 +290,7 @@ class TrialConfig:
                 f"data.domains_per_micro_batch: {d.domains_per_micro_batch} exceeds the number of "
                 f"domains ({len(d.domains)}) or train.micro_batch_size ({t.micro_batch_size})"
             )
+        _check_balance_window(p, r, t)
         if r.method == "reference" and d.domains and m.n_experts >= 1:
             n_dom = len(d.domains)
             if m.n_experts % n_dom:
@@ -380,3 +388,20 @@ def _coerce(value: Any, typ: Any) -> tuple[Any, str]:
     if typ is str:
         return (value, "") if isinstance(value, str) else (None, "expected a string")
     return value, ""
+
+
+def _check_balance_window(p: list[str], r: RouterConfig, t: TrainConfig) -> None:
+    """scope ``window`` needs LBL and a window that tiles the optimizer step's sequences."""
+    step_sequences = t.micro_batch_size * t.grad_accum
+    if r.scope != "window":
+        if r.balance_window:
+            p.append(f"router.balance_window: only used with router.scope: window "
+                     f"(got scope {r.scope!r}); leave it 0")
+        return
+    if r.method != "lbl":
+        p.append(f"router.scope: window is implemented for router.method lbl only (got {r.method!r})")
+    if r.balance_window < 1:
+        p.append(f"router.balance_window: must be >= 1 with router.scope: window (got {r.balance_window})")
+    elif step_sequences >= 1 and step_sequences % r.balance_window:
+        p.append(f"router.balance_window: {r.balance_window} does not divide the step's "
+                 f"{step_sequences} sequences (train.micro_batch_size x train.grad_accum)")

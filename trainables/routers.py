@@ -142,16 +142,19 @@ class LoadBalancingLossRouter(Router):
     def __init__(self, cfg: TrialConfig):
         super().__init__(cfg)
         self.coef = cfg.router.lbl_coef
+        self.balance_window = cfg.router.balance_window
 
     def select(self, logits_TE, scores_TE, ctx):
         topk_ids_TK = scores_TE.topk(self.top_k, dim=-1).indices
         if not self.training or self.coef == 0:
             return topk_ids_TK, scores_TE.new_zeros(())
         probs_TE = self.probs(scores_TE)
-        if self.scope == "sequence":
-            L = ctx.seq_len
+        if self.scope in ("sequence", "window"):
+            # a window of n sequences is n*L consecutive tokens: the per-sequence loss applies
+            n = self.balance_window if self.scope == "window" else 1
+            W = n * ctx.seq_len
             loss = balancing.lbl_loss_per_sequence(
-                probs_TE.view(-1, L, self.n_experts), topk_ids_TK.view(-1, L, self.top_k)
+                probs_TE.view(-1, W, self.n_experts), topk_ids_TK.view(-1, W, self.top_k)
             )
         else:
             counts_E = self.counts_of(topk_ids_TK)
@@ -308,6 +311,8 @@ def runs_whole_step_forward(cfg: TrialConfig) -> bool:
     f is then the step's full count vector for every token, where the accumulating buffer
     (``running``, Megatron/Qwen style) gives the step's first micro-batches partial counts.
     """
+    if cfg.router.scope == "window":
+        return True  # a window may span micro-batches
     if cfg.router.scope != "global_batch":
         return False
     if ROUTERS[cfg.router.method].solver_based:

@@ -18,7 +18,7 @@ import pytest
 from scipy import stats
 
 from study import naming
-from study.report import FIGURE_FILES, write_report
+from study.report import FIGURE_FILES, WINDOW_FILE, write_report
 from study.report_stats import difference_ci, mean_ci, pareto_front
 from study.report_data import COUNT_TABLE_FILE, TAG_ERROR, TAG_STOPPED_EARLY
 from trainables.count_table import write_count_table
@@ -365,6 +365,8 @@ def test_figures_are_written_and_linked(report):
 
     path, md = report
     for name in (*FIGURE_FILES, "heatmaps_layer0.png", "heatmaps_layer1.png"):
+        if name == WINDOW_FILE:
+            continue  # not a window sweep
         file = path.parent / name
         assert file.stat().st_size > 1000, name
         image = imread(file)
@@ -372,6 +374,32 @@ def test_figures_are_written_and_linked(report):
         assert f"![{name}]({name})" in md
     assert not (path.parent / "heatmaps_layer2.png").exists()  # the model has two MoE layers
     assert "No count table" not in md  # reference, best and worst all had their artifact
+    assert not (path.parent / WINDOW_FILE).exists() and WINDOW_FILE not in md
+
+
+WINDOW_PURITY = {1: [0.30, 0.32, 0.31], 4: [0.35, 0.36, 0.40], 16: [0.45, 0.47, 0.50]}
+
+
+def test_balance_window_sweep_gets_cells_a_curve_and_a_finding(store, tmp_path):
+    exp, parent = store.experiment("window_sweep")
+    for window, purities in WINDOW_PURITY.items():
+        for seed, p in enumerate(purities):
+            params = {**trial_params("lbl", "window", 0, seed), "router.balance_window": window,
+                      "train.micro_batch_size": 4, "train.grad_accum": 4}
+            store.run(exp, parent, f"w{window}-s{seed}", naming.ROLE_TRIAL, params,
+                      trial_metrics("lbl", p, seed, 0), history=history(p))
+    path = write_report("window_sweep", out_dir=tmp_path, tracking_uri=store.uri)
+    md = path.read_text()
+    table = section(md, "Method x scope")
+    header = [c.strip() for c in table.splitlines()[4].strip("|").split("|")]
+    rows = table_rows(table)
+    assert [r[1] for r in rows] == ["window 1", "window 4", "window 16"]  # numeric order
+    for row, purities in zip(rows, WINDOW_PURITY.values()):
+        assert row[header.index("purity")].startswith(f"{np.mean(purities):.3f} ± ")
+    assert (tmp_path / WINDOW_FILE).stat().st_size > 1000 and f"![{WINDOW_FILE}]" in md
+    finding = [ln for ln in section(md, "Findings").splitlines() if "window 16 vs window 1" in ln]
+    diff = difference_ci(WINDOW_PURITY[16], WINDOW_PURITY[1])
+    assert len(finding) == 1 and "holds" in finding[0] and f"{diff.mean:.3f}" in finding[0]
 
 
 def test_failed_trials_are_listed_with_their_error(report):

@@ -87,3 +87,11 @@ def test_a_diverging_run_raises(small_mix_config):
                                     "train.warmup_steps": 0})
     with pytest.raises(TrainingDiverged):
         run_to_end(cfg)
+
+
+def test_window_scope_trains_and_reports_its_window(small_mix_config):
+    cfg = _cfg(small_mix_config, **{"router.scope": "window", "router.balance_window": 2,
+                                    "train.steps": 6, "train.eval_every": 6})
+    m = run_to_end(cfg).metrics
+    assert m["balance_window_tokens"] == 64 * 2
+    assert math.isfinite(m["val_loss"]) and 0 < m["purity"] <= 1
