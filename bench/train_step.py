@@ -1,14 +1,16 @@
 """Training-step speed of the MoE model against a dense model with the same active parameters.
 
-One optimizer step as ``trainables.training.train`` runs it (``train.grad_accum`` micro-batches
-forward + backward, gradient clipping, AdamW, ``post_step``), on the trial config (TrialConfig
+One optimizer step as ``trainables.training.train`` runs it (``training.forward_backward`` on the
+step's ``train.grad_accum`` micro-batches: one forward pass of the whole step where training
+does that, i.e. for the default global-batch LBL; gradient clipping, fused AdamW,
+``post_step``), on the trial config (TrialConfig
 defaults, router lbl, plus any --set) and on the same config with ``model.dense: true`` (a
 SwiGLU FFN of hidden k x expert width per layer). Both models see the same pre-drawn micro-batches
 of the domain mix; steps alternate between the models (interleaved), medians reported.
 ``moe-previous`` is the MoE model with this project's earlier dispatch (x[token], gate multiply,
 index_add_) for a before/after within the run.
 
-    python bench/train_step.py [--steps 15] [--set key=value ...] [--no-tune-allocator]
+    python bench/train_step.py [--steps 15] [--set key=value ...] [--ablations] [--no-tune-allocator]
 
 The last line is the headline: MoE / dense tokens-per-second ratio.
 """
@@ -29,11 +31,12 @@ from moe_layer import previous_routed  # noqa: E402
 
 from trainables.config import TrialConfig  # noqa: E402
 from trainables.model import MoETransformer  # noqa: E402
-from trainables.training import build_optimizer, lm_loss  # noqa: E402
+from trainables.routers import runs_whole_step_forward  # noqa: E402
+from trainables.training import build_optimizer, forward_backward  # noqa: E402
 
 
 def training_step(cfg: TrialConfig, micro_batch_sets: list, previous_dispatch: bool = False,
-                  fused_adamw: bool = False):
+                  fused_adamw: bool = True, whole_step: bool | None = None):
     """A closure that runs one optimizer step per call, cycling through the pre-drawn steps."""
     torch.manual_seed(cfg.train.seed)
     model = MoETransformer(cfg).train()
@@ -42,19 +45,16 @@ def training_step(cfg: TrialConfig, micro_batch_sets: list, previous_dispatch: b
             layer.routed_experts = types.MethodType(
                 lambda self, x_TD, a: previous_routed(self.experts, x_TD, a), layer
             )
-    optimizer = build_optimizer(model, cfg)
-    if fused_adamw:  # same groups and hyper-parameters, one fused kernel per step
-        optimizer = torch.optim.AdamW([{**g, "fused": True} for g in optimizer.param_groups], fused=True)
+    optimizer = build_optimizer(model, cfg, fused=fused_adamw)
+    if whole_step is None:
+        whole_step = runs_whole_step_forward(cfg)  # what training does for this config
     state = {"i": 0}
+    cpu = torch.device("cpu")
 
     def step() -> None:
         micro_batches = micro_batch_sets[state["i"] % len(micro_batch_sets)]
         state["i"] += 1
-        for mb in micro_batches:
-            logits, aux = model(mb.tokens[:, :-1], mb.domains)
-            loss = lm_loss(logits, mb.tokens[:, 1:])
-            ((loss + aux) / len(micro_batches)).backward()
-            loss.item()  # the training loop reads the loss every micro-batch
+        forward_backward(model, micro_batches, cpu, whole_step)
         if cfg.train.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
         optimizer.step()
@@ -90,8 +90,9 @@ def main() -> None:
     add_process_args(p)
     p.add_argument("--random-tokens", action="store_true", help="random bytes instead of the domain mix")
     p.add_argument("--no-previous", action="store_true", help="skip the moe-previous case")
-    p.add_argument("--fused-adamw", action="store_true",
-                   help="also time both models with AdamW(fused=True) (not what training.py builds)")
+    p.add_argument("--ablations", action="store_true",
+                   help="also time the MoE model with the unfused (foreach) AdamW and with the "
+                        "step's micro-batches run one by one")
     args = p.parse_args()
     overrides = {"router.method": "lbl"}
     overrides.update({k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)})
@@ -103,7 +104,8 @@ def main() -> None:
     m = moe_cfg.model
     print(f"config: {m.n_layers} layers d={m.d_model} E={m.n_experts} k={m.top_k} h={m.expert_hidden} "
           f"router {moe_cfg.router.method}/{moe_cfg.router.scope}, {tokens_per_step} tokens per step "
-          f"({moe_cfg.train.grad_accum} micro-batches of {moe_cfg.train.micro_batch_size}x{moe_cfg.data.seq_len}); "
+          f"({moe_cfg.train.grad_accum} micro-batches of {moe_cfg.train.micro_batch_size}x{moe_cfg.data.seq_len}"
+          f"{', one forward pass' if runs_whole_step_forward(moe_cfg) else ''}); "
           f"dense FFN hidden {m.expert_hidden * (m.top_k + m.n_shared_experts)}")
     print(f"{args.steps} interleaved steps per model, medians of {args.clock} time; "
           f"load average before: {load_average()}")
@@ -113,9 +115,14 @@ def main() -> None:
     cases["moe"], n_params["moe"] = training_step(moe_cfg, steps)
     if not args.no_previous:
         cases["moe-previous"], n_params["moe-previous"] = training_step(moe_cfg, steps, previous_dispatch=True)
-    if args.fused_adamw:
-        cases["dense fused-adamw"], n_params["dense fused-adamw"] = training_step(dense_cfg, steps, fused_adamw=True)
-        cases["moe fused-adamw"], n_params["moe fused-adamw"] = training_step(moe_cfg, steps, fused_adamw=True)
+    if args.ablations:
+        cases["moe, unfused AdamW"], n_params["moe, unfused AdamW"] = training_step(moe_cfg, steps, fused_adamw=False)
+        cases["dense, unfused AdamW"], n_params["dense, unfused AdamW"] = training_step(dense_cfg, steps, fused_adamw=False)
+        if runs_whole_step_forward(moe_cfg):
+            cases["moe, micro-batch passes"], n_params["moe, micro-batch passes"] = training_step(
+                moe_cfg, steps, whole_step=False)
+            cases["dense, micro-batch passes"], n_params["dense, micro-batch passes"] = training_step(
+                dense_cfg, steps, whole_step=False)
     times = time_interleaved(cases, args.steps, warmup=2, clock=args.clock)
     med = medians(times)
     rows = [

@@ -1,8 +1,10 @@
 """Result queries over MLflow: the best trials of a study (``moe-study best``).
 
-Everything goes through ``MlflowClient.search_runs`` with the filter, the ordering and the limit
-pushed into the tracking store, so a query costs the same for 100 or 10,000 runs and works the
-same against a local sqlite store or a tracking server.
+The filter, the ordering and the limit are pushed into the tracking store, so a query costs
+the same for 100 or 10,000 runs. ``study.fast_queries`` answers for sqlite stores and tracking
+servers without importing MLflow (the import alone costs more than the query); any other store,
+or a raw MLflow filter on sqlite, goes through ``MlflowClient.search_runs``. Both give the same
+rows.
 
 ``--where`` takes either an MLflow filter fragment (anything using ``params.``, ``metrics.``,
 ``tags.`` or ``attributes.``), ANDed to the study's own filter, or a shorthand of
@@ -27,7 +29,8 @@ import yaml
 
 from trainables.config import flat_field_types
 from trainables.errors import ConfigError
-from study import naming
+from study import fast_queries, naming
+from study.fast_queries import Clause, Query
 from study.spec import safe_load
 
 FORMATS = ("table", "json", "csv")
@@ -51,9 +54,6 @@ def best_runs(
     ``method``, ``scope``, the metrics of ``naming.SUMMARY_METRICS`` (and ``by``), and the
     study's searched params.
     """
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
     problem = naming.metric_problem(by)
     if problem:
         raise ConfigError(f"--by: {problem}")
@@ -62,36 +62,48 @@ def best_runs(
         raise ConfigError(f"mode: expected min or max (got {mode!r})")
     if not isinstance(top, int) or top < 1:
         raise ConfigError(f"--top: expected a positive integer (got {top!r})")
+    clauses, raw_where = parse_where(where) if where else ([], None)
+    query = Query(experiment, by, mode == "min", top, include_reference, clauses, raw_where)
+
+    refresh_sqlite_statistics(tracking_uri)
+    fast = fast_queries.search(tracking_uri, query)
+    if fast is not None:
+        runs, parent_tags = fast
+        search_keys = _search_keys(runs, parent_tags.get)
+        return [_row(run, by, search_keys) for run in runs]
+    return _best_runs_with_client(tracking_uri, query)
+
+
+def _best_runs_with_client(tracking_uri: str, query: Query) -> list[dict[str, Any]]:
+    """The same query through ``MlflowClient`` (any store MLflow supports; imports MLflow)."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
     client = MlflowClient(tracking_uri)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is not None:
-        refresh_sqlite_statistics(tracking_uri)
+    exp = client.get_experiment_by_name(query.experiment)
     if exp is None:
-        raise ConfigError(_unknown_experiment(client, experiment, tracking_uri))
-
-    role = (
-        f"tags.`{naming.TAG_ROLE}` != '{naming.ROLE_STUDY}'"
-        if include_reference
-        else f"tags.`{naming.TAG_ROLE}` = '{naming.ROLE_TRIAL}'"
-    )
-    clauses = [role, "attributes.status = 'FINISHED'", f"metrics.`{by}` >= -1e308"]
-    if where:
-        clauses.append(translate_where(where))
-    direction = "ASC" if mode == "min" else "DESC"
+        raise ConfigError(_unknown_experiment(client, query.experiment, tracking_uri))
+    where = query.raw_where or " and ".join(c.mlflow() for c in query.clauses)
     try:
         runs = client.search_runs(
             [exp.experiment_id],
-            filter_string=" and ".join(clauses),
-            order_by=[f"metrics.`{by}` {direction}"],
-            max_results=top,
+            filter_string=query.filter_string(),
+            order_by=[query.order_by()],
+            max_results=query.top,
         )
     except MlflowException as err:
         if err.error_code == "INVALID_PARAMETER_VALUE" and where:
             raise ConfigError(f"--where {where!r}: {err.message}") from None
         raise
-    search_keys = _search_keys(client, runs)
-    return [_row(run, by, search_keys) for run in runs]
+
+    def parent_tags(run_id: str) -> dict[str, str] | None:
+        try:
+            return client.get_run(run_id).data.tags
+        except Exception:  # a deleted parent run: fall back to what varies
+            return None
+
+    search_keys = _search_keys(runs, parent_tags)
+    return [_row(run, query.by, search_keys) for run in runs]
 
 
 def refresh_sqlite_statistics(tracking_uri: str) -> bool:
@@ -122,15 +134,21 @@ def refresh_sqlite_statistics(tracking_uri: str) -> bool:
 
 def translate_where(where: str) -> str:
     """An MLflow filter fragment from ``--where`` (see the module docstring)."""
+    clauses, raw = parse_where(where)
+    return raw if raw is not None else " and ".join(c.mlflow() for c in clauses)
+
+
+def parse_where(where: str) -> tuple[list[Clause], str | None]:
+    """``--where`` as shorthand clauses, or (``[]``, the text) when it is an MLflow filter."""
     if _MLFLOW_PREFIX.search(where):
-        return where
+        return [], where
     clauses = [c for c in re.split(r",|\s+and\s+", where, flags=re.I) if c.strip()]
     if not clauses:
         raise ConfigError(f"--where {where!r}: empty filter")
-    return " and ".join(_translate_clause(c, where) for c in clauses)
+    return [_translate_clause(c, where) for c in clauses], None
 
 
-def _translate_clause(clause: str, where: str) -> str:
+def _translate_clause(clause: str, where: str) -> Clause:
     m = _CLAUSE.match(clause)
     if not m:
         raise ConfigError(
@@ -145,14 +163,13 @@ def _translate_clause(clause: str, where: str) -> str:
     if key in types:
         if op not in ("=", "!="):
             raise ConfigError(f"--where {where!r}: params are text, compare {key} with = or != only")
-        value = _param_text(text, types[key])
-        return f"params.`{key}` {op} '{value}'"
+        return Clause("param", key, op, _param_text(text, types[key]))
     if not naming.metric_problem(key):
         try:
             number = float(text)
         except ValueError:
             raise ConfigError(f"--where {where!r}: metric {key} needs a number (got {text!r})") from None
-        return f"metrics.`{key}` {op} {number!r}"
+        return Clause("metric", key, op, number)
     close = difflib.get_close_matches(key, list(types) + list(naming.METRIC_MODES) + list(_SHORT_KEYS), n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     raise ConfigError(f"--where {where!r}: {key!r} is neither a trial-config key nor a metric{hint}")
@@ -180,15 +197,13 @@ def _unknown_experiment(client: Any, experiment: str, uri: str) -> str:
     return f"experiment {experiment!r} not found in tracking store {uri}{hint}"
 
 
-def _search_keys(client: Any, runs: list) -> list[str]:
-    """The studies' searched keys, from the tag on each parent run (one call per study run)."""
+def _search_keys(runs: list, parent_tags) -> list[str]:
+    """The studies' searched keys, from the tag on each parent run (``parent_tags(run id)``:
+    its tags, None when it is gone)."""
     keys: list[str] = []
     parents = {r.data.tags.get(naming.TAG_PARENT_RUN) for r in runs} - {None}
     for parent in sorted(parents):
-        try:
-            tag = client.get_run(parent).data.tags.get(naming.TAG_SEARCH_KEYS, "")
-        except Exception:  # a deleted parent run: fall back to what varies
-            tag = ""
+        tag = (parent_tags(parent) or {}).get(naming.TAG_SEARCH_KEYS, "")
         keys += [k for k in tag.split(",") if k and k not in keys]
     if not keys:  # no tag: show the params that differ between the rows
         all_keys = sorted({k for r in runs for k in r.data.params})

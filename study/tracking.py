@@ -12,11 +12,13 @@ spooled to a JSONL file beside the Tune experiment and delivered by ``moe-study 
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import math
 import os
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -72,22 +74,65 @@ def logged_params(tune_config: dict) -> dict:
 
 
 class _DeliveryQueue:
-    """Ordered MLflow writes that survive a tracking outage."""
+    """Ordered MLflow writes that survive a tracking outage, delivered off the driver loop.
 
-    def __init__(self, client: MlflowClient, spool_path: Path | None, resolve=None):
+    ``put`` only appends: a background thread delivers in order (and draws the routing heatmaps),
+    so neither a slow store nor a figure holds up Tune's driver loop and with it the start of the
+    next trial. A write that fails stays first in line and is retried every second. ``drain``
+    (at the study's end, and at interpreter exit as a safety net) stops the thread, retries
+    until its timeout and spools what is left.
+    """
+
+    RETRY_S = 1.0
+
+    def __init__(self, client: MlflowClient, spool_path: Path | None, resolve=None, render=None):
         self.client = client
         self.spool_path = spool_path
         self.resolve = resolve  # trial id -> MLflow run id, opening the run when needed
+        self.render = render  # (run id, count table, domains) -> artifact files to log
         self.pending: list[tuple[str, dict]] = []
         self.last_error: str | None = None
+        self.delivered = 0
+        self.busy_s = 0.0
+        """Seconds spent delivering (MLflow calls, figures), failed attempts included."""
+        self._cv = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closing = False
 
     def put(self, op: str, **kwargs) -> None:
-        self.pending.append((op, kwargs))
-        self.flush()
+        with self._cv:
+            self.pending.append((op, kwargs))
+            if self._thread is None and not self._closing:
+                self._thread = threading.Thread(target=self._deliver_forever, name="mlflow-delivery",
+                                                daemon=True)
+                self._thread.start()
+                atexit.register(self.drain, 10.0)
+            self._cv.notify()
+
+    def snapshot(self) -> list[tuple[str, dict]]:
+        with self._cv:
+            return list(self.pending)
+
+    def _deliver_forever(self) -> None:
+        while True:
+            with self._cv:
+                while not self.pending and not self._closing:
+                    self._cv.wait()
+                if self._closing:
+                    return
+            if not self.flush():
+                with self._cv:
+                    if not self._closing:
+                        self._cv.wait(self.RETRY_S)
 
     def flush(self) -> bool:
-        while self.pending:
-            op, kwargs = self.pending[0]
+        """Deliver in order until the queue is empty (True) or a write fails (False)."""
+        while True:
+            with self._cv:
+                if not self.pending:
+                    return True
+                op, kwargs = self.pending[0]
+            t0 = time.perf_counter()
             try:
                 self._apply(op, kwargs)
             except Exception as exc:  # noqa: BLE001 - any transport/server error: keep and retry
@@ -95,9 +140,12 @@ class _DeliveryQueue:
                     log.warning("MLflow write failed, will retry: %s", exc)
                 self.last_error = str(exc)
                 return False
-            self.pending.pop(0)
+            finally:
+                self.busy_s += time.perf_counter() - t0
+            with self._cv:
+                self.pending.pop(0)
+            self.delivered += 1
             self.last_error = None
-        return True
 
     def _apply(self, op: str, kw: dict) -> None:
         c = self.client
@@ -114,30 +162,46 @@ class _DeliveryQueue:
             )
         elif op == "artifact":
             c.log_artifact(run_id, kw["path"], kw.get("artifact_path"))
+        elif op == "routing":  # figures are drawn here, off the driver loop
+            if "paths" not in kw:
+                kw["paths"] = self.render(kw["table"], kw["domains"])
+            for path in kw["paths"]:
+                c.log_artifact(run_id, path)
         elif op == "terminate":
             c.set_terminated(run_id, status=kw["status"])
         else:  # pragma: no cover - programming error
             raise ValueError(op)
 
+    def stop(self, timeout_s: float) -> None:
+        """Stop the delivery thread (after the write it is in, or ``timeout_s``)."""
+        with self._cv:
+            self._closing = True
+            self._cv.notify_all()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout_s)
+
     def drain(self, timeout_s: float) -> bool:
-        """Retry until everything is delivered or the timeout passes; spool the rest."""
+        """Deliver everything, retrying until ``timeout_s`` has passed; spool the rest."""
         deadline = time.monotonic() + timeout_s
+        self.stop(timeout_s)
         while not self.flush():
             if time.monotonic() > deadline:
                 self.spool()
                 return False
-            time.sleep(1.0)
+            time.sleep(self.RETRY_S)
         return True
 
     def spool(self) -> None:
-        if not self.pending or self.spool_path is None:
+        with self._cv:
+            pending, self.pending = self.pending, []
+        if not pending or self.spool_path is None:
             return
         self.spool_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.spool_path, "a") as f:
-            for op, kw in self.pending:  # artifact files stay in their temp dirs until delivered
+            for op, kw in pending:  # artifact files stay in their temp dirs until delivered
                 f.write(json.dumps({"op": op, **kw}, default=str) + "\n")
-        log.warning("%d MLflow writes spooled to %s", len(self.pending), self.spool_path)
-        self.pending.clear()
+        log.warning("%d MLflow writes spooled to %s", len(pending), self.spool_path)
 
     def replay_spool(self) -> int:
         """Deliver writes a previous driver spooled (``moe-study resume``)."""
@@ -151,6 +215,21 @@ class _DeliveryQueue:
         if delivered:
             self.spool_path.unlink()
         return len(lines)
+
+
+def render_routing_artifacts(table: list, domains: list[str]) -> list[str]:
+    """The expert x domain count table (Parquet) and its heatmap (PNG), in a temporary folder."""
+    import numpy as np
+
+    from study.plots import routing_heatmap, save_figure
+    from trainables.count_table import write_count_table
+
+    n_LED = np.asarray(table)
+    d = tempfile.mkdtemp(prefix="moe-study-artifacts-")
+    paths = [os.path.join(d, COUNT_TABLE_FILE), os.path.join(d, HEATMAP_FILE)]
+    write_count_table(paths[0], n_LED, domains)
+    save_figure(routing_heatmap(n_LED.sum(axis=0), domains, title="all layers"), paths[1])
+    return paths
 
 
 class StudyTracker(Callback):
@@ -172,7 +251,7 @@ class StudyTracker(Callback):
         self.tracking_uri, self.experiment_id = tracking_uri, experiment_id
         self.parent_run_id, self.study_name, self.role = parent_run_id, study_name, role
         self.client = MlflowClient(tracking_uri)
-        self.queue = _DeliveryQueue(self.client, spool_path, self._resolve)
+        self.queue = _DeliveryQueue(self.client, spool_path, self._resolve, render_routing_artifacts)
         self.run_ids: dict[str, str] = {}
         self.opened: set[str] = set()
         self.final: dict[str, dict] = {}
@@ -185,14 +264,14 @@ class StudyTracker(Callback):
     def __getstate__(self):
         state = self.__dict__.copy()
         state["client"] = None
-        state["queue"] = (self.queue.spool_path, self.queue.pending)
+        state["queue"] = (self.queue.spool_path, self.queue.snapshot())
         return state
 
     def __setstate__(self, state):
         spool_path, pending = state.pop("queue")
         self.__dict__.update(state)
         self.client = MlflowClient(self.tracking_uri)
-        self.queue = _DeliveryQueue(self.client, spool_path, self._resolve)
+        self.queue = _DeliveryQueue(self.client, spool_path, self._resolve, render_routing_artifacts)
         self.queue.pending = list(pending)
 
     # -- run lookup: a retried/restored trial continues its run ------------------------------
@@ -288,6 +367,9 @@ class StudyTracker(Callback):
 
     def on_experiment_end(self, trials, **info):
         self.close()
+        # one line a benchmark (bench/orchestration.py) and a curious user can read
+        print(f"[{self.study_name}] tracking: {self.queue.delivered} MLflow writes in "
+              f"{self.queue.busy_s:.2f} s", flush=True)
 
     def close(self, timeout_s: float | None = None) -> bool:
         """Deliver what is pending, waiting out a short tracking outage; spool the rest."""
@@ -298,21 +380,8 @@ class StudyTracker(Callback):
     # -- helpers ------------------------------------------------------------------------------
     def _log_routing_artifacts(self, key: str, result: dict) -> None:
         table, domains = result.get("count_table"), result.get("domains")
-        if not table or not domains:
-            return
-        import numpy as np
-
-        from study.plots import routing_heatmap, save_figure
-        from trainables.count_table import write_count_table
-
-        n_LED = np.asarray(table)
-        d = tempfile.mkdtemp(prefix="moe-study-artifacts-")
-        write_count_table(os.path.join(d, COUNT_TABLE_FILE), n_LED, domains)
-        self.queue.put("artifact", trial=key, path=os.path.join(d, COUNT_TABLE_FILE))
-        mean_ED = n_LED.sum(axis=0)
-        fig = routing_heatmap(mean_ED, domains, title="all layers")
-        save_figure(fig, os.path.join(d, HEATMAP_FILE))
-        self.queue.put("artifact", trial=key, path=os.path.join(d, HEATMAP_FILE))
+        if table and domains:
+            self.queue.put("routing", trial=key, table=table, domains=list(domains))
 
     def _update_best(self, trial, result: dict) -> None:
         if not self.objective or self.objective not in result:

@@ -61,7 +61,7 @@ def lr_at(step: int, cfg: TrialConfig) -> float:
     return t.lr * (t.min_lr_ratio + (1 - t.min_lr_ratio) * cosine)
 
 
-def build_optimizer(model: torch.nn.Module, cfg: TrialConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: torch.nn.Module, cfg: TrialConfig, fused: bool = True) -> torch.optim.Optimizer:
     # no weight decay on norms and the router (decaying router logits pulls them to uniform)
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -70,7 +70,9 @@ def build_optimizer(model: torch.nn.Module, cfg: TrialConfig) -> torch.optim.Opt
         {"params": decay, "weight_decay": cfg.train.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=cfg.train.lr, betas=(0.9, 0.95))
+    # fused: one kernel over all parameters per step (the MoE model has 4x the dense model's
+    # parameters to update; BENCHMARKS.md, "Training step")
+    return torch.optim.AdamW(groups, lr=cfg.train.lr, betas=(0.9, 0.95), fused=fused)
 
 
 def seed_everything(seed: int) -> None:
@@ -170,6 +172,7 @@ def train(
     window = cfg.balance_window_tokens(world_size)
     tokens_per_step = cfg.train.micro_batch_size * cfg.train.grad_accum * cfg.data.seq_len * world_size
     t0 = time.perf_counter()
+    paused_s = 0.0
     train_losses: list[float] = []
     model.train()
 
@@ -186,18 +189,7 @@ def train(
         lr = lr_at(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        micro_batches = sampler.next_step()
-        if whole_step:
-            micro_batches = [_concat(micro_batches)]
-        step_loss = 0.0
-        for mb in micro_batches:
-            tokens, dom = mb.tokens.to(device), mb.domains.to(device)
-            with _autocast(device):
-                logits, aux = model(tokens[:, :-1], dom)
-            loss = lm_loss(logits, tokens[:, 1:])
-            total = (loss + aux) / len(micro_batches)
-            total.backward()
-            step_loss += loss.item() / len(micro_batches)
+        step_loss = forward_backward(model, sampler.next_step(), device, whole_step)
         if not math.isfinite(step_loss):
             raise TrainingDiverged(f"loss became {step_loss} at step {step}")
         if world_size > 1:
@@ -223,11 +215,15 @@ def train(
                 tokens=(step + 1) * tokens_per_step,
                 balance_window_tokens=window,
                 elapsed_s=elapsed,
+                train_s=elapsed - paused_s,
                 tokens_per_s=(step + 1 - start_step) * tokens_per_step / max(elapsed, 1e-9),
             )
             if window_counts > 0:
                 val["global_counts_total"] = window_counts
+            paused_at = time.perf_counter()
             yield Report(step + 1, val, domains, count_table, done, checkpoint_state(step + 1))
+            # time the caller held the run (checkpointing, reporting) is not training time
+            paused_s += time.perf_counter() - paused_at
 
 
 def global_counts_total(model: MoETransformer) -> float:
@@ -241,6 +237,24 @@ def global_counts_total(model: MoETransformer) -> float:
     if not layers:
         return 0.0
     return float(layers[0].router.counts.step_counts_E.sum())
+
+
+def forward_backward(model: torch.nn.Module, micro_batches: list[MicroBatch], device,
+                     whole_step: bool) -> float:
+    """Gradients of one optimizer step's micro-batches (accumulated, or as one forward pass when
+    ``whole_step``: the same gradient, see ``runs_whole_step_forward``); returns the mean LM loss."""
+    if whole_step:
+        micro_batches = [_concat(micro_batches)]
+    step_loss = 0.0
+    for mb in micro_batches:
+        tokens, dom = mb.tokens.to(device), mb.domains.to(device)
+        with _autocast(device):
+            logits, aux = model(tokens[:, :-1], dom)
+        loss = lm_loss(logits, tokens[:, 1:])
+        total = (loss + aux) / len(micro_batches)
+        total.backward()
+        step_loss += loss.item() / len(micro_batches)
+    return step_loss
 
 
 def _concat(micro_batches: list[MicroBatch]) -> MicroBatch:

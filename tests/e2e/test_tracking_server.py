@@ -32,6 +32,15 @@ def test_smoke_study_against_a_tracking_server(tmp_path, server):
     assert any((tmp_path / "server" / "artifacts").rglob("count_table.parquet"))
     best = moe_study("best", "smoke", "--tracking-uri", server.uri, "--format", "json", cwd=tmp_path)
     assert best.returncode == 0 and best.stdout.count("run_id") == 4
+    # the REST path (no MLflow import) answers as MlflowClient does
+    from study import fast_queries
+    from study.queries import Query, _best_runs_with_client, best_runs, parse_where
+
+    for by, where in (("gap_purity", None), ("purity", "method=lbl"), ("val_loss", "scope=global_batch")):
+        clauses, _ = parse_where(where) if where else ([], None)
+        query = Query("smoke", by, naming.metric_mode(by) == "min", 10, False, clauses)
+        assert fast_queries.search(server.uri, query) is not None
+        assert best_runs(server.uri, "smoke", by=by, where=where) == _best_runs_with_client(server.uri, query)
 
 
 def test_unreachable_tracking_server_fails_before_any_trial(tmp_path):

@@ -199,3 +199,57 @@ def test_cli_best(store, capsys):
 def test_sqlite_statistics_refresh(store, tmp_path):
     assert refresh_sqlite_statistics(store) is True
     assert refresh_sqlite_statistics("http://127.0.0.1:5000") is False
+
+
+# -- the MLflow-free path answers exactly as MlflowClient does ---------------------------------
+QUERIES = [
+    {},
+    {"top": 2},
+    {"by": "purity"},
+    {"by": "val_loss", "mode": "max"},
+    {"where": "method=lbl"},
+    {"where": "scope!=global_batch"},
+    {"where": "router.lbl_coef=0.01"},
+    {"where": "purity>0.5, load_entropy>=0.95"},
+    {"include_reference": True},
+    {"where": "method=nonexistent"},
+]
+
+
+@pytest.mark.parametrize("kwargs", QUERIES, ids=lambda k: ",".join(f"{a}={b}" for a, b in k.items()) or "default")
+def test_sqlite_fast_path_matches_mlflow_client(store, kwargs):
+    from study import fast_queries
+    from study.queries import Query, _best_runs_with_client, parse_where
+
+    fast = best_runs(store, "study_a", **kwargs)
+    clauses, raw = parse_where(kwargs["where"]) if "where" in kwargs else ([], None)
+    by = kwargs.get("by", naming.GAP_PURITY)
+    query = Query("study_a", by, (kwargs.get("mode") or naming.metric_mode(by)) == "min",
+                  kwargs.get("top", 10), kwargs.get("include_reference", False), clauses, raw)
+    assert fast_queries.search(store, query) is not None  # the fast path answered
+    assert fast == _best_runs_with_client(store, query)
+
+
+def test_fast_path_steps_aside_where_it_cannot_answer(store, tmp_path):
+    from study import fast_queries
+    from study.queries import Query
+
+    q = Query("study_a", "purity", False, 5, False)
+    assert fast_queries.search(store, Query("no_such_study", "purity", False, 5, False)) is None
+    assert fast_queries.search(f"sqlite:///{tmp_path / 'missing.db'}", q) is None
+    assert fast_queries.search("file:///somewhere", q) is None
+    raw = Query("study_a", "purity", False, 5, False, raw_where="params.`router.method` = 'lbl'")
+    assert fast_queries.search(store, raw) is None  # MLflow's filter grammar: MLflow parses it
+    # ... and best_runs still answers those through MlflowClient
+    assert [r["trial"] for r in best_runs(store, "study_a", by="purity", where="params.`router.method` = 'lbl'")] == ["t0", "t1"]
+
+
+def test_cli_best_does_not_import_mlflow_for_a_sqlite_store(store):
+    import subprocess
+    import sys
+
+    code = ("import sys; from study.cli import main; rc = main(['best', 'study_a', '--tracking-uri', "
+            f"{store!r}]); assert 'mlflow' not in sys.modules, 'mlflow imported'; sys.exit(rc)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "t2" in done.stdout.splitlines()[2]  # best gap_purity first

@@ -95,3 +95,15 @@ def test_window_scope_trains_and_reports_its_window(small_mix_config):
     m = run_to_end(cfg).metrics
     assert m["balance_window_tokens"] == 64 * 2
     assert math.isfinite(m["val_loss"]) and 0 < m["purity"] <= 1
+
+
+def test_time_the_caller_holds_the_run_is_not_training_time(small_mix_config):
+    import time
+
+    cfg = _cfg(small_mix_config, **{"train.steps": 4, "train.eval_every": 2})
+    gen = train(cfg)
+    first = next(gen)
+    time.sleep(0.3)  # what checkpointing and reporting would take
+    last = list(gen)[-1]
+    assert first.metrics["train_s"] == pytest.approx(first.metrics["elapsed_s"])
+    assert last.metrics["elapsed_s"] - last.metrics["train_s"] >= 0.3
