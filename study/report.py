@@ -310,8 +310,27 @@ def findings_markdown(items: Sequence[Finding]) -> str:
         parts.append("No finding: the study lacks the groups a comparison needs (e.g. one method "
                      "at two scopes).")
     else:
+        tally = verdict_tally(items)
+        if any(sum(counts.values()) > 1 for counts in tally.values()):
+            parts += ["Verdicts per claim (how many of its comparisons gave each verdict):", ""]
+            parts += _table(["claim", "verdicts"], [
+                [topic, ", ".join(f"{verdict} {n}" for verdict, n in counts.items())]
+                for topic, counts in tally.items()
+            ]).splitlines()
+            parts += ["", "Each comparison:", ""]
         parts += [f.markdown() for f in items]
     return "\n".join(parts)
+
+
+def verdict_tally(items: Sequence[Finding]) -> dict[str, dict[str, int]]:
+    """``{topic: {verdict: count}}`` in order of first appearance ("not shown (n=1...)" counts as
+    "not shown")."""
+    tally: dict[str, dict[str, int]] = {}
+    for f in items:
+        verdict = f.verdict.split(" (", 1)[0]
+        counts = tally.setdefault(f.topic, {})
+        counts[verdict] = counts.get(verdict, 0) + 1
+    return tally
 
 
 def failures_markdown(trials: Sequence[RunRecord], limit: int = 10) -> str:

@@ -335,6 +335,10 @@ def test_findings_verdicts_follow_the_numbers(report):
     assert verdict(line) == "lower with capacity 1"
     # a method with one scope only gives no scope finding
     assert "(ec" not in section(md, "Findings").split("scope effect")[0]
+    # the tally counts each claim's comparisons by verdict: lbl holds, eb not shown
+    tally = {r[0]: r[1] for r in table_rows(section(md, "Findings"))}
+    assert tally["global_batch vs micro_batch"] == "holds 1, not shown 1"
+    assert tally["micro_batch vs sequence"] == "does not hold 1"
 
 
 def test_effect_size_and_reference_findings(report):
@@ -351,12 +355,12 @@ def test_effect_size_and_reference_findings(report):
     scope_effect, method_effect = np.mean(scope_ranges), np.mean(method_ranges)
     noise = np.mean([stats.t.ppf(0.975, len(p) - 1) * stats.sem(p) for *_, p in CELLS if len(p) > 1])
     noise *= np.sqrt(2)
-    line = next(ln for ln in section(md, "Findings").splitlines() if "scope effect vs method effect" in ln)
+    line = next(ln for ln in section(md, "Findings").splitlines() if ln.startswith("- **scope effect vs method effect"))
     assert f"{scope_effect:.3f}" in line and f"{method_effect:.3f}" in line and f"±{noise:.3f}" in line
     # 0.107 vs 0.137: closer than the seed noise, so neither is called larger
     assert abs(scope_effect - method_effect) < noise
     assert verdict(line).startswith("not shown")
-    line = next(ln for ln in section(md, "Findings").splitlines() if "reference router on top" in ln)
+    line = next(ln for ln in section(md, "Findings").splitlines() if ln.startswith("- **reference router on top"))
     assert verdict(line) == "yes" and "best trial trial-ec-global_batch-cap0-s0" in line
 
 
