@@ -83,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="write a study report (tables and plots)")
     report.add_argument("experiment", help="MLflow experiment (the study's name)")
     report.add_argument("--out", help="output directory (default: report-<experiment>)")
+    report.add_argument("--compare", action="append", default=[], metavar="EXPERIMENT",
+                        help="add a section comparing the cells with another study's (repeatable)")
     _tracking_args(report)
     report.set_defaults(handler=cmd_report)
     return parser
@@ -224,7 +226,8 @@ def cmd_best(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     write_report = _lazy("study.report", "write_report")
-    out = write_report(args.experiment, out_dir=args.out, tracking_uri=_tracking_uri(args))
+    out = write_report(args.experiment, out_dir=args.out, tracking_uri=_tracking_uri(args),
+                       compare=args.compare)
     if out is not None and not isinstance(out, int):
         print(f"report written to {out}")
     return _exit_code(out)

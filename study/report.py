@@ -26,6 +26,7 @@ from pathlib import Path
 from trainables.errors import ConfigError
 
 from study import naming
+from study.report_compare import compare_markdown
 from study.report_data import RunRecord, StudyRuns, distinct_configs, load_study_runs
 from study.report_figures import (
     BARS_FILE, CURVES_FILE, EXPERT_CHOICE, FIGURE_FILES, HEATMAPS_FILE, PARETO_FILE, WINDOW_FILE,
@@ -71,6 +72,7 @@ def write_report(
     top: int = LEADERBOARD_TOP,
     include_stopped_early: bool = False,
     history_cap: int = HISTORY_CAP,
+    compare: Sequence[str] = (),
 ) -> Path:
     """Write ``report.md`` and its PNG figures into ``out_dir``; return the report's path.
 
@@ -83,6 +85,7 @@ def write_report(
     uri = tracking_uri or naming.default_tracking_uri()
     client = MlflowClient(uri)
     runs = load_study_runs(client, experiment, uri)
+    others = [load_study_runs(client, name, uri) for name in compare]  # bad names fail before writing
     out = Path(out_dir) if out_dir else default_out_dir(experiment)
     out.mkdir(parents=True, exist_ok=True)
     # a figure this run cannot draw must not survive from an earlier report in the same folder
@@ -108,6 +111,7 @@ def write_report(
         cell_table_markdown(independent, repeats),
         figures_markdown(figures),
         findings_markdown(findings(independent, runs.reference)),
+        *(compare_markdown(runs, other) for other in others),
         failures_markdown(runs.trials),
     ]
     path = out / REPORT_FILE

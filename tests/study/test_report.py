@@ -474,3 +474,33 @@ def test_cli_unknown_experiment_exits_2(store, capsys):
 
     assert main(["report", "nope", "--tracking-uri", store.uri]) == 2
     assert "'nope' not found" in capsys.readouterr().err
+
+
+def test_compare_section_ranks_shared_cells_in_both_studies(store, tmp_path):
+    # a "bigger model" study: three of paper_like's dropless cells, lbl global/micro keep their
+    # order, eb micro moves to the top
+    bigger = {("lbl", "global_batch"): [0.70, 0.72, 0.74], ("lbl", "micro_batch"): [0.45, 0.47, 0.49],
+              ("eb", "micro_batch"): [0.80, 0.82, 0.84]}
+    exp, parent = store.experiment("paper_like_bigger")
+    store.run(exp, parent, "reference-big", naming.ROLE_REFERENCE, {"router.method": "reference"},
+              {"purity": 0.99, "val_loss": 1.9})
+    for (method, scope), purities in bigger.items():
+        for seed, p in enumerate(purities):
+            store.run(exp, parent, f"big-{method}-{scope}-{seed}", naming.ROLE_TRIAL,
+                      trial_params(method, scope, 0.0, seed), trial_metrics(method, p, seed, 0.0))
+    path = write_report("paper_like", out_dir=tmp_path, tracking_uri=store.uri, compare=["paper_like_bigger"])
+    text = section(path.read_text(), "Against `paper_like_bigger`")
+    here = {(m, s): np.mean(p) for m, s, c, p in CELLS if c == 0.0 and (m, s) in bigger}
+    rank_here = {k: i + 1 for i, k in enumerate(sorted(here, key=lambda k: -here[k]))}
+    rank_there = {k: i + 1 for i, k in enumerate(sorted(bigger, key=lambda k: -np.mean(bigger[k])))}
+    tau = stats.kendalltau([rank_here[k] for k in here], [rank_there[k] for k in here]).statistic
+    assert f"**{tau:.2f}**" in text and "3 cells" in text
+    assert "`paper_like` 1.000, `paper_like_bigger` 0.990" in text
+    rows = {(r[0], r[1]): r for r in table_rows(text)}
+    assert set(rows) == set(bigger)
+    lbl_cells = [p for m, s, c, p in CELLS if (m, s, c) == ("lbl", "global_batch", 0.0)][0]
+    diff = difference_ci(lbl_cells, bigger[("lbl", "global_batch")])
+    assert rows[("lbl", "global_batch")][6] == f"{diff.mean:+.3f} [{diff.low:+.3f}, {diff.high:+.3f}]"
+    assert rows[("eb", "micro_batch")][7:] == [str(rank_here[("eb", "micro_batch")]), "1"]
+    with pytest.raises(ConfigError):
+        write_report("paper_like", out_dir=tmp_path / "x", tracking_uri=store.uri, compare=["no_such_study"])

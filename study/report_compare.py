@@ -1,0 +1,82 @@
+"""``moe-study report EXP --compare OTHER``: does a study's ranking hold in another study?
+
+The question the paper leaves open: when the model grows, or the domain mix is skewed, do the
+same methods and scopes come out on top? For every cell (method, scope, capacity, domains per
+micro-batch) the two studies share, the section lists the mean purity of each with its
+interval, the difference (Welch), and the cell's rank in each; Kendall's tau between the two
+rankings of the shared cells says whether the order holds (tau near 1) or not. The reference
+routers of both are listed, so a gap in absolute purity is read against its upper bound.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from scipy import stats
+
+from study import naming
+from study.report_data import RunRecord, StudyRuns, distinct_configs
+from study.report_stats import CellKey, Estimate, capacity_label, difference_ci, group_cells, mean_ci
+
+COMPARE_METRIC = naming.PURITY
+
+
+def _cell_means(trials: Sequence[RunRecord], metric: str) -> dict[CellKey, tuple[Estimate, list[float]]]:
+    out = {}
+    for key, members in group_cells(trials).items():
+        values = [r.metric(metric) for r in members]
+        est = mean_ci(values)
+        if est is not None:
+            out[key] = (est, values)
+    return out
+
+
+def _ranks(means: dict[CellKey, float], descending: bool) -> dict[CellKey, int]:
+    order = sorted(means, key=lambda k: -means[k] if descending else means[k])
+    return {k: i + 1 for i, k in enumerate(order)}
+
+
+def _fmt(e: Estimate) -> str:
+    return f"{e.mean:.3f}" + (f" ± {e.half_width:.3f}" if e.half_width is not None else " (n=1)")
+
+
+def compare_markdown(this: StudyRuns, other: StudyRuns, metric: str = COMPARE_METRIC) -> str:
+    """The comparison section of ``this`` study's report against ``other``."""
+    mine, _ = distinct_configs(this.full_length_trials)
+    theirs, _ = distinct_configs(other.full_length_trials)
+    a, b = _cell_means(mine, metric), _cell_means(theirs, metric)
+    shared = [k for k in a if k in b]
+    title = f"## Against `{other.experiment}`"
+    if len(shared) < 2:
+        return (f"{title}\n\nFewer than two cells (method, scope, capacity, domains per "
+                f"micro-batch) in common with `{other.experiment}`: nothing to compare.")
+    descending = naming.metric_mode(metric) == "max"
+    rank_a = _ranks({k: a[k][0].mean for k in shared}, descending)
+    rank_b = _ranks({k: b[k][0].mean for k in shared}, descending)
+    rows = []
+    for k in sorted(shared, key=lambda k: rank_a[k]):
+        diff = difference_ci(a[k][1], b[k][1])
+        diff_text = "-" if diff is None else (
+            f"{diff.mean:+.3f}" + (f" [{diff.low:+.3f}, {diff.high:+.3f}]" if diff.half_width is not None else ""))
+        rows.append([k.method, k.scope, capacity_label(k.capacity), k.domains_per_micro_batch,
+                     _fmt(a[k][0]), _fmt(b[k][0]), diff_text, str(rank_a[k]), str(rank_b[k])])
+    tau = stats.kendalltau([rank_a[k] for k in shared], [rank_b[k] for k in shared])
+    refs = []
+    for study in (this, other):
+        ref = study.reference
+        refs.append(f"`{study.experiment}` {ref.metric(metric):.3f}" if ref is not None
+                    else f"`{study.experiment}` none")
+    header = ["method", "scope", "capacity", "domains/micro-batch", f"{metric} here",
+              f"{metric} in {other.experiment}", "difference (95% CI)", "rank here",
+              f"rank in {other.experiment}"]
+    lines = [
+        title, "",
+        f"Mean `{metric}` of the cells both studies ran (95% intervals over seeds; difference "
+        f"with Welch's interval), ranked within each study. Kendall's tau between the two rankings "
+        f"of these {len(shared)} cells: **{tau.statistic:.2f}** (p = {tau.pvalue:.3f}; 1 = the same "
+        f"order, 0 = unrelated). Reference router {metric}: {', '.join(refs)}.", "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" for _ in header) + "|",
+        *("| " + " | ".join(r) + " |" for r in rows),
+    ]
+    return "\n".join(lines)
