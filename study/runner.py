@@ -211,7 +211,9 @@ def _execute(spec: StudySpec, state: dict, state_path: Path, *, address: str | N
 
 
 def spec_base_config(spec: StudySpec) -> TrialConfig:
-    return TrialConfig.from_flat(dict(spec.fixed))
+    """The fixed part of every trial (searched keys at their defaults, so not validated alone:
+    ``load_spec`` has validated every trial the spec can produce)."""
+    return spec.base_config()
 
 
 def reference_key(spec: StudySpec) -> str:
@@ -230,7 +232,7 @@ def run_reference(spec: StudySpec, state: dict, available: dict) -> dict[str, fl
     from ray import tune
 
     from study.tracking import StudyTracker
-    from trainables.tune_trainable import trial_function
+    from trainables.tune_trainable import ResilientTrialFunction
 
     flat = reference_flat_config(spec)
     key = reference_key(spec)
@@ -245,7 +247,7 @@ def run_reference(spec: StudySpec, state: dict, available: dict) -> dict[str, fl
         role=naming.ROLE_REFERENCE, spool_path=_spool(state),
     )
     tuner = tune.Tuner(
-        _with_resources(trial_function, spec),
+        _with_resources(ResilientTrialFunction, spec),
         param_space={**flat, "_config_hash": key, **_worker_constants(spec)},
         tune_config=tune.TuneConfig(num_samples=1),
         run_config=tune.RunConfig(
@@ -295,10 +297,10 @@ def _search(spec: StudySpec, state: dict, available: dict, reference: dict, *, r
 
     from study.space import define_by_run, make_sampler
     from study.tracking import StudyTracker
-    from trainables.tune_trainable import trial_function
+    from trainables.tune_trainable import ResilientTrialFunction
 
     path = os.path.join(state["storage"], state["name"], SEARCH_DIR)
-    trainable = _with_resources(trial_function, spec)
+    trainable = _with_resources(ResilientTrialFunction, spec)
     if restore and tune.Tuner.can_restore(path):
         tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False)
         return fit_noting_interrupt(tuner)

@@ -87,8 +87,21 @@ def _check_complete(d: Path, uri: str) -> None:
     assert sorted(ids) == sorted(searcher["_ot_trials"])
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["sigint", "sigkill"])
-def test_interrupt_then_resume_finishes_the_budget(tmp_path, sig):
+def _hide_named_checkpoints(search: Path) -> int:
+    """Move every trial checkpoint to a new number, so every checkpoint Tune's saved state names
+    is gone (what a driver killed between Tune's deleting an old checkpoint and saving its
+    state leaves behind) while newer complete ones exist."""
+    moved = 0
+    for ckpt in sorted(search.glob("trial_function*/checkpoint_*")):
+        n = int(ckpt.name.split("_")[1])
+        ckpt.rename(ckpt.with_name(f"checkpoint_{n + 1000:06d}"))
+        moved += 1
+    return moved
+
+
+@pytest.mark.parametrize("sig, hide", [(signal.SIGINT, False), (signal.SIGKILL, False), (signal.SIGKILL, True)],
+                         ids=["sigint", "sigkill", "sigkill-named-checkpoints-gone"])
+def test_interrupt_then_resume_finishes_the_budget(tmp_path, sig, hide):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     common = ["--tracking-uri", uri, "--storage", str(tmp_path / "runs")]
     proc = _start(["run", str(SPEC), *common], tmp_path)
@@ -110,6 +123,8 @@ def test_interrupt_then_resume_finishes_the_budget(tmp_path, sig):
             os.killpg(proc.pid, signal.SIGKILL)
     done_before = _finished_trials(uri)
     assert 1 <= done_before < N_TRIALS
+    if hide:
+        assert _hide_named_checkpoints(tmp_path / "runs" / "interrupt" / "search") >= 1
 
     resumed = _start(["resume", "interrupt", *common], tmp_path)
     code = resumed.wait(timeout=900)

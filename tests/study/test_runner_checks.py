@@ -40,3 +40,16 @@ def test_largest_node_counts_node_types_the_autoscaler_can_launch():
     live = [{"Alive": True, "Resources": {"CPU": 4.0}}, {"Alive": False, "Resources": {"GPU": 8.0}}]
     assert _largest_node(live) == {"CPU": 4.0, "GPU": 0.0}  # dead nodes offer nothing
     assert _largest_node(live, [{"CPU": 4, "GPU": 1}]) == {"CPU": 4.0, "GPU": 1.0}
+
+
+def test_a_spec_whose_fixed_part_alone_is_invalid_still_runs():
+    """balance_window.yaml fixes scope: window and searches the window size: the fixed part alone
+    (window 0) is no valid trial, every trial is (load_spec checked them all)."""
+    from pathlib import Path
+
+    from study.runner import reference_key, spec_base_config
+
+    spec = load_spec(Path(SMOKE).parent / "balance_window.yaml")
+    base = spec_base_config(spec)
+    assert base.router.scope == "window" and base.router.balance_window == 0
+    assert reference_key(spec)  # the reference config drops router.* and is valid
