@@ -99,7 +99,8 @@ class _DeliveryQueue:
         self._thread: threading.Thread | None = None
         self._closing = False
 
-    def put(self, op: str, **kwargs) -> None:
+    def put(self, op: str, **kwargs) -> dict:
+        """Queue a write; returns its arguments, the handle ``wait_for`` takes."""
         with self._cv:
             self.pending.append((op, kwargs))
             if self._thread is None and not self._closing:
@@ -107,7 +108,20 @@ class _DeliveryQueue:
                                                 daemon=True)
                 self._thread.start()
                 atexit.register(self.drain, 10.0)
-            self._cv.notify()
+            self._cv.notify_all()
+        return kwargs
+
+    def wait_for(self, handle: dict, timeout_s: float) -> bool:
+        """Block until the write ``put`` returned ``handle`` for (and all before it) is delivered;
+        False when the store is failing (the write stays queued) or ``timeout_s`` passes."""
+        deadline = time.monotonic() + timeout_s
+        with self._cv:
+            while any(kw is handle for _, kw in self.pending):
+                left = deadline - time.monotonic()
+                if left <= 0 or self.last_error is not None or self._thread is None:
+                    return False
+                self._cv.wait(min(left, self.RETRY_S))
+        return True
 
     def snapshot(self) -> list[tuple[str, dict]]:
         with self._cv:
@@ -144,8 +158,9 @@ class _DeliveryQueue:
                 self.busy_s += time.perf_counter() - t0
             with self._cv:
                 self.pending.pop(0)
-            self.delivered += 1
-            self.last_error = None
+                self.delivered += 1
+                self.last_error = None
+                self._cv.notify_all()
 
     def _apply(self, op: str, kw: dict) -> None:
         c = self.client
@@ -162,11 +177,10 @@ class _DeliveryQueue:
             )
         elif op == "artifact":
             c.log_artifact(run_id, kw["path"], kw.get("artifact_path"))
-        elif op == "routing":  # figures are drawn here, off the driver loop
-            if "paths" not in kw:
-                kw["paths"] = self.render(kw["table"], kw["domains"])
-            for path in kw["paths"]:
-                c.log_artifact(run_id, path)
+        elif op in ("count_table", "heatmap"):  # files are written here, off the driver loop
+            if "path" not in kw:
+                kw["path"] = self.render(op, kw["table"], kw["domains"])
+            c.log_artifact(run_id, kw["path"])
         elif op == "terminate":
             c.set_terminated(run_id, status=kw["status"])
         else:  # pragma: no cover - programming error
@@ -217,19 +231,21 @@ class _DeliveryQueue:
         return len(lines)
 
 
-def render_routing_artifacts(table: list, domains: list[str]) -> list[str]:
-    """The expert x domain count table (Parquet) and its heatmap (PNG), in a temporary folder."""
+def render_routing_artifacts(kind: str, table: list, domains: list[str]) -> str:
+    """The expert x domain ``count_table`` (Parquet) or its ``heatmap`` (PNG), in a temporary
+    folder; returns the file's path."""
     import numpy as np
-
-    from study.plots import routing_heatmap, save_figure
-    from trainables.count_table import write_count_table
 
     n_LED = np.asarray(table)
     d = tempfile.mkdtemp(prefix="moe-study-artifacts-")
-    paths = [os.path.join(d, COUNT_TABLE_FILE), os.path.join(d, HEATMAP_FILE)]
-    write_count_table(paths[0], n_LED, domains)
-    save_figure(routing_heatmap(n_LED.sum(axis=0), domains, title="all layers"), paths[1])
-    return paths
+    if kind == "count_table":
+        from trainables.count_table import write_count_table
+
+        return str(write_count_table(os.path.join(d, COUNT_TABLE_FILE), n_LED, domains))
+    from study.plots import routing_heatmap, save_figure
+
+    return str(save_figure(routing_heatmap(n_LED.sum(axis=0), domains, title="all layers"),
+                           os.path.join(d, HEATMAP_FILE)))
 
 
 class StudyTracker(Callback):
@@ -343,13 +359,17 @@ class StudyTracker(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         key = self._run_for(trial)
         result = self.final.get(trial.trial_id) or trial.last_result or {}
-        self._log_routing_artifacts(key, result)
+        table, domains = result.get("count_table"), result.get("domains")
+        if table and domains:
+            self.queue.put("count_table", trial=key, table=table, domains=list(domains))
         stopped_early = int(result.get("step", 0)) < int(trial.config.get("train.steps", 0))
         self.queue.put(
             "batch", trial=key, metrics={}, ts=0, step=0,
             tags={TAG_STOPPED_EARLY: str(stopped_early).lower(), **_node_tag(result)},
         )
-        self.queue.put("terminate", trial=key, status="FINISHED")
+        self._deliver_before_returning(self.queue.put("terminate", trial=key, status="FINISHED"))
+        if table and domains:  # the picture only: drawn after, the report does not need it
+            self.queue.put("heatmap", trial=key, table=table, domains=list(domains))
         self.counts["done"] += 1
         self._update_best(trial, result)
         self._print_progress(trials)
@@ -361,7 +381,7 @@ class StudyTracker(Callback):
             "batch", trial=key, metrics={}, ts=0, step=0,
             tags={TAG_ERROR: error[-4000:] or "trial failed"},
         )
-        self.queue.put("terminate", trial=key, status="FAILED")
+        self._deliver_before_returning(self.queue.put("terminate", trial=key, status="FAILED"))
         self.counts["failed"] += 1
         self._print_progress(trials)
 
@@ -378,10 +398,11 @@ class StudyTracker(Callback):
         return self.queue.drain(timeout_s)
 
     # -- helpers ------------------------------------------------------------------------------
-    def _log_routing_artifacts(self, key: str, result: dict) -> None:
-        table, domains = result.get("count_table"), result.get("domains")
-        if table and domains:
-            self.queue.put("routing", trial=key, table=table, domains=list(domains))
+    def _deliver_before_returning(self, handle: dict) -> None:
+        """A trial's end is written before Tune moves on (and saves its state): a driver killed
+        later cannot leave a trial finished in Tune but open in MLflow. A failing store does not
+        hold the study up: the write stays queued and is retried, spooled at worst."""
+        self.queue.wait_for(handle, timeout_s=float(os.environ.get("MOE_STUDY_TRACKING_WAIT_S", "30")))
 
     def _update_best(self, trial, result: dict) -> None:
         if not self.objective or self.objective not in result:

@@ -55,15 +55,23 @@ def _wait_for(pred, timeout: float, proc: subprocess.Popen) -> None:
     raise AssertionError("timed out waiting for the study to make progress")
 
 
-def _check_complete(d: Path, uri: str) -> None:
+def _check_complete(d: Path, uri: str, killed: bool) -> None:
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("interrupt")
     runs = client.search_runs([exp.experiment_id], max_results=1000)
-    trials = [r for r in runs if r.data.tags.get(naming.TAG_ROLE) == naming.ROLE_TRIAL]
+    all_trials = [r for r in runs if r.data.tags.get(naming.TAG_ROLE) == naming.ROLE_TRIAL]
+    trials = [r for r in all_trials if r.info.status == "FINISHED"]
     ids = [r.data.tags[naming.TAG_TRIAL_ID] for r in trials]
-    # MLflow: one run per trial, every one finished with its final metrics
+    # MLflow: one finished run per trial of the budget, with its final metrics
     assert len(ids) == len(set(ids)) == N_TRIALS
-    assert all(r.info.status == "FINISHED" for r in trials)
+    forgotten = [r for r in all_trials if r.info.status != "FINISHED"]
+    if killed:
+        # Tune saves its experiment state every ~10 s: a trial it started after the last save
+        # is unknown to the resumed study, which fills the budget with a new one; its run is
+        # closed as KILLED, never left RUNNING (docs/faults.md)
+        assert all(r.info.status == "KILLED" for r in forgotten), [r.info.status for r in forgotten]
+    else:  # Ctrl-C: Tune saves its state on the way out, nothing is forgotten
+        assert forgotten == []
     assert all("gap_purity" in r.data.metrics for r in trials)
     for r in trials:  # a continued run has no step logged twice
         steps = [m.step for m in client.get_metric_history(r.info.run_id, "val_loss")]
@@ -130,4 +138,4 @@ def test_interrupt_then_resume_finishes_the_budget(tmp_path, sig, hide):
     code = resumed.wait(timeout=900)
     logs = "\n".join(p.read_text()[-3000:] for p in tmp_path.glob("resume-*.log"))
     assert code == 0, logs
-    _check_complete(tmp_path, uri)
+    _check_complete(tmp_path, uri, killed=sig == signal.SIGKILL)

@@ -99,7 +99,30 @@ def test_routing_figures_are_drawn_by_the_delivery_thread(store, tmp_path):
     client, run_id = store
     q = _queue(client, run_id, tmp_path)
     table = [[[30, 1, 1], [1, 30, 1], [1, 1, 30], [10, 10, 10]]]  # 1 layer x 4 experts x 3 domains
-    q.put("routing", trial="t", table=table, domains=["a", "b", "c"])
+    q.put("count_table", trial="t", table=table, domains=["a", "b", "c"])
+    q.put("heatmap", trial="t", table=table, domains=["a", "b", "c"])
     assert q.drain(timeout_s=30)
     assert sorted(a.path for a in client.list_artifacts(run_id)) == ["count_table.parquet",
                                                                       "routing_heatmap.png"]
+
+
+def test_wait_for_returns_once_that_write_is_delivered(store, tmp_path):
+    client, run_id = store
+    gate = threading.Event()
+    flaky = FlakyClient(client, gate=gate)
+    q = _queue(flaky, run_id, tmp_path)
+    q.put("batch", trial="t", metrics={"loss": 1.0}, ts=0, step=1)
+    end = q.put("terminate", trial="t", status="FINISHED")
+    assert not q.wait_for(end, timeout_s=0.2)  # still blocked behind the first write
+    gate.set()
+    assert q.wait_for(end, timeout_s=30)
+    assert client.get_run(run_id).info.status == "FINISHED" and q.snapshot() == []
+
+
+def test_wait_for_gives_up_while_the_store_fails(store, tmp_path):
+    client, run_id = store
+    q = _queue(FlakyClient(client, failures=10**6), run_id, tmp_path)
+    handle = q.put("batch", trial="t", metrics={"loss": 1.0}, ts=0, step=1)
+    assert not q.wait_for(handle, timeout_s=30)  # returns on the error, long before 30 s
+    assert len(q.snapshot()) == 1  # kept for the retries
+    q.stop(5)
