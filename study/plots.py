@@ -337,7 +337,7 @@ def window_curve(
         ax.errorbar(xs, [p[1] for p in pts],
                     yerr=[p[2] if p[2] is not None else 0.0 for p in pts],
                     marker="o", capsize=4, linewidth=1.6,
-                    label=f"{label} (n={min(p[3] for p in pts)}-{max(p[3] for p in pts)})")
+                    label=f"{label} (n={_span(p[3] for p in pts)})")
     ax.set_xscale("log", base=2)
     windows = sorted({p[0] for pts in series.values() for p in pts})
     ax.set_xticks(windows, labels=[str(w) for w in windows])
@@ -353,3 +353,9 @@ def window_curve(
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     return fig
+
+
+def _span(values) -> str:
+    values = list(values)
+    low, high = min(values), max(values)
+    return str(low) if low == high else f"{low}-{high}"

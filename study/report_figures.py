@@ -176,7 +176,8 @@ def window_series(ranked: Sequence[RunRecord], metric: str = naming.PURITY
         est = mean_ci(r.metric(metric) for r in members)
         if est is None:
             continue
-        name = label(CellKey(key.method, "", key.capacity, key.domains_per_micro_batch)).rstrip(", ")
+        parts = label(CellKey(key.method, "", key.capacity, key.domains_per_micro_batch)).split(", ")
+        name = ", ".join(p for p in parts if p)
         series.setdefault(name, []).append((members[0].balance_window, est.mean, est.half_width, est.n))
     return series
 

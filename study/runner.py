@@ -223,8 +223,11 @@ def reference_key(spec: StudySpec) -> str:
 
 
 def reference_flat_config(spec: StudySpec) -> dict[str, Any]:
-    """The reference router on the study's model and data (router settings back to default)."""
-    return spec.reference_config().to_flat()
+    """The reference router on the study's model and data (router settings back to default),
+    as the settings that differ from the defaults: a field added to the trial config later (at
+    its default) leaves the key, and the reuse of finished reference runs, unchanged."""
+    defaults = TrialConfig().to_flat()
+    return {k: v for k, v in spec.reference_config().to_flat().items() if v != defaults.get(k, object())}
 
 
 def run_reference(spec: StudySpec, state: dict, available: dict) -> dict[str, float]:
@@ -234,7 +237,7 @@ def run_reference(spec: StudySpec, state: dict, available: dict) -> dict[str, fl
     from study.tracking import StudyTracker
     from trainables.tune_trainable import ResilientTrialFunction
 
-    flat = reference_flat_config(spec)
+    flat = spec.reference_config().to_flat()
     key = reference_key(spec)
     if spec.reference.reuse:
         found = _find_reference(state["tracking_uri"], key)

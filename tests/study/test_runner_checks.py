@@ -53,3 +53,18 @@ def test_a_spec_whose_fixed_part_alone_is_invalid_still_runs():
     base = spec_base_config(spec)
     assert base.router.scope == "window" and base.router.balance_window == 0
     assert reference_key(spec)  # the reference config drops router.* and is valid
+
+
+def test_reference_key_ignores_settings_at_their_default():
+    """A reference run stays reusable when the trial config gains a field (at its default), or
+    when a spec spells out a default value."""
+    from study.runner import reference_key
+    from study.spec import spec_from_dict
+
+    base = {"search": {"router.scope": {"choice": ["micro_batch", "global_batch"]}},
+            "objective": {"metric": "purity"}, "sampler": {"type": "grid"}}
+    plain = spec_from_dict({**base, "name": "a"})
+    spelled = spec_from_dict({**base, "name": "b", "fixed": {"train.micro_batch_size": 4,
+                                                             "router.balance_window": 0}})
+    other = spec_from_dict({**base, "name": "c", "fixed": {"train.steps": 50}})
+    assert reference_key(plain) == reference_key(spelled) != reference_key(other)
