@@ -9,7 +9,7 @@ sum over trials of the last step each one reached) and the best ``gap_purity`` e
 "Within noise" uses the seed-to-seed range of purity for one config at this size, 0.020
 (three seeds, ``docs/calibration.md``): the two bests must differ by at most that.
 
-    python bench/early_stopping.py [--grace-period 75] [--reduction-factor 3] [--workdir DIR]
+    python bench/early_stopping.py [--grace-period 75] [--reduction-factor 3] [--workdir DIR] [--full-study NAME]
 
 The last line is the headline: trial-steps saved and the difference of the bests.
 """
@@ -57,7 +57,9 @@ def study_figures(uri: str, name: str, steps: int) -> dict:
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(name)
     trials = client.search_runs([exp.experiment_id], "tags.`moe_study.role` = 'trial'")
-    reached = [int(r.data.metrics.get("step", 0)) for r in trials]
+    # the step of a trial's last report (metrics are logged at the trial's step)
+    reached = [max((m.step for m in client.get_metric_history(r.info.run_id, "val_loss")), default=0)
+               for r in trials]
     full = [r for r, s in zip(trials, reached) if s >= steps]
     best = min(full, key=lambda r: r.data.metrics["gap_purity"])
     return {"trials": len(trials), "trial_steps": sum(reached), "full_length": len(full),
@@ -70,20 +72,24 @@ def main() -> None:
     p.add_argument("--grace-period", type=int, default=75, help="ASHA: steps before a trial can stop")
     p.add_argument("--reduction-factor", type=float, default=3)
     p.add_argument("--workdir", default="/tmp/moe-bench-early-stopping")
+    p.add_argument("--full-study", help="reuse this finished full-budget study from the workdir's store")
     args = p.parse_args()
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     stamp = int(time.time())
     asha = {"type": "asha", "grace_period": args.grace_period, "reduction_factor": args.reduction_factor}
-    studies = {f"quick_full_{stamp}": {"type": "fifo"}, f"quick_asha_{stamp}": asha}
+    studies = {args.full_study or f"quick_full_{stamp}": {"type": "fifo"}, f"quick_asha_{stamp}": asha}
     steps = yaml.safe_load((REPO / "search_spaces" / "quick.yaml").read_text())["fixed"]["train"]["steps"]
 
     load_before = load_average()
     figures, walls = {}, {}
     for name, scheduler in studies.items():
-        print(f"running {name} ({scheduler['type']}) ...", flush=True)
-        walls[name] = run_study(write_spec(workdir, name, scheduler), name, uri, workdir)
+        if name == args.full_study:
+            walls[name] = float("nan")  # run earlier
+        else:
+            print(f"running {name} ({scheduler['type']}) ...", flush=True)
+            walls[name] = run_study(write_spec(workdir, name, scheduler), name, uri, workdir)
         figures[name] = study_figures(uri, name, steps)
     full, early = (figures[n] for n in studies)
     print(f"\nload average {load_before} -> {load_average()}; ASHA grace period {args.grace_period}, "
