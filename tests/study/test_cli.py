@@ -146,9 +146,11 @@ def test_resume_and_report_dispatch(monkeypatch, capsys, tmp_path):
     assert seen["resume"] == ("quick", {"tracking_uri": "sqlite:///env.db", "address": None, "storage": str(tmp_path)})
 
     fake_module(monkeypatch, "study.report",
-                write_report=lambda exp, out_dir=None, tracking_uri=None: Path(out_dir or "reports") / exp)
-    assert main(["report", "quick", "--out", str(tmp_path)]) == 0
+                write_report=lambda exp, out_dir=None, tracking_uri=None, compare=(): (
+                    seen.setdefault("compare", list(compare)), Path(out_dir or "reports") / exp)[1])
+    assert main(["report", "quick", "--out", str(tmp_path), "--compare", "a", "--compare", "b"]) == 0
     assert f"report written to {tmp_path / 'quick'}" in capsys.readouterr().out
+    assert seen["compare"] == ["a", "b"]
 
 
 def test_missing_module_exits_1(monkeypatch, capsys):
