@@ -235,7 +235,7 @@ def run_reference(spec: StudySpec, state: dict, available: dict) -> dict[str, fl
     from ray import tune
 
     from study.tracking import StudyTracker
-    from trainables.tune_trainable import ResilientTrialFunction
+    from trainables.tune_trainable import trial_function
 
     flat = spec.reference_config().to_flat()
     key = reference_key(spec)
@@ -250,7 +250,7 @@ def run_reference(spec: StudySpec, state: dict, available: dict) -> dict[str, fl
         role=naming.ROLE_REFERENCE, spool_path=_spool(state),
     )
     tuner = tune.Tuner(
-        _with_resources(ResilientTrialFunction, spec),
+        _with_resources(trial_function, spec),
         param_space={**flat, "_config_hash": key, **_worker_constants(spec)},
         tune_config=tune.TuneConfig(num_samples=1),
         run_config=tune.RunConfig(
@@ -300,10 +300,10 @@ def _search(spec: StudySpec, state: dict, available: dict, reference: dict, *, r
 
     from study.space import define_by_run, make_sampler
     from study.tracking import StudyTracker
-    from trainables.tune_trainable import ResilientTrialFunction
+    from trainables.tune_trainable import trial_function
 
     path = os.path.join(state["storage"], state["name"], SEARCH_DIR)
-    trainable = _with_resources(ResilientTrialFunction, spec)
+    trainable = _with_resources(trial_function, spec)
     if restore and tune.Tuner.can_restore(path):
         tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False)
         return fit_noting_interrupt(tuner)
