@@ -89,7 +89,7 @@ class _DeliveryQueue:
         self.client = client
         self.spool_path = spool_path
         self.resolve = resolve  # trial id -> MLflow run id, opening the run when needed
-        self.render = render  # (run id, count table, domains) -> artifact files to log
+        self.render = render  # (kind, count table, domains) -> path of the artifact file to log
         self.pending: list[tuple[str, dict]] = []
         self.last_error: str | None = None
         self.delivered = 0
