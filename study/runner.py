@@ -300,7 +300,7 @@ def _search(spec: StudySpec, state: dict, available: dict, reference: dict, *, r
 
     from study.space import define_by_run, make_sampler
     from study.tracking import StudyTracker
-    from trainables.tune_trainable import trial_function
+    from trainables.tune_trainable import EVAL_STEPS_KEY, trial_function
 
     path = os.path.join(state["storage"], state["name"], SEARCH_DIR)
     trainable = _with_resources(trial_function, spec)
@@ -316,11 +316,12 @@ def _search(spec: StudySpec, state: dict, available: dict, reference: dict, *, r
         sampler=make_sampler(spec),
     )
     if spec.scheduler.type == "asha":
-        steps = spec_base_config(spec).train.steps
+        if not spec.scheduler.grace_period:  # a spec that skipped validation
+            spec.scheduler.grace_period = max(1, spec_base_config(spec).train.steps // 4)
         scheduler = ASHAScheduler(
             time_attr=naming.STEP, metric=spec.scheduler_metric, mode=spec.scheduler_mode,
             max_t=spec.max_steps(),
-            grace_period=spec.scheduler.grace_period or max(1, steps // 4),
+            grace_period=spec.scheduler.grace_period,
             reduction_factor=spec.scheduler.reduction_factor,
         )
     else:
@@ -333,6 +334,8 @@ def _search(spec: StudySpec, state: dict, available: dict, reference: dict, *, r
     )
     constants = {"_reference": reference, "_objective": spec.objective.to_dict(),
                  "_search_keys": list(spec.search_keys), **_worker_constants(spec)}
+    if spec.asha_rungs():
+        constants[EVAL_STEPS_KEY] = spec.asha_rungs()
     tuner = tune.Tuner(
         trainable,
         param_space=constants,

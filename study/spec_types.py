@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
@@ -313,6 +314,20 @@ class StudySpec:
             p = self.param("train.steps")
             return int(max(p.choices) if p.is_choice else p.high)
         return self.base_config().train.steps
+
+    def asha_rungs(self) -> list[int]:
+        """The steps at which ASHA judges trials, ascending (empty unless the scheduler is asha).
+
+        Ray's ``ASHAScheduler`` (one bracket) puts its rungs at ``grace_period * rf**k`` below
+        ``max_t``; a trial is judged at its first report at or after a rung, so the trials
+        evaluate at these steps too (rounded up: a fractional rung is reached at the next step).
+        """
+        sched = self.scheduler
+        if sched.type != "asha" or not sched.grace_period:
+            return []
+        max_t, grace, rf = self.max_steps(), sched.grace_period, sched.reduction_factor
+        n_rungs = int(math.log(max_t / grace) / math.log(rf) + 1)  # Ray's formula, same rounding
+        return sorted({math.ceil(grace * rf**k) for k in range(max(n_rungs, 0))})
 
     # -- trial configs -------------------------------------------------------------------------
     def base_config(self) -> TrialConfig:

@@ -17,10 +17,10 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from trainables import expert_threads
+from trainables.activation import swiglu
 
 _HAS_GROUPED_MM = hasattr(torch, "_grouped_mm")
 
@@ -60,8 +60,8 @@ class GroupedExperts(nn.Module):
         w1, w2 = self.w_gate_up_EDH2, self.w_down_EHD
         if x_SD.dtype != w1.dtype:  # autocast does not cover _grouped_mm
             w1, w2 = w1.to(x_SD.dtype), w2.to(x_SD.dtype)
-        gate_SH, up_SH = _grouped_mm_contig(x_SD, w1, offsets_E, counts).chunk(2, dim=-1)
-        return _grouped_mm_contig(F.silu(gate_SH) * up_SH, w2, offsets_E, counts)
+        hidden_SH = swiglu(_grouped_mm_contig(x_SD, w1, offsets_E, counts))
+        return _grouped_mm_contig(hidden_SH, w2, offsets_E, counts)
 
     def _forward_loop(self, x_SD: torch.Tensor, counts_E: torch.Tensor) -> torch.Tensor:
         chunks = torch.split(x_SD, counts_E.tolist())
@@ -69,8 +69,7 @@ class GroupedExperts(nn.Module):
         for x_cD, w1_DH2, w2_HD in zip(chunks, self.w_gate_up_EDH2.unbind(0), self.w_down_EHD.unbind(0)):
             if x_cD.shape[0] == 0:
                 continue
-            gate, up = (x_cD @ w1_DH2.to(x_cD.dtype)).chunk(2, dim=-1)
-            outs.append((F.silu(gate) * up) @ w2_HD.to(x_cD.dtype))
+            outs.append(swiglu(x_cD @ w1_DH2.to(x_cD.dtype)) @ w2_HD.to(x_cD.dtype))
         return torch.cat(outs) if outs else x_SD.new_zeros(0, self.d_model)
 
 

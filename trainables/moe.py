@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from trainables.activation import swiglu
 from trainables.config import TrialConfig
 from trainables.dispatch import combine, dispatch, plan_slots
 from trainables.experts import GroupedExperts
@@ -24,8 +25,7 @@ class SwiGLU(nn.Module):
         self.down = nn.Linear(hidden, d_model, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up(x).chunk(2, dim=-1)
-        return self.down(nn.functional.silu(gate) * up)
+        return self.down(swiglu(self.gate_up(x)))
 
 
 class RoutingStats:

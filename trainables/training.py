@@ -11,7 +11,7 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, Collection, Iterator
 
 import numpy as np
 import torch
@@ -137,8 +137,13 @@ def train(
     resume_state: dict | None = None,
     mix: DomainMix | None = None,
     dist_group: DistributedGroup | None = None,
+    extra_eval_steps: Collection[int] = (),
 ) -> Iterator[Report]:
     """Train one configuration; yield a Report at every evaluation point.
+
+    ``extra_eval_steps`` adds evaluation points (steps counted from 1) to the regular
+    ``train.eval_every`` ones: an early-stopping scheduler's rungs, so that it judges a trial
+    at the step it names rather than at the next regular evaluation.
 
     With ``dist_group`` set (an initialised torch.distributed group), gradients are averaged
     over its workers and the global scope all-reduces expert counts across them.
@@ -199,7 +204,7 @@ def train(
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         done = step + 1 == cfg.train.steps
-        report_now = (step + 1) % cfg.train.eval_every == 0 or done
+        report_now = (step + 1) % cfg.train.eval_every == 0 or done or (step + 1) in extra_eval_steps
         # read before post_step() empties the buffer (and only when reporting: it syncs a GPU)
         window_counts = global_counts_total(model) if report_now else 0.0
         model.post_step()
@@ -209,7 +214,7 @@ def train(
             val, count_table = evaluate(model, val_batches, cfg, domains, device)
             elapsed = time.perf_counter() - t0
             val.update(
-                train_loss=float(np.mean(train_losses[-cfg.train.eval_every :])),
+                train_loss=float(np.mean(train_losses)),  # since the previous report
                 lr=lr,
                 step=step + 1,
                 tokens=(step + 1) * tokens_per_step,
@@ -224,6 +229,7 @@ def train(
             yield Report(step + 1, val, domains, count_table, done, checkpoint_state(step + 1))
             # time the caller held the run (checkpointing, reporting) is not training time
             paused_s += time.perf_counter() - paused_at
+            train_losses.clear()
 
 
 def global_counts_total(model: MoETransformer) -> float:

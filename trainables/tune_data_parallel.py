@@ -41,6 +41,7 @@ from trainables.scope import DistributedGroup
 from trainables.training import train
 from trainables.tune_trainable import (
     WORKERS_KEY,
+    extra_eval_steps,
     load_trial_state,
     result_builder,
     save_trial_state,
@@ -137,7 +138,8 @@ def train_worker(config: dict) -> None:
     build_result = result_builder(private)
     latest = ray.train.get_checkpoint()  # None on a fresh run
     resume_state = own_rank_state(load_trial_state(latest), rank, group.world_size)
-    for report in train(cfg, resume_state=resume_state, dist_group=group):
+    for report in train(cfg, resume_state=resume_state, dist_group=group,
+                        extra_eval_steps=extra_eval_steps(private)):
         state = gather_rank_states(report.state(), group)  # collective: every rank takes part
         if rank != 0:
             # Train waits for every worker's report; the models are identical, rank 0 speaks

@@ -30,6 +30,8 @@ from trainables.training import Report, train
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "trial_state.pt"
+EVAL_STEPS_KEY = "_eval_steps"
+"""Private config key: steps to evaluate at besides every ``train.eval_every`` (ASHA's rungs)."""
 WORKERS_KEY = "_workers"
 """Private config key: data-parallel workers of the trial; > 1 runs it as a Ray Train TorchTrainer
 (``trainables.tune_data_parallel``)."""
@@ -40,6 +42,10 @@ def split_tune_config(config: dict) -> tuple[TrialConfig, dict]:
     flat = {k: v for k, v in config.items() if not k.startswith("_")}
     private = {k: v for k, v in config.items() if k.startswith("_")}
     return TrialConfig.from_flat(flat), private
+
+
+def extra_eval_steps(private: dict) -> frozenset[int]:
+    return frozenset(int(s) for s in private.get(EVAL_STEPS_KEY) or ())
 
 
 def trial_function(config: dict) -> None:
@@ -53,7 +59,7 @@ def trial_function(config: dict) -> None:
     build_result = result_builder(private)
     # only checkpoints Tune handed back for this very trial, from the study's own storage
     resume_state = load_trial_state(tune.get_checkpoint())
-    for report in train(cfg, resume_state=resume_state):
+    for report in train(cfg, resume_state=resume_state, extra_eval_steps=extra_eval_steps(private)):
         with tempfile.TemporaryDirectory() as d:
             save_trial_state(report.state(), d)
             tune.report(build_result(report), checkpoint=tune.Checkpoint.from_directory(d))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from study.runner import check_resources, max_concurrent, resume_study, run_study
@@ -68,3 +70,16 @@ def test_reference_key_ignores_settings_at_their_default():
                                                              "router.balance_window": 0}})
     other = spec_from_dict({**base, "name": "c", "fixed": {"train.steps": 50}})
     assert reference_key(plain) == reference_key(spelled) != reference_key(other)
+
+
+@pytest.mark.parametrize("grace, rf", [(75, 3), (75, 4), (25, 3), (30, 2.5)])
+def test_trials_evaluate_at_the_rungs_ray_judges(grace, rf):
+    """The rungs the spec computes (and the trials evaluate at) are Ray ASHA's own."""
+    from ray.tune.schedulers import ASHAScheduler
+
+    spec = load_spec(SMOKE)
+    spec.scheduler.type, spec.scheduler.grace_period, spec.scheduler.reduction_factor = "asha", grace, rf
+    spec.fixed["train.steps"] = 300
+    ray_rungs = ASHAScheduler(time_attr="step", metric="m", mode="min", max_t=spec.max_steps(),
+                              grace_period=grace, reduction_factor=rf)._brackets[0]._rungs
+    assert spec.asha_rungs() == sorted(math.ceil(milestone) for milestone, _ in ray_rungs)

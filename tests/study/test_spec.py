@@ -533,3 +533,19 @@ def test_load_trial_config_nested_dotted_and_sets(tmp_path):
     path.write_text("- not a mapping\n")
     with pytest.raises(ConfigError, match="must be a mapping"):
         load_trial_config(path)
+
+
+@pytest.mark.parametrize("grace, rf, rungs", [
+    (20, 2, [20, 40]),       # 80 is past train.steps = 60 (ASHA's max_t)
+    (10, 3, [10, 30]),       # 90 > 60
+    (15, 2.5, [15, 38]),     # 37.5 is reached at step 38
+    (60, 2, [60]),           # one rung at the last step: nothing to stop
+])
+def test_asha_rungs_by_hand(grace, rf, rungs):
+    spec = spec_from_dict(edited(scheduler={"type": "asha", "grace_period": grace, "reduction_factor": rf}))
+    assert spec.max_steps() == 60
+    assert spec.asha_rungs() == rungs
+
+
+def test_fifo_has_no_rungs():
+    assert spec_from_dict(edited(scheduler={"type": "fifo"})).asha_rungs() == []

@@ -107,3 +107,21 @@ def test_time_the_caller_holds_the_run_is_not_training_time(small_mix_config):
     last = list(gen)[-1]
     assert first.metrics["train_s"] == pytest.approx(first.metrics["elapsed_s"])
     assert last.metrics["elapsed_s"] - last.metrics["train_s"] >= 0.3
+
+
+def test_extra_eval_steps_add_reports_without_changing_the_run(small_mix_config):
+    """A scheduler's rungs become evaluation points; the training itself is the same run, and
+    each report's train_loss averages the steps since the previous report."""
+    cfg = _cfg(small_mix_config, **{"train.steps": 9, "train.eval_every": 6})
+    plain = list(train(cfg))
+    extra = list(train(cfg, extra_eval_steps={2, 6, 7}))
+    assert [r.step for r in plain] == [6, 9]
+    assert [r.step for r in extra] == [2, 6, 7, 9]
+    assert extra[-1].metrics["val_loss"] == plain[-1].metrics["val_loss"]
+    assert extra[1].metrics["purity"] == plain[0].metrics["purity"]
+    # the losses of steps 1-6 are the same in both runs: their mean splits as 2 + 4 steps
+    six_step_mean = plain[0].metrics["train_loss"]
+    assert (2 * extra[0].metrics["train_loss"] + 4 * extra[1].metrics["train_loss"]) / 6 == pytest.approx(six_step_mean)
+    # 3 steps after 6 in the plain run = step 7 + steps 8-9 in the other
+    assert (extra[2].metrics["train_loss"] + 2 * extra[3].metrics["train_loss"]) / 3 == pytest.approx(
+        plain[1].metrics["train_loss"])
