@@ -298,6 +298,7 @@ def _search(spec: StudySpec, state: dict, available: dict, reference: dict, *, r
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.optuna import OptunaSearch
 
+    from study.checkpoint_repair import repair_missing_checkpoints
     from study.space import define_by_run, make_sampler
     from study.tracking import StudyTracker
     from trainables.tune_trainable import EVAL_STEPS_KEY, trial_function
@@ -305,6 +306,11 @@ def _search(spec: StudySpec, state: dict, available: dict, reference: dict, *, r
     path = os.path.join(state["storage"], state["name"], SEARCH_DIR)
     trainable = _with_resources(trial_function, spec)
     if restore and tune.Tuner.can_restore(path):
+        for fix in repair_missing_checkpoints(path):
+            print(f"[{state['name']}] checkpoint {os.path.basename(fix.missing)} of "
+                  f"{fix.trial_dir.name} was gone (ray-project/ray#27790): "
+                  + (f"resuming from {os.path.basename(fix.moved_from)}" if fix.moved_from
+                     else "no other checkpoint, the trial cannot resume"), flush=True)
         tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False)
         return fit_noting_interrupt(tuner)
     metrics, modes = spec.search_metrics, spec.objective.modes

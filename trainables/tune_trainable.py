@@ -13,7 +13,6 @@ crashed trial resumes where it was. The expert x domain table travels in the res
 
 from __future__ import annotations
 
-import logging
 import os
 import tempfile
 from typing import Callable
@@ -21,13 +20,11 @@ from typing import Callable
 import torch
 import ray
 from ray import tune
-from ray.tune.trainable import wrap_function
 
 from trainables.config import TrialConfig
 from trainables.metrics import gaps
 from trainables.training import Report, train
 
-log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "trial_state.pt"
 EVAL_STEPS_KEY = "_eval_steps"
@@ -63,55 +60,6 @@ def trial_function(config: dict) -> None:
         with tempfile.TemporaryDirectory() as d:
             save_trial_state(report.state(), d)
             tune.report(build_result(report), checkpoint=tune.Checkpoint.from_directory(d))
-
-
-class ResilientTrialFunction(wrap_function(trial_function)):
-    """``trial_function`` as Tune runs it, but restoring from the newest checkpoint that exists.
-
-    Tune saves its experiment state at most every 10 s, and deletes a trial's older checkpoints
-    as new ones come (``num_to_keep``). A driver killed between the two leaves a state naming a
-    checkpoint that is gone, and Tune then fails the trial on every retry ("Could not recover
-    from checkpoint as it does not exist on storage anymore"; ray-project/ray#27790). Here a
-    missing checkpoint is replaced by the newest ``checkpoint_*`` folder of the same trial that
-    holds a complete state file; with none left, the trial starts again from step 0.
-    """
-
-    def restore(self, checkpoint_path):
-        ckpt = getattr(checkpoint_path, "checkpoint", None)
-        if ckpt is not None and not _exists(ckpt.filesystem, ckpt.path):
-            fallback = newest_checkpoint_dir(ckpt.filesystem, os.path.dirname(ckpt.path.rstrip("/")))
-            if fallback is None:
-                log.warning("checkpoint %s is gone and the trial has no other: starting it again", ckpt.path)
-                return None
-            log.warning("checkpoint %s is gone: restoring from %s instead", ckpt.path, fallback)
-            checkpoint_path = type(checkpoint_path)(
-                checkpoint=tune.Checkpoint(fallback, filesystem=ckpt.filesystem),
-                metrics=checkpoint_path.metrics,
-            )
-        return super().restore(checkpoint_path)
-
-
-def _exists(fs, path: str) -> bool:
-    import pyarrow.fs as pafs
-
-    return fs.get_file_info(path).type != pafs.FileType.NotFound
-
-
-def newest_checkpoint_dir(fs, trial_dir: str) -> str | None:
-    """The trial's newest ``checkpoint_NNNNNN`` folder whose state file is there, or None."""
-    import pyarrow.fs as pafs
-
-    try:
-        entries = fs.get_file_info(pafs.FileSelector(trial_dir, allow_not_found=True))
-    except OSError:
-        return None
-    dirs = sorted((e.path for e in entries if e.type == pafs.FileType.Directory
-                   and os.path.basename(e.path).startswith("checkpoint_")), reverse=True)
-    for d in dirs:
-        info = fs.get_file_info(f"{d}/{CHECKPOINT_FILE}")
-        if info.type == pafs.FileType.File and info.size > 0:
-            return d
-    return None
 
 
 def _match_threads_to_cpus(cfg: TrialConfig) -> None:

@@ -23,7 +23,7 @@ def _trial_worker_pids(marker: str) -> list[int]:
     """Trial workers of this test's study only: Ray's processes inherit the driver's
     environment, which carries a marker no other study on the machine has."""
     # the trial actor's process title: ray::<trainable class>.<method>
-    out = subprocess.run(["pgrep", "-f", "ray::(ImplicitFunc|ResilientTrialFunction)"],
+    out = subprocess.run(["pgrep", "-f", "ray::ImplicitFunc"],
                          capture_output=True, text=True).stdout
     pids = []
     for p in out.split():
