@@ -156,6 +156,20 @@ def test_unfinished_reports_rank_behind_finished_ones_in_multi_objective_studies
     assert single.scored(report, done=False) == {"gap_purity": 0.2}
 
 
+def test_constraints_are_judged_on_the_last_report_only():
+    """Before its last report every trial carries the same constant, so ASHA compares raw
+    objective values at a rung however unbalanced the routers still are."""
+    obj = Objective(["gap_purity"], ["min"], {"load_entropy": {"min": 0.9}})
+    early_balanced = obj.scored({"gap_purity": 0.65, "load_entropy": 0.6}, done=False)
+    early_unbalanced = obj.scored({"gap_purity": 0.62, "load_entropy": 0.3}, done=False)
+    assert early_balanced == {"objective/gap_purity": 0.65 + UNFINISHED_PENALTY}
+    assert early_unbalanced["objective/gap_purity"] < early_balanced["objective/gap_purity"]
+    final_infeasible = obj.scored({"gap_purity": 0.62, "load_entropy": 0.85}, done=True)
+    assert final_infeasible == {"objective/gap_purity": pytest.approx(0.62 + CONSTRAINT_PENALTY + 0.05)}
+    # a stopped trial ranks behind every finished one, feasible or not
+    assert final_infeasible["objective/gap_purity"] < early_unbalanced["objective/gap_purity"]
+
+
 # -- bad input, one class at a time ---------------------------------------------------------------
 def test_unreadable_file(tmp_path):
     with pytest.raises(ConfigError, match="cannot read the study spec"):
