@@ -9,7 +9,10 @@ sum over trials of the last step each one reached) and the best ``gap_purity`` e
 "Within noise" uses the seed-to-seed range of purity for one config at this size, 0.020
 (three seeds, ``docs/calibration.md``): the two bests must differ by at most that.
 
-    python bench/early_stopping.py [--grace-period 75] [--reduction-factor 3] [--workdir DIR] [--full-study NAME]
+    python bench/early_stopping.py [--grace-period 25] [--reduction-factor 3] [--workdir DIR] [--full-study NAME]
+
+Trials evaluate at ASHA's rungs (25, 75, 225 steps with the defaults) besides every 75 steps, so
+each judgement happens at the step it names (``StudySpec.asha_rungs``).
 
 The last line is the headline: trial-steps saved and the difference of the bests.
 """
@@ -69,7 +72,7 @@ def study_figures(uri: str, name: str, steps: int) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--grace-period", type=int, default=75, help="ASHA: steps before a trial can stop")
+    p.add_argument("--grace-period", type=int, default=25, help="ASHA: steps before a trial can stop")
     p.add_argument("--reduction-factor", type=float, default=3)
     p.add_argument("--workdir", default="/tmp/moe-bench-early-stopping")
     p.add_argument("--full-study", help="reuse this finished full-budget study from the workdir's store")
