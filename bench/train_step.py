@@ -32,7 +32,7 @@ from moe_layer import previous_routed  # noqa: E402
 from trainables.config import TrialConfig  # noqa: E402
 from trainables.model import MoETransformer  # noqa: E402
 from trainables.routers import runs_whole_step_forward  # noqa: E402
-from trainables.training import build_optimizer, forward_backward  # noqa: E402
+from trainables.training import apply_update, build_optimizer, forward_backward  # noqa: E402
 
 
 def training_step(cfg: TrialConfig, micro_batch_sets: list, previous_dispatch: bool = False,
@@ -55,10 +55,7 @@ def training_step(cfg: TrialConfig, micro_batch_sets: list, previous_dispatch: b
         micro_batches = micro_batch_sets[state["i"] % len(micro_batch_sets)]
         state["i"] += 1
         forward_backward(model, micro_batches, cpu, whole_step)
-        if cfg.train.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        apply_update(model, optimizer, cfg.train.grad_clip)
         model.post_step()
 
     return step, sum(p.numel() for p in model.parameters())

@@ -199,10 +199,7 @@ def train(
             raise TrainingDiverged(f"loss became {step_loss} at step {step}")
         if world_size > 1:
             _average_gradients(model, dist_group)
-        if cfg.train.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        apply_update(model, optimizer, cfg.train.grad_clip)
         done = step + 1 == cfg.train.steps
         report_now = (step + 1) % cfg.train.eval_every == 0 or done or (step + 1) in extra_eval_steps
         # read before post_step() empties the buffer (and only when reporting: it syncs a GPU)
@@ -230,6 +227,32 @@ def train(
             # time the caller held the run (checkpointing, reporting) is not training time
             paused_s += time.perf_counter() - paused_at
             train_losses.clear()
+
+
+def apply_update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float) -> None:
+    """Clip the gradients (when ``grad_clip`` > 0), step the optimizer, drop the gradients."""
+    if grad_clip > 0:
+        clip_gradients(list(model.parameters()), grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def clip_gradients(params: list[torch.Tensor], max_norm: float) -> float:
+    """``clip_grad_norm_`` that skips the multiply when nothing needs clipping, on CPU.
+
+    torch always multiplies every gradient by min(1, max_norm / norm) so that a GPU never waits
+    for the norm; on CPU reading the norm costs nothing, and most steps of a trial are not clipped,
+    so the pass over all gradients (the MoE model's are 4x the dense one's) is skipped then.
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return 0.0
+    if grads[0].device.type != "cpu":
+        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    total = torch.nn.utils.get_total_norm(grads)
+    if total > max_norm or not torch.isfinite(total):
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
+    return float(total)
 
 
 def global_counts_total(model: MoETransformer) -> float:

@@ -125,3 +125,23 @@ def test_extra_eval_steps_add_reports_without_changing_the_run(small_mix_config)
     # 3 steps after 6 in the plain run = step 7 + steps 8-9 in the other
     assert (extra[2].metrics["train_loss"] + 2 * extra[3].metrics["train_loss"]) / 3 == pytest.approx(
         plain[1].metrics["train_loss"])
+
+
+@pytest.mark.parametrize("max_norm", [0.5, 100.0])  # clipped, and left alone
+def test_gradient_clipping_matches_torch(max_norm):
+    from trainables.training import clip_gradients
+
+    gen = torch.Generator().manual_seed(0)
+    ours = [torch.nn.Parameter(torch.zeros(4, 3)), torch.nn.Parameter(torch.zeros(5))]
+    ref = [torch.nn.Parameter(torch.zeros(4, 3)), torch.nn.Parameter(torch.zeros(5))]
+    for a, b in zip(ours, ref):
+        a.grad = torch.randn(a.shape, generator=gen)
+        b.grad = a.grad.clone()
+    by_hand = math.sqrt(sum(float((a.grad.double() ** 2).sum()) for a in ours))  # about 3.6
+    norm = clip_gradients(ours, max_norm)
+    torch.nn.utils.clip_grad_norm_(ref, max_norm)
+    assert norm == pytest.approx(by_hand)
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a.grad, b.grad)
+    after = math.sqrt(sum(float((a.grad.double() ** 2).sum()) for a in ours))
+    assert after == pytest.approx(min(by_hand, max_norm), rel=1e-5)
