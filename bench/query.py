@@ -2,8 +2,8 @@
 
 Builds (once; reused from ``--store``) a sqlite MLflow store whose experiment holds N trial runs
 logged the way the study tracker logs them: the same tags (role, study, trial id, method,
-scope, parent), the whole resolved trial config as params (~45), every summary and per-domain
-metric at two evaluation steps. Then times, interleaved, median of ``--repeats``:
+scope, parent, stopped early: a third of them), the whole resolved trial config as params (~45),
+every summary and per-domain metric at two evaluation steps. Then times, interleaved, median of ``--repeats``:
 
 - ``python -c pass``             the interpreter alone;
 - ``import mlflow``              what any MLflow client pays before its first query;
@@ -63,7 +63,9 @@ def trial_run(i: int, rng: random.Random) -> tuple[dict, dict, dict]:
         metrics[f"purity/{d}"] = rng.uniform(0.1, 0.9)
     tags = {naming.TAG_ROLE: naming.ROLE_TRIAL, naming.TAG_STUDY: EXPERIMENT,
             naming.TAG_TRIAL_ID: f"bench{i:05d}", naming.TAG_METHOD: cfg.router.method,
-            naming.TAG_SCOPE: cfg.router.scope, "mlflow.runName": f"trial-bench{i:05d}"}
+            naming.TAG_SCOPE: cfg.router.scope, "mlflow.runName": f"trial-bench{i:05d}",
+            # an ASHA study: a third of the trials stopped early (and left out of `best`)
+            naming.TAG_STOPPED_EARLY: "true" if i % 3 == 0 else "false"}
     return tags, params, metrics
 
 
@@ -73,7 +75,7 @@ def build_store(path: Path, n_runs: int) -> str:
     from mlflow.entities import Metric, Param
 
     uri = f"sqlite:///{path / 'mlflow.db'}"
-    done = path / f"complete-{n_runs}"
+    done = path / f"complete-v2-{n_runs}"  # v2: trials carry the stopped-early tag
     if done.exists():
         return uri
     path.mkdir(parents=True, exist_ok=True)

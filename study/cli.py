@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     best.add_argument("--where", help="filter: router.method=lbl, purity>0.3, or an MLflow filter "
                                       "such as \"params.`router.scope` = 'global_batch'\"")
     best.add_argument("--include-reference", action="store_true", help="rank the reference runs too")
+    best.add_argument("--include-stopped", action="store_true",
+                      help="rank trials the scheduler stopped early too (their metrics are from an earlier step)")
     best.add_argument("--format", dest="fmt", choices=("table", "json", "csv"), default="table")
     _tracking_args(best)
     best.set_defaults(handler=cmd_best)
@@ -218,7 +220,7 @@ def cmd_best(args: argparse.Namespace) -> int:
 
     rows = best_runs(
         _tracking_uri(args), args.experiment, top=args.top, by=args.by, where=args.where,
-        include_reference=args.include_reference, mode=args.mode,
+        include_reference=args.include_reference, mode=args.mode, include_stopped=args.include_stopped,
     )
     print(format_rows(rows, args.fmt))
     return EXIT_OK

@@ -59,11 +59,16 @@ class Query:
     clauses: list[Clause] = field(default_factory=list)
     raw_where: str | None = None
     """An MLflow filter fragment (only the REST path can pass it on)."""
+    include_stopped: bool = False
+    """Rank trials the scheduler stopped early too (their metrics are from an earlier step: an
+    early ``gap_purity`` is lower than any finished trial's, so they would head the list)."""
 
     def filter_string(self) -> str:
         role = (f"tags.`{naming.TAG_ROLE}` != '{naming.ROLE_STUDY}'" if self.include_reference
                 else f"tags.`{naming.TAG_ROLE}` = '{naming.ROLE_TRIAL}'")
         parts = [role, "attributes.status = 'FINISHED'", f"metrics.`{self.by}` >= -1e308"]
+        if not self.include_stopped:
+            parts.append(f"tags.`{naming.TAG_STOPPED_EARLY}` != 'true'")
         parts += [c.mlflow() for c in self.clauses]
         if self.raw_where:
             parts.append(self.raw_where)
@@ -138,6 +143,9 @@ def _sqlite_rows(db: sqlite3.Connection, q: Query):
         f"AND EXISTS (SELECT 1 FROM tags t WHERE t.run_uuid = r.run_uuid AND t.key = ? AND t.value {role_op} ?)",
     ]
     args: list[Any] = [q.by, exp[0], naming.TAG_ROLE, role_value]
+    if not q.include_stopped:  # as MLflow reads a tag filter: the tag must be there
+        sql.append("AND EXISTS (SELECT 1 FROM tags t WHERE t.run_uuid = r.run_uuid AND t.key = ? AND t.value != ?)")
+        args += [naming.TAG_STOPPED_EARLY, "true"]
     for c in q.clauses:
         if c.op not in _OPS:
             raise _Unsupported

@@ -47,10 +47,12 @@ def best_runs(
     where: str | None = None,
     include_reference: bool = False,
     mode: str | None = None,
+    include_stopped: bool = False,
 ) -> list[dict[str, Any]]:
     """The ``top`` finished trial runs of an experiment, best first by metric ``by``.
 
-    Runs that did not log ``by`` are left out. Each row holds ``run_id``, ``trial`` (run name),
+    Runs that did not log ``by`` are left out, and so are trials the scheduler stopped early
+    unless ``include_stopped`` (their last metrics are from an earlier step). Each row holds ``run_id``, ``trial`` (run name),
     ``method``, ``scope``, the metrics of ``naming.SUMMARY_METRICS`` (and ``by``), and the
     study's searched params.
     """
@@ -63,7 +65,7 @@ def best_runs(
     if not isinstance(top, int) or top < 1:
         raise ConfigError(f"--top: expected a positive integer (got {top!r})")
     clauses, raw_where = parse_where(where) if where else ([], None)
-    query = Query(experiment, by, mode == "min", top, include_reference, clauses, raw_where)
+    query = Query(experiment, by, mode == "min", top, include_reference, clauses, raw_where, include_stopped)
 
     refresh_sqlite_statistics(tracking_uri)
     fast = fast_queries.search(tracking_uri, query)

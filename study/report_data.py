@@ -28,7 +28,7 @@ from study import naming
 # The tracker's names (study.tracking), spelled again here because importing study.tracking
 # imports Ray, which would add seconds to every report; tests check that they agree.
 COUNT_TABLE_FILE = "count_table.parquet"
-TAG_STOPPED_EARLY = "moe_study.stopped_early"
+TAG_STOPPED_EARLY = naming.TAG_STOPPED_EARLY
 TAG_ERROR = "moe_study.error"
 
 WINDOW_SCOPE = "window"

@@ -452,7 +452,7 @@ def _close_open_children(client, state: dict, status: str) -> None:
         max_results=1000,
     )
     for run in runs:
-        client.set_tag(run.info.run_id, "moe_study.stopped_early", "true")
+        client.set_tag(run.info.run_id, naming.TAG_STOPPED_EARLY, "true")
         client.set_terminated(run.info.run_id, status=status)
 
 

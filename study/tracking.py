@@ -32,8 +32,7 @@ from study import naming
 
 log = logging.getLogger(__name__)
 
-TAG_STOPPED_EARLY = "moe_study.stopped_early"
-"""``true`` on a trial run the scheduler (ASHA) stopped before train.steps."""
+TAG_STOPPED_EARLY = naming.TAG_STOPPED_EARLY
 TAG_ERROR = "moe_study.error"
 TAG_NODE = "moe_study.node_id"
 """The Ray node the trial finished on."""

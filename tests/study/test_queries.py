@@ -22,6 +22,8 @@ TRIALS = [
     ("t5", "ba", "micro_batch", None, 0.05, 0.80, "FAILED"),  # best value, but failed
     ("t6", "ba", "global_batch", None, None, 0.50, "FINISHED"),  # never logged gap_purity
 ]
+# stopped by ASHA at an early step: the best values of all, from a barely trained router
+STOPPED = ("t7", "sh", "micro_batch", None, 0.01, 0.90, "FINISHED")
 
 
 @pytest.fixture(scope="module")
@@ -37,10 +39,11 @@ def store(tmp_path_factory):
         naming.TAG_SEARCH_KEYS: "router.method,router.scope,router.lbl_coef",
     }).info.run_id
 
-    def child(name, role, method, scope, metrics, params, status="FINISHED"):
+    def child(name, role, method, scope, metrics, params, status="FINISHED", stopped=False):
         run = client.create_run(exp, run_name=name, tags={
             naming.TAG_PARENT_RUN: parent, naming.TAG_ROLE: role, naming.TAG_STUDY: "study_a",
             naming.TAG_METHOD: method, naming.TAG_SCOPE: scope,
+            naming.TAG_STOPPED_EARLY: str(stopped).lower(),  # as the tracker tags every trial's end
         })
         flat = {"router.method": method, "router.scope": scope, "train.lr": 0.003, **params}
         client.log_batch(
@@ -50,12 +53,12 @@ def store(tmp_path_factory):
         )
         client.set_terminated(run.info.run_id, status=status)
 
-    for name, method, scope, coef, gap, purity, status in TRIALS:
+    for name, method, scope, coef, gap, purity, status in [*TRIALS, STOPPED]:
         metrics = {"purity": purity, "val_loss": 2.0 + purity, "load_entropy": 0.95}
         if gap is not None:
             metrics["gap_purity"] = gap
         params = {"router.lbl_coef": coef} if coef is not None else {}
-        child(name, naming.ROLE_TRIAL, method, scope, metrics, params, status)
+        child(name, naming.ROLE_TRIAL, method, scope, metrics, params, status, stopped=name == STOPPED[0])
     child("reference", naming.ROLE_REFERENCE, "reference", "global_batch",
           {"purity": 1.0, "gap_purity": 0.0, "val_loss": 2.5}, {})
     client.set_terminated(parent)
@@ -90,6 +93,11 @@ def test_max_metric_descending(store):
 def test_mode_override_and_top(store):
     assert names(best_runs(store, "study_a", by="purity", mode="min", top=2)) == ["t3", "t1"]
     assert names(best_runs(store, "study_a", top=1)) == ["t2"]
+
+
+def test_trials_stopped_early_only_when_asked(store):
+    assert "t7" not in names(best_runs(store, "study_a", by="purity", top=100))
+    assert names(best_runs(store, "study_a", include_stopped=True, top=2)) == ["t7", "t2"]
 
 
 def test_reference_runs_only_when_asked(store):
@@ -213,6 +221,8 @@ QUERIES = [
     {"where": "purity>0.5, load_entropy>=0.95"},
     {"include_reference": True},
     {"where": "method=nonexistent"},
+    {"include_stopped": True},
+    {"include_stopped": True, "by": "purity", "where": "scope=micro_batch"},
 ]
 
 
@@ -225,7 +235,8 @@ def test_sqlite_fast_path_matches_mlflow_client(store, kwargs):
     clauses, raw = parse_where(kwargs["where"]) if "where" in kwargs else ([], None)
     by = kwargs.get("by", naming.GAP_PURITY)
     query = Query("study_a", by, (kwargs.get("mode") or naming.metric_mode(by)) == "min",
-                  kwargs.get("top", 10), kwargs.get("include_reference", False), clauses, raw)
+                  kwargs.get("top", 10), kwargs.get("include_reference", False), clauses, raw,
+                  kwargs.get("include_stopped", False))
     assert fast_queries.search(store, query) is not None  # the fast path answered
     assert fast == _best_runs_with_client(store, query)
 
