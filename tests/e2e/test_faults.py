@@ -61,11 +61,13 @@ def test_two_studies_at_once_on_one_store_do_not_mix(tmp_path):
         subprocess.Popen(
             [sys.executable, "-m", "study.cli", "run", str(SMOKE), "--name", name,
              "--tracking-uri", uri, "--storage", str(tmp_path / "runs")],
-            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            cwd=tmp_path, stdout=open(tmp_path / f"{name}.log", "w"), stderr=subprocess.STDOUT,
         )
         for name in ("alpha", "beta")
     ]
-    assert [p.wait(timeout=1500) for p in procs] == [0, 0]
+    codes = [p.wait(timeout=1500) for p in procs]
+    logs = "\n".join((tmp_path / f"{n}.log").read_text()[-4000:] for n in ("alpha", "beta"))
+    assert codes == [0, 0], logs
     client = MlflowClient(uri)
     for name in ("alpha", "beta"):
         exp = client.get_experiment_by_name(name)
