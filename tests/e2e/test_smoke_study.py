@@ -72,8 +72,11 @@ def test_study_writes_parent_run_and_nested_trial_runs_with_gaps(smoke_study):
         assert m["gap_purity"] == pytest.approx(ref["purity"] - m["purity"])
         assert m["gap_loss"] == pytest.approx(m["val_loss"] - ref["val_loss"])
         assert 0 <= m["purity"] <= 1 and m["balance_window_tokens"] > 0
-        history = client.get_metric_history(run.info.run_id, "val_loss")
-        assert [h.step for h in history][:1] == [20]  # periodic evaluation: a curve, not a point
+        steps = sorted(h.step for h in client.get_metric_history(run.info.run_id, "val_loss"))
+        # ASHA's rungs (10, 20; grace 10, factor 2) and every eval_every (20): a curve, not a point
+        stopped = run.data.tags[naming.TAG_STOPPED_EARLY] == "true"
+        assert steps == [10, 20, 40][:len(steps)]
+        assert stopped == (steps[-1] < 40)
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"count_table.parquet", "routing_heatmap.png"} <= artifacts
     assert "finished: 4 trials done, 0 failed" in stdout
@@ -85,15 +88,21 @@ def test_best_returns_trials_in_gap_order_in_every_format(smoke_study, fmt):
     r = moe_study("best", "smoke", "--tracking-uri", uri, "--format", fmt, "--by", "gap_purity", cwd=d)
     assert r.returncode == 0, r.stderr
     client, runs = _runs(uri)
+    # trials ASHA stopped early are left out (their gap is from an early step)
     expected = sorted(
-        (r for r in runs if r.data.tags.get(naming.TAG_ROLE) == naming.ROLE_TRIAL),
+        (r for r in runs if r.data.tags.get(naming.TAG_ROLE) == naming.ROLE_TRIAL
+         and r.data.tags[naming.TAG_STOPPED_EARLY] == "false"),
         key=lambda r: r.data.metrics["gap_purity"],
     )
+    assert expected, "every smoke trial was stopped early"
     expected_gaps = [r.data.metrics["gap_purity"] for r in expected]
     if fmt == "json":
         rows = json.loads(r.stdout)
         assert [row["gap_purity"] for row in rows] == pytest.approx(expected_gaps)
         assert {row["run_id"] for row in rows} == {r.info.run_id for r in expected}
+        every = moe_study("best", "smoke", "--tracking-uri", uri, "--format", "json", "--include-stopped", cwd=d)
+        trials = {r.info.run_id for r in runs if r.data.tags.get(naming.TAG_ROLE) == naming.ROLE_TRIAL}
+        assert {row["run_id"] for row in json.loads(every.stdout)} == trials
     elif fmt == "csv":
         rows = list(csv.DictReader(io.StringIO(r.stdout)))
         assert [float(row["gap_purity"]) for row in rows] == pytest.approx(expected_gaps)
