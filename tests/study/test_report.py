@@ -445,7 +445,7 @@ def test_without_reference_trials_rank_by_purity(store, tmp_path):
 
 
 def test_report_reads_the_names_the_tracker_writes():
-    """report_data repeats three names of study.tracking (read from its source: no Ray import)."""
+    """report_data repeats names of study.tracking (read from its source: no Ray import)."""
     import ast
 
     from study import report_data
@@ -453,8 +453,11 @@ def test_report_reads_the_names_the_tracker_writes():
     tree = ast.parse((REPO / "study" / "tracking.py").read_text())
     written = {t.id: node.value.value for node in tree.body if isinstance(node, ast.Assign)
                for t in node.targets if isinstance(t, ast.Name) and isinstance(node.value, ast.Constant)}
-    for name in ("COUNT_TABLE_FILE", "TAG_STOPPED_EARLY", "TAG_ERROR"):
+    for name in ("COUNT_TABLE_FILE", "TAG_ERROR"):
         assert getattr(report_data, name) == written[name]
+    # the stopped-early tag both take from study.naming
+    assert "TAG_STOPPED_EARLY = naming.TAG_STOPPED_EARLY" in (REPO / "study" / "tracking.py").read_text()
+    assert report_data.TAG_STOPPED_EARLY == naming.TAG_STOPPED_EARLY
 
 
 def test_cli_report_subprocess(store, tmp_path):
