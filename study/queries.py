@@ -52,9 +52,9 @@ def best_runs(
     """The ``top`` finished trial runs of an experiment, best first by metric ``by``.
 
     Runs that did not log ``by`` are left out, and so are trials the scheduler stopped early
-    unless ``include_stopped`` (their last metrics are from an earlier step). Each row holds ``run_id``, ``trial`` (run name),
-    ``method``, ``scope``, the metrics of ``naming.SUMMARY_METRICS`` (and ``by``), and the
-    study's searched params.
+    unless ``include_stopped`` (their last metrics are from an earlier step). Each row holds
+    ``run_id``, ``trial`` (run name), ``method``, ``scope``, the metrics of
+    ``naming.SUMMARY_METRICS`` (and ``by``), and the study's searched params.
     """
     problem = naming.metric_problem(by)
     if problem:

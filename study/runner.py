@@ -340,8 +340,9 @@ def _search(spec: StudySpec, state: dict, available: dict, reference: dict, *, r
     )
     constants = {"_reference": reference, "_objective": spec.objective.to_dict(),
                  "_search_keys": list(spec.search_keys), **_worker_constants(spec)}
-    if spec.asha_rungs():
-        constants[EVAL_STEPS_KEY] = spec.asha_rungs()
+    rungs = spec.asha_rungs()
+    if rungs:
+        constants[EVAL_STEPS_KEY] = rungs
     tuner = tune.Tuner(
         trainable,
         param_space=constants,

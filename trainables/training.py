@@ -237,8 +237,9 @@ def apply_update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, grad_
     optimizer.zero_grad(set_to_none=True)
 
 
-def clip_gradients(params: list[torch.Tensor], max_norm: float) -> float:
-    """``clip_grad_norm_`` that skips the multiply when nothing needs clipping, on CPU.
+def clip_gradients(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """``clip_grad_norm_`` that skips the multiply when nothing needs clipping, on CPU; returns
+    the total norm (a 0-d tensor on the gradients' device, never read back from a GPU here).
 
     torch always multiplies every gradient by min(1, max_norm / norm) so that a GPU never waits
     for the norm; on CPU reading the norm costs nothing, and most steps of a trial are not clipped,
@@ -246,13 +247,13 @@ def clip_gradients(params: list[torch.Tensor], max_norm: float) -> float:
     """
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
-        return 0.0
+        return torch.zeros(())
     if grads[0].device.type != "cpu":
-        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
     total = torch.nn.utils.get_total_norm(grads)
     if total > max_norm or not torch.isfinite(total):
         torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
-    return float(total)
+    return total
 
 
 def global_counts_total(model: MoETransformer) -> float:
