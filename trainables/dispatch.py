@@ -34,6 +34,8 @@ class SlotPlan:
     """Token of every slot, in expert order."""
     sorted_row_of_bag_S: torch.Tensor
     """Row in expert order of every slot, in bag order."""
+    bag_of_sorted_S: torch.Tensor
+    """Slot (bag order) of every row in expert order: the inverse of sorted_row_of_bag_S."""
     bag_offsets_T: torch.Tensor
     """Start of every token's slots in bag order (tokens with no slot have an empty bag)."""
     token_of_bag_S: torch.Tensor
@@ -52,16 +54,21 @@ def plan_slots(token_S: torch.Tensor, expert_S: torch.Tensor, n_tokens: int, n_e
         bag_order_S = torch.argsort(token_S, stable=True)
         token_S, expert_S = token_S[bag_order_S], expert_S[bag_order_S]
     # from here on, slot index = position in bag order
-    # stable: expert chunks keep token order; int32 keys sort about twice as fast as int64
-    order_S = torch.sort(expert_S.to(torch.int32), stable=True).indices
-    sorted_row_of_bag_S = torch.empty_like(order_S)
-    sorted_row_of_bag_S[order_S] = torch.arange(S, device=device)
+    # stable: expert chunks keep token order; narrow keys sort faster (C3 sizes, 2 threads:
+    # int64 0.76 ms, int32 0.41, int16 0.25)
+    key_dtype = torch.int16 if n_experts <= torch.iinfo(torch.int16).max else torch.int32
+    bag_of_sorted_S = torch.sort(expert_S.to(key_dtype), stable=True).indices
+    # inverting the permutation with scatter_, not an index_put_ (0.12 vs 0.86 ms at C3 sizes)
+    sorted_row_of_bag_S = torch.empty_like(bag_of_sorted_S).scatter_(
+        0, bag_of_sorted_S, torch.arange(S, device=device)
+    )
     slots_per_token_T = torch.bincount(token_S, minlength=n_tokens)
     bag_offsets_T = torch.cumsum(slots_per_token_T, 0) - slots_per_token_T
     return SlotPlan(
         counts_E=torch.bincount(expert_S, minlength=n_experts),
-        token_of_sorted_S=token_S[order_S],
+        token_of_sorted_S=token_S.index_select(0, bag_of_sorted_S),
         sorted_row_of_bag_S=sorted_row_of_bag_S,
+        bag_of_sorted_S=bag_of_sorted_S,
         bag_offsets_T=bag_offsets_T,
         token_of_bag_S=token_S,
         bag_order_S=bag_order_S,
@@ -119,8 +126,7 @@ class _GatedCombine(torch.autograd.Function):
         grad_y = grad_gate = None
         if ctx.needs_input_grad[0]:
             # d out[t] / d y[s] = gate[s] * grad_out[t]: gathered and scaled in one pass
-            gate_sorted_S = torch.empty_like(gate_bag_S)
-            gate_sorted_S[plan.sorted_row_of_bag_S] = gate_bag_S
+            gate_sorted_S = gate_bag_S.index_select(0, plan.bag_of_sorted_S)
             grad_y = F.embedding_bag(
                 plan.token_of_sorted_S.unsqueeze(1), grad_TD, mode="sum",
                 per_sample_weights=gate_sorted_S.unsqueeze(1),

@@ -14,8 +14,23 @@ def test_plan_of_a_hand_worked_example():
     assert plan.counts_E.tolist() == [2, 1, 1, 0]
     assert plan.token_of_sorted_S.tolist() == [0, 1, 1, 0]
     assert plan.sorted_row_of_bag_S.tolist() == [3, 0, 1, 2]
+    assert plan.bag_of_sorted_S.tolist() == [1, 2, 3, 0]
     assert plan.bag_offsets_T.tolist() == [0, 2, 4]  # token 2 has an empty bag
     assert plan.bag_order_S is None
+
+
+@pytest.mark.parametrize("n_experts", [4, 40_000])  # int16 sort keys, and int32 beyond their range
+def test_plan_sorts_expert_ids_of_any_width(n_experts):
+    expert_S = torch.tensor([n_experts - 1, 0, 32_767 % n_experts, 1, n_experts - 1, 2])
+    token_S = torch.tensor([0, 0, 1, 1, 2, 2])
+    plan = plan_slots(token_S, expert_S, n_tokens=3, n_experts=n_experts)
+    sorted_experts = expert_S[plan.bag_of_sorted_S]
+    assert sorted_experts.tolist() == sorted(expert_S.tolist())
+    # the two permutations are inverses, and ties keep token order (stable)
+    assert plan.sorted_row_of_bag_S[plan.bag_of_sorted_S].tolist() == list(range(6))
+    for e in set(expert_S.tolist()):
+        tokens = plan.token_of_sorted_S[sorted_experts == e].tolist()
+        assert tokens == sorted(tokens)
 
 
 def _reference(x_TD, token_S, expert_S, gate_S, weight_ED):
