@@ -25,11 +25,6 @@ from trainables.errors import ConfigError
 
 from study import naming
 
-# The tracker's names (study.tracking), spelled again here because importing study.tracking
-# imports Ray, which would add seconds to every report; tests check that they agree.
-COUNT_TABLE_FILE = "count_table.parquet"
-TAG_STOPPED_EARLY = naming.TAG_STOPPED_EARLY
-TAG_ERROR = "moe_study.error"
 
 WINDOW_SCOPE = "window"
 _PAGE = 1000  # runs per search_runs page (the most a file/sqlite store returns at once)
@@ -96,7 +91,7 @@ class RunRecord:
 
     @property
     def stopped_early(self) -> bool:
-        return self.tags.get(TAG_STOPPED_EARLY, "false").lower() == "true"
+        return self.tags.get(naming.TAG_STOPPED_EARLY, "false").lower() == "true"
 
     @property
     def finished(self) -> bool:
@@ -109,7 +104,7 @@ class RunRecord:
 
     @property
     def error(self) -> str:
-        return self.tags.get(TAG_ERROR, "")
+        return self.tags.get(naming.TAG_ERROR, "")
 
     def metric(self, name: str) -> float:
         """The run's final value of ``name``, ``nan`` when it did not log it."""
@@ -250,7 +245,7 @@ def fetch_count_table(client: Any, run_id: str, dst_dir: str | Path):
 
     try:
         with _quiet_downloads():
-            path = client.download_artifacts(run_id, COUNT_TABLE_FILE, str(dst_dir))
+            path = client.download_artifacts(run_id, naming.COUNT_TABLE_FILE, str(dst_dir))
         return read_count_table(path)
     except Exception:  # noqa: BLE001 - missing or unreadable artifact: that panel is left out
         return None

@@ -32,12 +32,6 @@ from study import naming
 
 log = logging.getLogger(__name__)
 
-TAG_STOPPED_EARLY = naming.TAG_STOPPED_EARLY
-TAG_ERROR = "moe_study.error"
-TAG_NODE = "moe_study.node_id"
-"""The Ray node the trial finished on."""
-"""Why a trial failed (the end of its traceback)."""
-COUNT_TABLE_FILE = "count_table.parquet"
 HEATMAP_FILE = "routing_heatmap.png"
 TUNE_AUTO_KEYS = {
     "time_this_iter_s", "time_total_s", "timestamp", "pid", "iterations_since_restore",
@@ -240,7 +234,7 @@ def render_routing_artifacts(kind: str, table: list, domains: list[str]) -> str:
     if kind == "count_table":
         from trainables.count_table import write_count_table
 
-        return str(write_count_table(os.path.join(d, COUNT_TABLE_FILE), n_LED, domains))
+        return str(write_count_table(os.path.join(d, naming.COUNT_TABLE_FILE), n_LED, domains))
     from study.plots import routing_heatmap, save_figure
 
     return str(save_figure(routing_heatmap(n_LED.sum(axis=0), domains, title="all layers"),
@@ -364,7 +358,7 @@ class StudyTracker(Callback):
         stopped_early = int(result.get("step", 0)) < int(trial.config.get("train.steps", 0))
         self.queue.put(
             "batch", trial=key, metrics={}, ts=0, step=0,
-            tags={TAG_STOPPED_EARLY: str(stopped_early).lower(), **_node_tag(result)},
+            tags={naming.TAG_STOPPED_EARLY: str(stopped_early).lower(), **_node_tag(result)},
         )
         self._deliver_before_returning(self.queue.put("terminate", trial=key, status="FINISHED"))
         if table and domains:  # the picture only: drawn after, the report does not need it
@@ -378,7 +372,7 @@ class StudyTracker(Callback):
         error = _trial_error_text(trial)
         self.queue.put(
             "batch", trial=key, metrics={}, ts=0, step=0,
-            tags={TAG_ERROR: error[-4000:] or "trial failed"},
+            tags={naming.TAG_ERROR: error[-4000:] or "trial failed"},
         )
         self._deliver_before_returning(self.queue.put("terminate", trial=key, status="FAILED"))
         self.counts["failed"] += 1
@@ -425,7 +419,7 @@ class StudyTracker(Callback):
 
 def _node_tag(result: dict) -> dict[str, str]:
     node = result.get("node_id")
-    return {TAG_NODE: str(node)} if node else {}
+    return {naming.TAG_NODE: str(node)} if node else {}
 
 
 def _trial_error_text(trial) -> str:

@@ -7,7 +7,6 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from study import naming
-from study.tracking import TAG_NODE
 
 from tests.e2e.test_smoke_study import SMOKE, moe_study
 
@@ -34,5 +33,5 @@ def test_smoke_study_spreads_trials_over_nodes(tmp_path, three_node_cluster):
     trials = [x for x in client.search_runs([exp.experiment_id])
               if x.data.tags.get(naming.TAG_ROLE) == naming.ROLE_TRIAL]
     assert len(trials) == 4 and all("gap_purity" in t.data.metrics for t in trials)
-    nodes = {t.data.tags[TAG_NODE] for t in trials}
+    nodes = {t.data.tags[naming.TAG_NODE] for t in trials}
     assert len(nodes) >= 2, f"every trial ran on one node: {nodes}"

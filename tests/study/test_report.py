@@ -20,7 +20,6 @@ from scipy import stats
 from study import naming
 from study.report import FIGURE_FILES, WINDOW_FILE, write_report
 from study.report_stats import difference_ci, mean_ci, pareto_front
-from study.report_data import COUNT_TABLE_FILE, TAG_ERROR, TAG_STOPPED_EARLY
 from trainables.count_table import write_count_table
 from trainables.errors import ConfigError
 
@@ -99,7 +98,7 @@ class Store:
         self.client.log_batch(run_id, metrics=logged,
                               params=[Param(k, str(v)) for k, v in params.items()])
         if table is not None:
-            path = write_count_table(self.root / "tables" / run_id / COUNT_TABLE_FILE, table, DOMAINS)
+            path = write_count_table(self.root / "tables" / run_id / naming.COUNT_TABLE_FILE, table, DOMAINS)
             self.client.log_artifact(run_id, str(path))
         self.client.set_terminated(run_id, status=status)
         return run_id
@@ -125,21 +124,21 @@ def store(tmp_path_factory):
                    "reference_agreement": 1.0, "load_entropy": 1.0, "max_vio": 0.0,
                    "dead_expert_fraction": 0.0}
     s.run(exp, parent, "reference-0", naming.ROLE_REFERENCE, {"router.method": "reference"},
-          ref_metrics, table=count_table(1.0), tags={TAG_STOPPED_EARLY: "false"})
+          ref_metrics, table=count_table(1.0), tags={naming.TAG_STOPPED_EARLY: "false"})
     for method, scope, cap, purities in CELLS:
         for seed, p in enumerate(purities):
             s.run(exp, parent, trial_name(method, scope, cap, seed), naming.ROLE_TRIAL,
                   trial_params(method, scope, cap, seed), trial_metrics(method, p, seed, cap),
-                  history=history(p), table=count_table(p), tags={TAG_STOPPED_EARLY: "false"})
+                  history=history(p), table=count_table(p), tags={naming.TAG_STOPPED_EARLY: "false"})
     # a repeat of an identical config (seed included): listed, but counted once in the stats
     s.run(exp, parent, "trial-eb-repeat", naming.ROLE_TRIAL, trial_params("eb", "micro_batch", 0.0, 0),
-          trial_metrics("eb", 0.56, 0, 0.0), history=history(0.56), tags={TAG_STOPPED_EARLY: "false"})
+          trial_metrics("eb", 0.56, 0, 0.0), history=history(0.56), tags={naming.TAG_STOPPED_EARLY: "false"})
     # stopped early by ASHA with the best purity of all: must not be ranked by default
     s.run(exp, parent, "trial-stopped", naming.ROLE_TRIAL, trial_params("lbl", "global_batch", 0.0, 7),
           trial_metrics("lbl", 0.95, 7, 0.0), history=[(10, 0.95)], steps=10,
-          tags={TAG_STOPPED_EARLY: "true"})
+          tags={naming.TAG_STOPPED_EARLY: "true"})
     s.run(exp, parent, "trial-failed", naming.ROLE_TRIAL, trial_params("sh", "global_batch", 0.0, 0),
-          {}, status="FAILED", tags={TAG_ERROR: "Traceback ...\nRuntimeError: sinkhorn diverged"})
+          {}, status="FAILED", tags={naming.TAG_ERROR: "Traceback ...\nRuntimeError: sinkhorn diverged"})
     s.client.create_experiment("empty_study")
     _reused_reference_study(s)
     _study_without_reference(s)
@@ -444,20 +443,11 @@ def test_without_reference_trials_rank_by_purity(store, tmp_path):
     assert (path.parent / "purity_bars.png").stat().st_size > 1000
 
 
-def test_report_reads_the_names_the_tracker_writes():
-    """report_data repeats names of study.tracking (read from its source: no Ray import)."""
-    import ast
-
-    from study import report_data
-
-    tree = ast.parse((REPO / "study" / "tracking.py").read_text())
-    written = {t.id: node.value.value for node in tree.body if isinstance(node, ast.Assign)
-               for t in node.targets if isinstance(t, ast.Name) and isinstance(node.value, ast.Constant)}
-    for name in ("COUNT_TABLE_FILE", "TAG_ERROR"):
-        assert getattr(report_data, name) == written[name]
-    # the stopped-early tag both take from study.naming
-    assert "TAG_STOPPED_EARLY = naming.TAG_STOPPED_EARLY" in (REPO / "study" / "tracking.py").read_text()
-    assert report_data.TAG_STOPPED_EARLY == naming.TAG_STOPPED_EARLY
+def test_report_data_loads_without_ray():
+    """Reports read the tracker's names from study.naming, so building one never imports Ray
+    (seconds per report); study.tracking, which writes them, does."""
+    code = "import sys, study.report_data; assert 'ray' not in sys.modules, 'ray imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 
 
 def test_cli_report_subprocess(store, tmp_path):
