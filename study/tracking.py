@@ -168,6 +168,11 @@ class _DeliveryQueue:
                 params=[Param(k, str(v)[:6000]) for k, v in kw.get("params", {}).items()],
                 tags=[RunTag(k, str(v)[:5000]) for k, v in kw.get("tags", {}).items()],
             )
+        elif op == "batch_once":
+            # a report that an earlier driver may have delivered already: once per step
+            probe = naming.VAL_LOSS if naming.VAL_LOSS in kw["metrics"] else min(kw["metrics"])
+            if all(m.step != kw["step"] for m in c.get_metric_history(run_id, probe)):
+                c.log_batch(run_id, metrics=[Metric(k, v, kw["ts"], kw["step"]) for k, v in kw["metrics"].items()])
         elif op == "artifact":
             c.log_artifact(run_id, kw["path"], kw.get("artifact_path"))
         elif op in ("count_table", "heatmap"):  # files are written here, off the driver loop
@@ -351,7 +356,17 @@ class StudyTracker(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         key = self._run_for(trial)
-        result = self.final.get(trial.trial_id) or trial.last_result or {}
+        result = self.final.get(trial.trial_id)
+        if result is None:
+            # no report seen by this driver: the trial was restored from the checkpoint of its
+            # last report and finished without a new one. A driver killed after Tune saved
+            # that checkpoint but before the report reached MLflow would leave the run without
+            # its final metrics: log them, unless they did arrive
+            result = trial.last_result or {}
+            metrics = metric_items(result)
+            if metrics and "step" in result:
+                self.queue.put("batch_once", trial=key, metrics=metrics, ts=int(time.time() * 1000),
+                               step=int(result["step"]))
         table, domains = result.get("count_table"), result.get("domains")
         if table and domains:
             self.queue.put("count_table", trial=key, table=table, domains=list(domains))
