@@ -348,6 +348,8 @@ class StudyTracker(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         key = self._run_for(trial)
+        if trial.trial_id not in self.final:  # Tune updates last_result after this call
+            self._log_restored_result(trial, key)
         step = int(result.get("step", result.get("training_iteration", 0)))
         self.queue.put(
             "batch", trial=key, metrics=metric_items(result), ts=int(time.time() * 1000), step=step
@@ -357,16 +359,8 @@ class StudyTracker(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         key = self._run_for(trial)
         result = self.final.get(trial.trial_id)
-        if result is None:
-            # no report seen by this driver: the trial was restored from the checkpoint of its
-            # last report and finished without a new one. A driver killed after Tune saved
-            # that checkpoint but before the report reached MLflow would leave the run without
-            # its final metrics: log them, unless they did arrive
-            result = trial.last_result or {}
-            metrics = metric_items(result)
-            if metrics and "step" in result:
-                self.queue.put("batch_once", trial=key, metrics=metrics, ts=int(time.time() * 1000),
-                               step=int(result["step"]))
+        if result is None:  # restored at its last report, finished without a new one
+            result = self._log_restored_result(trial, key)
         table, domains = result.get("count_table"), result.get("domains")
         if table and domains:
             self.queue.put("count_table", trial=key, table=table, domains=list(domains))
@@ -406,6 +400,21 @@ class StudyTracker(Callback):
         return self.queue.drain(timeout_s)
 
     # -- helpers ------------------------------------------------------------------------------
+    def _log_restored_result(self, trial, key: str) -> dict:
+        """Log the result a restored trial came back with, unless its run already has it.
+
+        That result goes with the checkpoint the trial resumes from. A driver killed after
+        Tune saved both but before the tracker delivered the report would otherwise leave a
+        hole in the run's curves, or (restored at its last step, nothing left to train) a
+        finished run without its final metrics. A fresh trial has no result: nothing to do.
+        """
+        restored = trial.last_result or {}
+        metrics = metric_items(restored)
+        if metrics and "step" in restored:
+            self.queue.put("batch_once", trial=key, metrics=metrics, ts=int(time.time() * 1000),
+                           step=int(restored["step"]))
+        return restored
+
     def _deliver_before_returning(self, handle: dict) -> None:
         """A trial's end is written before Tune moves on (and saves its state): a driver killed
         later cannot leave a trial finished in Tune but open in MLflow. A failing store does not

@@ -1,9 +1,10 @@
-"""A trial restored from the checkpoint of its last report finishes with that report in MLflow.
+"""A trial restored from a checkpoint gets the report that went with it into MLflow, once.
 
 The case (seen in tests/e2e/test_interrupt_resume.py[sigkill]): the driver is killed after Tune
-saved the trial's final checkpoint but before the tracker's delivery thread wrote the final
-report. The resumed trial starts at its last step, trains nothing and reports nothing; Tune
-completes it with the result it restored. The tracker must log that result, and only once.
+saved a trial's checkpoint and result but before the tracker's delivery thread wrote the report.
+Restored at its last step, the trial trains nothing and reports nothing and Tune completes it
+with the result it restored; restored earlier, its next report comes one step later. Either way
+the restored result must reach the run, and only once.
 
 A real sqlite MLflow store and the real StudyTracker; the Tune trial is a stand-in holding what
 the tracker reads of one (id, config, last result).
@@ -60,3 +61,26 @@ def test_restored_trial_ends_with_its_final_report_logged_once(tmp_path, deliver
     assert run.info.status == "FINISHED"
     assert run.data.metrics["gap_purity"] == pytest.approx(0.7 - STEPS / 1000)
     assert run.data.tags[naming.TAG_STOPPED_EARLY] == "false"
+
+
+def test_restored_trial_fills_the_report_lost_before_its_next_one(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment_id = client.create_experiment("s", artifact_location=str(tmp_path / "artifacts"))
+    parent = client.create_run(experiment_id).info.run_id
+    trial = SimpleNamespace(trial_id="t1", config={"train.steps": STEPS}, last_result=None, status="RUNNING")
+    killed = _tracker(uri, experiment_id, parent)
+    for step in (10, 20):
+        killed.on_trial_result(0, [trial], trial, _report(step))
+    assert killed.close(timeout_s=30)  # the step-30 report was saved by Tune, never delivered
+
+    resumed = _tracker(uri, experiment_id, parent)
+    trial.last_result = _report(30)
+    resumed.on_trial_result(0, [trial], trial, _report(40))
+    trial.last_result = _report(40)
+    resumed.on_trial_complete(0, [trial], trial)
+    assert resumed.close(timeout_s=30)
+    run_id = next(r.info.run_id for r in client.search_runs([experiment_id])
+                  if r.data.tags.get(naming.TAG_TRIAL_ID) == "t1")
+    steps = [m.step for m in client.get_metric_history(run_id, "val_loss")]
+    assert sorted(steps) == [10, 20, 30, 40]
