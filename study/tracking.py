@@ -88,6 +88,10 @@ class _DeliveryQueue:
         self.delivered = 0
         self.busy_s = 0.0
         """Seconds spent delivering (MLflow calls, figures), failed attempts included."""
+        self.logged_steps: dict[str, set[int]] = {}
+        """Per run the steps it holds metrics at, for runs the resolver registered: a report at
+        a step already there (replayed after a restore, or from a trial rerun from scratch) is
+        not logged again."""
         self._cv = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closing = False
@@ -162,17 +166,18 @@ class _DeliveryQueue:
             return
         run_id = self.resolve(kw["trial"], None)
         if op == "batch":
-            c.log_batch(
-                run_id,
-                metrics=[Metric(k, v, kw["ts"], kw["step"]) for k, v in kw.get("metrics", {}).items()],
-                params=[Param(k, str(v)[:6000]) for k, v in kw.get("params", {}).items()],
-                tags=[RunTag(k, str(v)[:5000]) for k, v in kw.get("tags", {}).items()],
-            )
-        elif op == "batch_once":
-            # a report that an earlier driver may have delivered already: once per step
-            probe = naming.VAL_LOSS if naming.VAL_LOSS in kw["metrics"] else min(kw["metrics"])
-            if all(m.step != kw["step"] for m in c.get_metric_history(run_id, probe)):
-                c.log_batch(run_id, metrics=[Metric(k, v, kw["ts"], kw["step"]) for k, v in kw["metrics"].items()])
+            metrics, seen = kw.get("metrics", {}), self.logged_steps.get(run_id)
+            if seen is not None and kw["step"] in seen:
+                metrics = {}  # this run has that step already
+            if metrics or kw.get("params") or kw.get("tags"):
+                c.log_batch(
+                    run_id,
+                    metrics=[Metric(k, v, kw["ts"], kw["step"]) for k, v in metrics.items()],
+                    params=[Param(k, str(v)[:6000]) for k, v in kw.get("params", {}).items()],
+                    tags=[RunTag(k, str(v)[:5000]) for k, v in kw.get("tags", {}).items()],
+                )
+            if metrics and seen is not None:  # after the write: a failed one is retried whole
+                seen.add(kw["step"])
         elif op == "artifact":
             c.log_artifact(run_id, kw["path"], kw.get("artifact_path"))
         elif op in ("count_table", "heatmap"):  # files are written here, off the driver loop
@@ -317,6 +322,10 @@ class StudyTracker(Callback):
             run_id = existing[0].info.run_id
             if existing[0].info.status != "RUNNING" and open_kw is not None:
                 self.client.update_run(run_id, status="RUNNING")
+            # what an earlier driver logged: reports given again are not logged twice
+            self.queue.logged_steps[run_id] = {
+                m.step for m in self.client.get_metric_history(run_id, naming.VAL_LOSS)
+            }
         elif open_kw is None:
             raise RuntimeError(f"no MLflow run for trial {trial_id}")
         else:
@@ -333,6 +342,7 @@ class StudyTracker(Callback):
             if open_kw.get("config_hash"):
                 tags[naming.TAG_CONFIG_HASH] = open_kw["config_hash"]
             run_id = self.client.create_run(self.experiment_id, tags=tags).info.run_id
+            self.queue.logged_steps[run_id] = set()
             items = list(params.items())
             for i in range(0, len(items), 90):  # MLflow takes at most 100 params a batch
                 self.client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in items[i : i + 90]])
@@ -405,13 +415,13 @@ class StudyTracker(Callback):
 
         That result goes with the checkpoint the trial resumes from. A driver killed after
         Tune saved both but before the tracker delivered the report would otherwise leave a
-        hole in the run's curves, or (restored at its last step, nothing left to train) a
-        finished run without its final metrics. A fresh trial has no result: nothing to do.
+        hole in the run's curves. (A trial restored at its last step gives its last report
+        again: ``trainables.training.train``.) A fresh trial has no result: nothing to do.
         """
         restored = trial.last_result or {}
         metrics = metric_items(restored)
-        if metrics and "step" in restored:
-            self.queue.put("batch_once", trial=key, metrics=metrics, ts=int(time.time() * 1000),
+        if metrics and "step" in restored:  # skipped on delivery if the run has that step
+            self.queue.put("batch", trial=key, metrics=metrics, ts=int(time.time() * 1000),
                            step=int(restored["step"]))
         return restored
 

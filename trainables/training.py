@@ -181,14 +181,29 @@ def train(
     train_losses: list[float] = []
     model.train()
 
-    def checkpoint_state(step: int) -> Callable[[], dict]:
+    def checkpoint_state(step: int, metrics: dict, count_table: np.ndarray | None) -> Callable[[], dict]:
         return lambda: {
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "sampler": sampler.state_dict(),
             "step": step,
             "torch_rng": torch.get_rng_state(),
+            REPORT_KEY: _saved_report(metrics, count_table),
         }
+
+    if start_step >= cfg.train.steps:
+        # restored from the checkpoint of the last report: nothing left to train, but that
+        # report may never have reached the caller's records (a driver killed right after the
+        # checkpoint was saved), so it is given again, as it was
+        saved = resume_state.get(REPORT_KEY)
+        if saved is not None:
+            metrics, table = dict(saved["metrics"]), saved["count_table"]
+            count_table = None if table is None else table.numpy()
+        else:  # a checkpoint from before reports were saved in it: evaluate again
+            metrics, count_table = evaluate(model, val_batches, cfg, domains, device)
+            metrics["step"] = start_step
+        yield Report(start_step, metrics, domains, count_table, True, lambda: resume_state)
+        return
 
     for step in range(start_step, cfg.train.steps):
         lr = lr_at(step, cfg)
@@ -223,10 +238,20 @@ def train(
             if window_counts > 0:
                 val["global_counts_total"] = window_counts
             paused_at = time.perf_counter()
-            yield Report(step + 1, val, domains, count_table, done, checkpoint_state(step + 1))
+            yield Report(step + 1, val, domains, count_table, done, checkpoint_state(step + 1, val, count_table))
             # time the caller held the run (checkpointing, reporting) is not training time
             paused_s += time.perf_counter() - paused_at
             train_losses.clear()
+
+
+REPORT_KEY = "report"
+"""Checkpoint key of the report the checkpoint was taken at (metrics and expert x domain table)."""
+
+
+def _saved_report(metrics: dict, count_table: np.ndarray | None) -> dict:
+    # plain floats and a tensor: what torch.load(weights_only=True) accepts back
+    return {"metrics": {k: float(v) for k, v in metrics.items()},
+            "count_table": None if count_table is None else torch.from_numpy(np.ascontiguousarray(count_table))}
 
 
 def apply_update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float) -> None:

@@ -1,10 +1,10 @@
-"""A trial restored from a checkpoint gets the report that went with it into MLflow, once.
+"""After a driver is killed and the study resumed, every trial run holds each report once.
 
-The case (seen in tests/e2e/test_interrupt_resume.py[sigkill]): the driver is killed after Tune
-saved a trial's checkpoint and result but before the tracker's delivery thread wrote the report.
-Restored at its last step, the trial trains nothing and reports nothing and Tune completes it
-with the result it restored; restored earlier, its next report comes one step later. Either way
-the restored result must reach the run, and only once.
+The cases (seen in tests/e2e/test_interrupt_resume.py): the driver is killed after Tune saved a
+trial's checkpoint and result but before the tracker's delivery thread wrote the report; or a
+trial Tune had no checkpoint of is rerun from scratch and reports its first steps again; or a
+trial restored at its last step gives its last report again (trainables.training.train). The
+restored result must reach the run, and no step may be logged twice.
 
 A real sqlite MLflow store and the real StudyTracker; the Tune trial is a stand-in holding what
 the tracker reads of one (id, config, last result).
@@ -27,60 +27,64 @@ def _report(step: int) -> dict:
     return {"step": step, "val_loss": 5.0 - step / 10, "gap_purity": 0.7 - step / 1000, "training_iteration": step // 10}
 
 
-def _tracker(uri: str, experiment_id: str, parent: str) -> StudyTracker:
-    return StudyTracker(tracking_uri=uri, experiment_id=experiment_id, parent_run_id=parent,
-                        study_name="s", objective="gap_purity", progress=False)
-
-
-@pytest.mark.parametrize("delivered_before_kill", [False, True], ids=["final-report-lost", "final-report-delivered"])
-def test_restored_trial_ends_with_its_final_report_logged_once(tmp_path, delivered_before_kill):
+@pytest.fixture
+def store(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
     experiment_id = client.create_experiment("s", artifact_location=str(tmp_path / "artifacts"))
     parent = client.create_run(experiment_id).info.run_id
-    trial = SimpleNamespace(trial_id="t1", config={"train.steps": STEPS, "router.method": "lbl"},
-                            last_result=None, status="RUNNING")
 
-    killed = _tracker(uri, experiment_id, parent)  # the first driver: reports up to the kill
-    for step in (10, 20, 30, 40) if delivered_before_kill else (10, 20, 30):
-        killed.on_trial_result(0, [trial], trial, _report(step))
+    def tracker() -> StudyTracker:
+        return StudyTracker(tracking_uri=uri, experiment_id=experiment_id, parent_run_id=parent,
+                            study_name="s", objective="gap_purity", progress=False)
+
+    def trial_run():
+        runs = [r for r in client.search_runs([experiment_id]) if r.data.tags.get(naming.TAG_TRIAL_ID) == "t1"]
+        assert len(runs) == 1  # the resumed trial continued its run
+        run = client.get_run(runs[0].info.run_id)
+        return run, [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "val_loss")]
+
+    return tracker, trial_run
+
+
+def _trial():
+    return SimpleNamespace(trial_id="t1", config={"train.steps": STEPS, "router.method": "lbl"},
+                           last_result=None, status="RUNNING")
+
+
+def _report_to(tracker: StudyTracker, trial, step: int) -> None:
+    tracker.on_trial_result(0, [trial], trial, _report(step))
+    trial.last_result = _report(step)  # Tune updates it after the callbacks
+
+
+# (steps the killed driver delivered, the result Tune restored, reports after the resume)
+SCENARIOS = {
+    "final-report-lost-then-given-again": ((10, 20, 30), 40, (40,)),
+    "final-report-delivered-then-given-again": ((10, 20, 30, 40), 40, (40,)),
+    "final-report-lost-and-not-given-again": ((10, 20, 30), 40, ()),
+    "report-lost-before-the-next": ((10, 20), 30, (40,)),
+    "rerun-from-scratch": ((10,), None, (10, 20, 30, 40)),
+}
+
+
+@pytest.mark.parametrize("delivered, restored, after", SCENARIOS.values(), ids=SCENARIOS.keys())
+def test_resumed_trial_run_holds_every_report_once(store, delivered, restored, after):
+    new_tracker, trial_run = store
+    trial = _trial()
+    killed = new_tracker()  # the first driver, up to the kill
+    for step in delivered:
+        _report_to(killed, trial, step)
     assert killed.close(timeout_s=30)
 
-    resumed = _tracker(uri, experiment_id, parent)  # as Tuner.restore brings it back: no results seen
-    trial.last_result = _report(STEPS)  # what Tune restored with the trial
-    resumed.on_trial_restore(0, [trial], trial)
+    resumed = new_tracker()  # as Tuner.restore brings it back: no results seen
+    trial.last_result = _report(restored) if restored else {}
+    for step in after:
+        _report_to(resumed, trial, step)
     resumed.on_trial_complete(0, [trial], trial)
     assert resumed.close(timeout_s=30)
 
-    runs = client.search_runs([experiment_id], f"tags.`{naming.TAG_TRIAL_ID}` = 't1'")
-    assert len(runs) == 1  # the resumed trial continued its run
-    run_id = runs[0].info.run_id
-    history = [(m.step, m.value) for m in client.get_metric_history(run_id, "val_loss")]
-    assert sorted(history) == [(s, 5.0 - s / 10) for s in (10, 20, 30, 40)]
-    run = client.get_run(run_id)
+    run, history = trial_run()
+    assert history == [(s, 5.0 - s / 10) for s in (10, 20, 30, 40)]
     assert run.info.status == "FINISHED"
     assert run.data.metrics["gap_purity"] == pytest.approx(0.7 - STEPS / 1000)
     assert run.data.tags[naming.TAG_STOPPED_EARLY] == "false"
-
-
-def test_restored_trial_fills_the_report_lost_before_its_next_one(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = MlflowClient(uri)
-    experiment_id = client.create_experiment("s", artifact_location=str(tmp_path / "artifacts"))
-    parent = client.create_run(experiment_id).info.run_id
-    trial = SimpleNamespace(trial_id="t1", config={"train.steps": STEPS}, last_result=None, status="RUNNING")
-    killed = _tracker(uri, experiment_id, parent)
-    for step in (10, 20):
-        killed.on_trial_result(0, [trial], trial, _report(step))
-    assert killed.close(timeout_s=30)  # the step-30 report was saved by Tune, never delivered
-
-    resumed = _tracker(uri, experiment_id, parent)
-    trial.last_result = _report(30)
-    resumed.on_trial_result(0, [trial], trial, _report(40))
-    trial.last_result = _report(40)
-    resumed.on_trial_complete(0, [trial], trial)
-    assert resumed.close(timeout_s=30)
-    run_id = next(r.info.run_id for r in client.search_runs([experiment_id])
-                  if r.data.tags.get(naming.TAG_TRIAL_ID) == "t1")
-    steps = [m.step for m in client.get_metric_history(run_id, "val_loss")]
-    assert sorted(steps) == [10, 20, 30, 40]

@@ -12,7 +12,7 @@ import torch
 from trainables.config import TrialConfig
 from trainables.data import build_mix, eval_batches
 from trainables.model import MoETransformer
-from trainables.training import TrainingDiverged, evaluate, lr_at, run_to_end, seed_everything, train
+from trainables.training import REPORT_KEY, TrainingDiverged, evaluate, lr_at, run_to_end, seed_everything, train
 
 
 def _cfg(small_mix_config, **flat) -> TrialConfig:
@@ -71,6 +71,28 @@ def test_resume_from_a_checkpoint_continues_the_same_run(small_mix_config):
     resumed = run_to_end(cfg, resume_state=state_at_4).metrics
     assert resumed["val_loss"] == pytest.approx(full["val_loss"], abs=1e-5)
     assert resumed["purity"] == pytest.approx(full["purity"], abs=1e-9)
+
+
+@pytest.mark.parametrize("saved_report", [True, False], ids=["report-in-checkpoint", "older-checkpoint"])
+def test_resume_at_the_last_step_gives_the_last_report_again(small_mix_config, tmp_path, saved_report):
+    """A trial restored from its final checkpoint trains nothing but reports once more, so a
+    report lost with a killed driver reaches the records (docs/faults.md)."""
+    cfg = _cfg(small_mix_config, **{"train.steps": 4, "train.eval_every": 2})
+    last = list(train(cfg))[-1]
+    path = tmp_path / "state.pt"
+    torch.save(last.state(), path)
+    state = torch.load(path, weights_only=True)  # as trainables.tune_trainable loads it
+    if not saved_report:
+        del state[REPORT_KEY]
+    replayed = list(train(cfg, resume_state=state))
+    assert len(replayed) == 1 and replayed[0].done and replayed[0].step == 4
+    if saved_report:  # exactly the report that was given at the checkpoint
+        assert replayed[0].metrics == last.metrics
+    else:  # evaluated again on the same weights (no train_loss to recover)
+        for name in ("val_loss", "purity", "load_entropy"):
+            assert replayed[0].metrics[name] == pytest.approx(last.metrics[name], abs=1e-6)
+        assert replayed[0].metrics["step"] == 4
+    assert (replayed[0].count_table == last.count_table).all()
 
 
 def test_warmup_then_cosine_schedule():
