@@ -33,11 +33,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/common.py, run as a script
 from common import add_process_args, format_table, load_average, medians, setup_from_args, time_interleaved  # noqa: E402
+from moe_layer import CONFIGS as LAYER_CONFIGS, random_routing  # noqa: E402
 
+LAYER_TOKENS = 8192  # moe_layer's default --tokens
 CONFIGS = {  # name: (tokens, d_model, n_experts, top_k, expert_hidden): moe_layer's, and a trial step
-    "C1": (8192, 256, 16, 4, 256),
-    "C2": (8192, 128, 32, 4, 128),
-    "C3": (8192, 256, 64, 8, 128),
+    **{name: (LAYER_TOKENS, *LAYER_CONFIGS[name][:4]) for name in ("C1", "C2", "C3")},
     "trial": (3072, 128, 24, 4, 128),  # one default training step as one forward pass
 }
 OPS = ["fwd1", "fwd2", "dA1", "dB1", "dA2", "dB2"]
@@ -78,8 +78,8 @@ class BlockThenGrouped:
 
 def cases_for(T: int, D: int, E: int, K: int, H: int, gen: torch.Generator) -> tuple[dict, str]:
     S = T * K
-    ids = torch.rand(T, E, generator=gen).topk(K, dim=-1).indices.reshape(-1)
-    counts_E = torch.bincount(ids, minlength=E)
+    ids_TK, _ = random_routing(T, E, K, None, gen)
+    counts_E = torch.bincount(ids_TK.reshape(-1), minlength=E)
     offsets = torch.cumsum(counts_E, 0, dtype=torch.int32)
     layout = BlockThenGrouped(counts_E)
     rnd = lambda *shape: torch.randn(*shape, generator=gen)  # noqa: E731
