@@ -11,6 +11,7 @@ Exit codes: 0 success, 2 bad input (a ``ConfigError``, printed to stderr, or a u
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import traceback
 from typing import Any, Callable, Sequence
@@ -147,8 +148,14 @@ def cmd_data_describe(args: argparse.Namespace) -> int:
 
     cfg = load_trial_config(args.config, args.sets)
     describe_mix = _lazy("trainables.data.mix", "describe_mix")
-    rows = describe_mix(cfg.data)  # one dict per domain
-    print(format_rows(rows, args.fmt))
+    described = describe_mix(cfg.data)
+    if args.fmt == "json":
+        print(json.dumps(described, indent=2))
+    else:
+        print(format_rows(described["domains"], args.fmt))
+        if args.fmt == "table":
+            print(f"\nmix content hash {described['content_hash']} "
+                  f"(cache key {described['cache_key']})")
     return EXIT_OK
 
 

@@ -183,6 +183,7 @@ def header_markdown(runs: StudyRuns, uri: str) -> str:
         f"by the scheduler, {failed} failed"
         + (f", {other} unfinished (running or killed)" if other else ""),
     ]
+    lines += mix_hash_lines(runs)
     ref = runs.reference
     if ref is None:
         lines.append("- reference run: none found, so there are no gaps to the upper bound")
@@ -197,6 +198,19 @@ def header_markdown(runs: StudyRuns, uri: str) -> str:
     if len(runs.references) > 1:
         lines += ["", f"{len(runs.references)} finished reference runs; the newest is shown."]
     return "\n".join(lines)
+
+
+def mix_hash_lines(runs: StudyRuns) -> list[str]:
+    """Which text the study trained on, and a warning when its runs did not all train on the same."""
+    hashes = runs.mix_hashes
+    if not hashes:
+        return ["- data mix: not recorded (runs logged before mix hashes were)"]
+    if len(hashes) == 1:
+        return [f"- data mix: content hash `{hashes[0]}` (`moe-study data describe` prints it "
+                "for a config)"]
+    return [f"- **warning: the runs of this study trained on {len(hashes)} different data mixes** "
+            f"({', '.join(f'`{h}`' for h in hashes)}): their numbers, and the gaps to the reference, "
+            "mix the settings with the text"]
 
 
 def _without_credentials(uri: str) -> str:

@@ -40,6 +40,10 @@ def _fmt(e: Estimate) -> str:
     return f"{e.mean:.3f}" + (f" ± {e.half_width:.3f}" if e.half_width is not None else " (n=1)")
 
 
+def _hashes(runs: StudyRuns) -> str:
+    return ", ".join(f"`{h}`" for h in runs.mix_hashes) or "not recorded"
+
+
 def compare_markdown(this: StudyRuns, other: StudyRuns, metric: str = COMPARE_METRIC) -> str:
     """The comparison section of ``this`` study's report against ``other``."""
     mine, _ = distinct_configs(this.full_length_trials)
@@ -47,9 +51,17 @@ def compare_markdown(this: StudyRuns, other: StudyRuns, metric: str = COMPARE_ME
     a, b = _cell_means(mine, metric), _cell_means(theirs, metric)
     shared = [k for k in a if k in b]
     title = f"## Against `{other.experiment}`"
+    warning = []
+    if this.mix_hashes != other.mix_hashes:
+        warning = [
+            f"**Warning: the two studies trained on different text** (data mix content hashes "
+            f"{_hashes(this)} here, {_hashes(other)} in `{other.experiment}`): a difference below "
+            "mixes the settings with the data.", "",
+        ]
     if len(shared) < 2:
-        return (f"{title}\n\nFewer than two cells (method, scope, capacity, domains per "
-                f"micro-batch) in common with `{other.experiment}`: nothing to compare.")
+        return "\n".join([title, "", *warning,
+                          f"Fewer than two cells (method, scope, capacity, domains per "
+                          f"micro-batch) in common with `{other.experiment}`: nothing to compare."])
     descending = naming.metric_mode(metric) == "max"
     rank_a = _ranks({k: a[k][0].mean for k in shared}, descending)
     rank_b = _ranks({k: b[k][0].mean for k in shared}, descending)
@@ -70,7 +82,7 @@ def compare_markdown(this: StudyRuns, other: StudyRuns, metric: str = COMPARE_ME
               f"{metric} in {other.experiment}", "difference (95% CI)", "rank here",
               f"rank in {other.experiment}"]
     lines = [
-        title, "",
+        title, "", *warning,
         f"Mean `{metric}` of the cells both studies ran (95% intervals over seeds; difference "
         f"with Welch's interval), ranked within each study. Kendall's tau between the two rankings "
         f"of these {len(shared)} cells: **{tau.statistic:.2f}** (p = {tau.pvalue:.3f}; 1 = the same "

@@ -106,6 +106,11 @@ class RunRecord:
     def error(self) -> str:
         return self.tags.get(naming.TAG_ERROR, "")
 
+    @property
+    def mix_hash(self) -> str:
+        """Content hash of the text the run trained on; empty for runs logged before it was."""
+        return self.tags.get(naming.TAG_MIX_HASH, "")
+
     def metric(self, name: str) -> float:
         """The run's final value of ``name``, ``nan`` when it did not log it."""
         value = self.metrics.get(name)
@@ -136,6 +141,13 @@ class StudyRuns:
     @property
     def full_length_trials(self) -> list[RunRecord]:
         return [t for t in self.trials if t.full_length]
+
+    @property
+    def mix_hashes(self) -> list[str]:
+        """The distinct data-mix content hashes of the study's finished trials and reference
+        (more than one: numbers on different text are mixed; none: logged before they were)."""
+        runs = [*self.finished_trials, *([self.reference] if self.reference else [])]
+        return sorted({r.mix_hash for r in runs if r.mix_hash})
 
 
 def record_of(run: Any) -> RunRecord:

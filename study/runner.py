@@ -100,7 +100,7 @@ def run_study(
     if address is None:
         check_resources(spec, local_resources())
     check_tracking(tracking_uri)
-    _build_data_once(base)
+    mix_hash = _build_data_once(base)
 
     from study import tracking
 
@@ -108,7 +108,8 @@ def run_study(
     parent_run_id = tracking.start_parent_run(
         tracking_uri, experiment_id, name, spec.to_dict(),
         tags={naming.TAG_SPEC_HASH: spec.content_hash(),
-              naming.TAG_SEARCH_KEYS: ",".join(spec.search_keys)},
+              naming.TAG_SEARCH_KEYS: ",".join(spec.search_keys),
+              naming.TAG_MIX_HASH: mix_hash},
     )
     state = {
         "name": name, "spec": spec.to_dict(), "tracking_uri": tracking_uri,
@@ -428,11 +429,11 @@ def _autoscaler_node_types() -> list[dict]:
     return [t.get("resources", {}) for t in (cfg.get("available_node_types") or {}).values()]
 
 
-def _build_data_once(cfg: TrialConfig) -> None:
-    """Build (or check) the mix in the driver so trials only read the cache."""
+def _build_data_once(cfg: TrialConfig) -> str:
+    """Build (or check) the mix in the driver so trials only read the cache; its content hash."""
     from trainables.data import build_mix
 
-    build_mix(cfg.data)
+    return build_mix(cfg.data).content_hash
 
 
 def _spool(state: dict) -> Path:

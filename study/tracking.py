@@ -40,7 +40,8 @@ TUNE_AUTO_KEYS = {
 }
 
 # keys of a Tune result that are not metrics
-_SKIP_RESULT_KEYS = {"step", "count_table", "domains", "done", "training_iteration", "trial_id", "node_id"}
+_SKIP_RESULT_KEYS = {"step", "count_table", "domains", "done", "training_iteration", "trial_id", "node_id",
+                     "mix_hash"}
 
 
 def metric_items(result: dict) -> dict[str, float]:
@@ -377,7 +378,7 @@ class StudyTracker(Callback):
         stopped_early = int(result.get("step", 0)) < int(trial.config.get("train.steps", 0))
         self.queue.put(
             "batch", trial=key, metrics={}, ts=0, step=0,
-            tags={naming.TAG_STOPPED_EARLY: str(stopped_early).lower(), **_node_tag(result)},
+            tags={naming.TAG_STOPPED_EARLY: str(stopped_early).lower(), **_result_tags(result)},
         )
         self._deliver_before_returning(self.queue.put("terminate", trial=key, status="FINISHED"))
         if table and domains:  # the picture only: drawn after, the report does not need it
@@ -451,9 +452,14 @@ class StudyTracker(Callback):
         )
 
 
-def _node_tag(result: dict) -> dict[str, str]:
-    node = result.get("node_id")
-    return {naming.TAG_NODE: str(node)} if node else {}
+def _result_tags(result: dict) -> dict[str, str]:
+    """Tags a finished trial's run takes from its last result: where it ran, which text."""
+    tags = {}
+    if result.get("node_id"):
+        tags[naming.TAG_NODE] = str(result["node_id"])
+    if result.get("mix_hash"):
+        tags[naming.TAG_MIX_HASH] = str(result["mix_hash"])
+    return tags
 
 
 def _trial_error_text(trial) -> str:

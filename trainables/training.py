@@ -43,6 +43,8 @@ class Report:
     done: bool = False
     state: Callable[[], dict] = field(default=lambda: {}, repr=False)
     """Builds a checkpoint (model, optimizer, data stream, step) when called."""
+    mix_hash: str = ""
+    """Content hash of the data mix the trial trains and evaluates on (``DomainMix.content_hash``)."""
 
 
 def resolve_device(cfg: TrialConfig) -> torch.device:
@@ -202,7 +204,8 @@ def train(
         else:  # a checkpoint from before reports were saved in it: evaluate again
             metrics, count_table = evaluate(model, val_batches, cfg, domains, device)
             metrics["step"] = start_step
-        yield Report(start_step, metrics, domains, count_table, True, lambda: resume_state)
+        yield Report(start_step, metrics, domains, count_table, True, lambda: resume_state,
+                     mix.content_hash)
         return
 
     for step in range(start_step, cfg.train.steps):
@@ -238,7 +241,8 @@ def train(
             if window_counts > 0:
                 val["global_counts_total"] = window_counts
             paused_at = time.perf_counter()
-            yield Report(step + 1, val, domains, count_table, done, checkpoint_state(step + 1, val, count_table))
+            yield Report(step + 1, val, domains, count_table, done,
+                         checkpoint_state(step + 1, val, count_table), mix.content_hash)
             # time the caller held the run (checkpointing, reporting) is not training time
             paused_s += time.perf_counter() - paused_at
             train_losses.clear()

@@ -92,6 +92,7 @@ def result_builder(private: dict) -> Callable[[Report], dict]:
             result["count_table"] = report.count_table.tolist()
             result["domains"] = list(report.domains)
         result["node_id"] = node_id  # where the trial ran (tagged on its MLflow run)
+        result["mix_hash"] = report.mix_hash  # which text it trained on (tagged too)
         return result
 
     return build

@@ -80,6 +80,13 @@ def test_study_writes_parent_run_and_nested_trial_runs_with_gaps(smoke_study):
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"count_table.parquet", "routing_heatmap.png"} <= artifacts
     assert "finished: 4 trials done, 0 failed" in stdout
+    # every run names the text it trained on: the study's mix, as built from its base config
+    from study.runner import spec_base_config
+    from study.spec import load_spec
+    from trainables.data import build_mix
+
+    mix_hash = build_mix(spec_base_config(load_spec(SMOKE)).data).content_hash
+    assert {r.data.tags.get(naming.TAG_MIX_HASH) for r in [parents[0], *refs, *trials]} == {mix_hash}
 
 
 @pytest.mark.parametrize("fmt", ["json", "csv", "table"])

@@ -176,3 +176,28 @@ def test_module_entry_point_exit_codes(bad_spec):
     good = subprocess.run([sys.executable, "-m", "study.cli", "validate", str(SMOKE)],
                           capture_output=True, text=True, cwd=REPO, env=env)
     assert good.returncode == 0, good.stderr
+
+
+def test_data_describe_prints_pins_and_content_hashes(small_mix_config, capsys):
+    """The default domains in both formats: each domain's pinned source and sha256 and its content
+    hash, and the mix's content hash, as the mix itself has them."""
+    import json
+
+    from trainables.data import archives, build_mix
+
+    sets = [f"data.cache_dir={small_mix_config.cache_dir}",
+            f"data.bytes_per_domain={small_mix_config.bytes_per_domain}"]
+    mix = build_mix(small_mix_config)
+    args = ["data", "describe", *(a for s in sets for a in ("--set", s))]
+    assert main([*args, "--format", "json"]) == 0
+    described = json.loads(capsys.readouterr().out)
+    assert described["content_hash"] == mix.content_hash
+    rows = {r["domain"]: r for r in described["domains"]}
+    assert list(rows) == mix.domains
+    assert [rows[d]["content_hash"] for d in mix.domains] == [i["content_hash"] for i in mix.info]
+    assert rows["json"]["pinned"] == f"botocore=={archives.BOTOCORE.version}"
+    assert rows["json"]["sha256"] == archives.BOTOCORE.sha256
+    assert main(args) == 0
+    table = capsys.readouterr().out
+    assert f"mix content hash {mix.content_hash}" in table
+    assert archives.DJANGO.sha256 in table and "Django==5.1.4" in table

