@@ -70,11 +70,39 @@ TOKENS_PER_S = "tokens_per_s"
 STEP = "step"
 """Optimizer steps done, in every report: the scheduler's time attribute (``grace_period``)."""
 
+CMI = "cmi"
+"""I(E; D | X), X the current byte, chance-adjusted, normalised: reference 1, byte-only ~0."""
+SHARED_PURITY = "shared_purity"
+SHARED_COVERAGE = "shared_coverage"
+EXCESS_PURITY = "excess_purity"
+EXCESS_PURITY_NULL_SD = "excess_purity_null_sd"
+NMI_DOMAIN = "nmi_domain"
+"""I(E; D) / H(D): reference 1 (``nmi`` divides by sqrt(H(E) H(D)) and the reference does not)."""
+INIT_EVAL_S = "init_eval_s"
+"""Seconds of the step-0 evaluation (the baseline's cost)."""
+
 LAYER_METRICS = (
     PURITY, NMI, REFERENCE_AGREEMENT, LOAD_ENTROPY, MAX_VIO, DEAD_EXPERT_FRACTION,
-    DROPPED_FRACTION,
+    DROPPED_FRACTION, CMI, SHARED_PURITY, EXCESS_PURITY, NMI_DOMAIN, SHARED_COVERAGE,
+    EXCESS_PURITY_NULL_SD,
 )
 """Routing metrics reported per MoE layer as ``<name>/layer<i>`` (i from 0) and as their mean."""
+LIFT_METRICS = (PURITY, NMI, REFERENCE_AGREEMENT, CMI, SHARED_PURITY, EXCESS_PURITY, NMI_DOMAIN)
+"""Specialisation metrics that also come as ``<name>_init`` (the same trial before its first
+update) and ``<name>_lift`` (value - init), mean and per layer: what training added."""
+INIT_SUFFIX, LIFT_SUFFIX = "_init", "_lift"
+
+
+def init_of(metric: str) -> str:
+    """``purity`` -> ``purity_init``; ``purity/layer1`` -> ``purity_init/layer1``."""
+    base, sep, rest = metric.partition("/")
+    return f"{base}{INIT_SUFFIX}{sep}{rest}"
+
+
+def lift_of(metric: str) -> str:
+    """``purity`` -> ``purity_lift``; ``purity/layer1`` -> ``purity_lift/layer1``."""
+    base, sep, rest = metric.partition("/")
+    return f"{base}{LIFT_SUFFIX}{sep}{rest}"
 GAP_METRICS = (GAP_LOSS, GAP_PURITY, GAP_NMI, GAP_REFERENCE_AGREEMENT)
 """Metrics that need the reference router's run."""
 SUMMARY_METRICS = (
@@ -87,7 +115,9 @@ METRIC_MODES: dict[str, str] = {
     VAL_LOSS: "min", TRAIN_LOSS: "min", PURITY: "max", NMI: "max", REFERENCE_AGREEMENT: "max",
     LOAD_ENTROPY: "max", MAX_VIO: "min", DEAD_EXPERT_FRACTION: "min", DROPPED_FRACTION: "min",
     GAP_LOSS: "min", GAP_PURITY: "min", GAP_NMI: "min", GAP_REFERENCE_AGREEMENT: "min",
-    TOKENS_PER_S: "max",
+    TOKENS_PER_S: "max", CMI: "max", SHARED_PURITY: "max", EXCESS_PURITY: "max", NMI_DOMAIN: "max",
+    SHARED_COVERAGE: "max", EXCESS_PURITY_NULL_SD: "min", INIT_EVAL_S: "min",
+    **{init_of(m): "max" for m in LIFT_METRICS}, **{lift_of(m): "max" for m in LIFT_METRICS},
 }
 """Which direction is better for every metric a study may optimise or rank by."""
 
@@ -126,7 +156,8 @@ def metric_problem(name: str, domains: list[str] | None = None, n_layers: int | 
     if name in METRIC_MODES:
         return ""
     m = _LAYER_SUFFIX.match(name)
-    if m and m["base"] in LAYER_METRICS:
+    lift_bases = {f(x) for x in LIFT_METRICS for f in (init_of, lift_of)}
+    if m and (m["base"] in LAYER_METRICS or m["base"] in lift_bases):
         layer = int(m["layer"])
         if n_layers is not None and layer >= n_layers:
             return f"unknown metric {name!r}: layers are numbered 0..{n_layers - 1}"

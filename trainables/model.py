@@ -100,11 +100,17 @@ class MoETransformer(nn.Module):
     def moe_layers(self) -> list[MoELayer]:
         return [b.ffn for b in self.blocks if isinstance(b.ffn, MoELayer)]
 
-    def forward(self, idx_BL: torch.Tensor, domain_B: torch.Tensor | None = None):
-        """Return (logits_BLV, aux_loss): aux_loss sums every layer's balancing and z-loss."""
+    def forward(self, idx_BL: torch.Tensor, domain_B: torch.Tensor | None = None,
+                sequence_B: torch.Tensor | None = None):
+        """Return (logits_BLV, aux_loss): aux_loss sums every layer's balancing and z-loss.
+
+        ``sequence_B`` (evaluation only) numbers the sequences, so routing statistics can be
+        counted per sequence."""
         B, L = idx_BL.shape
         domain_T = domain_B.repeat_interleave(L) if domain_B is not None else None
-        ctx = RoutingContext(seq_len=L, domain_T=domain_T)
+        sequence_T = sequence_B.repeat_interleave(L) if sequence_B is not None else None
+        ctx = RoutingContext(seq_len=L, domain_T=domain_T, token_T=idx_BL.reshape(-1),
+                             sequence_T=sequence_T)
         x = self.embed(idx_BL)
         aux = x.new_zeros((), dtype=torch.float32)
         for block in self.blocks:

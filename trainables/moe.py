@@ -29,19 +29,31 @@ class SwiGLU(nn.Module):
 
 
 class RoutingStats:
-    """Counts n[e, d] of the router's assignments per expert and domain (capacity drops
-    included, as trainables.metrics defines n) and how many were dropped (evaluation)."""
+    """Counts of the router's assignments on the evaluation set (capacity drops included, as
+    trainables.metrics defines n) and how many were dropped: n[e, d] per expert and domain,
+    n[x, e, d] also by byte value x (when the context has the tokens) and n[q, e] per
+    evaluation sequence q (when it numbers them; ``n_sequences`` of them)."""
 
-    def __init__(self, n_experts: int, n_domains: int):
+    N_BYTES = 256
+
+    def __init__(self, n_experts: int, n_domains: int, n_sequences: int = 0):
         self.n_ED = torch.zeros(n_experts, n_domains, dtype=torch.long)
+        self.n_XED = torch.zeros(self.N_BYTES, n_experts, n_domains, dtype=torch.long)
+        self.n_QE = torch.zeros(n_sequences, n_experts, dtype=torch.long)
         self.requested = 0
         self.dropped = 0
 
-    def add(self, a: Assignment, domain_T: torch.Tensor) -> None:
+    def add(self, a: Assignment, ctx: RoutingContext) -> None:
         token_S, expert_S = a.requested if a.requested is not None else (a.token_S, a.expert_S)
         E, Dom = self.n_ED.shape
-        flat = torch.bincount((expert_S * Dom + domain_T[token_S]).cpu(), minlength=E * Dom)
-        self.n_ED += flat.view(E, Dom)
+        ed_S = (expert_S * Dom + ctx.domain_T[token_S]).cpu()
+        self.n_ED += torch.bincount(ed_S, minlength=E * Dom).view(E, Dom)
+        if ctx.token_T is not None:
+            xed_S = ctx.token_T[token_S].cpu().long() * (E * Dom) + ed_S
+            self.n_XED += torch.bincount(xed_S, minlength=self.N_BYTES * E * Dom).view(self.N_BYTES, E, Dom)
+        if ctx.sequence_T is not None and self.n_QE.shape[0]:
+            qe_S = (ctx.sequence_T[token_S] * E + expert_S).cpu()
+            self.n_QE += torch.bincount(qe_S, minlength=self.n_QE.numel()).view_as(self.n_QE)
         self.requested += int(expert_S.numel())
         self.dropped += int(expert_S.numel()) - int(a.expert_S.numel())
 
@@ -64,7 +76,7 @@ class MoELayer(nn.Module):
         if self.shared is not None:
             out_TD = out_TD + self.shared(x_TD)
         if self.stats is not None and ctx.domain_T is not None:
-            self.stats.add(a, ctx.domain_T)
+            self.stats.add(a, ctx)
         return out_TD.view(B, L, D).to(x_BLD.dtype), a.aux_loss
 
     def routed_experts(self, x_TD: torch.Tensor, a: Assignment) -> torch.Tensor:

@@ -30,6 +30,10 @@ class RoutingContext:
     """L: tokens t and t' are in the same sequence iff t // L == t' // L."""
     domain_T: torch.Tensor | None = None
     """Domain label of every token (needed by the reference router and by the metrics)."""
+    token_T: torch.Tensor | None = None
+    """Byte value of every token (evaluation: the token-controlled metrics count by it)."""
+    sequence_T: torch.Tensor | None = None
+    """Evaluation-sequence index of every token (evaluation: counts per sequence)."""
 
 
 @dataclass

@@ -24,6 +24,7 @@ from trainables.data.loader import MicroBatch, StepSampler, eval_batches
 from trainables.data.mix import DomainMix, build_mix
 from trainables.model import VOCAB_SIZE, MoETransformer
 from trainables.moe import RoutingStats
+from trainables.specialisation import baseline_metrics, specialisation_metrics
 from trainables.routers import runs_whole_step_forward
 from trainables.runtime import tune_allocator
 from trainables.scope import DistributedGroup
@@ -91,18 +92,24 @@ def lm_loss(logits_BLV: torch.Tensor, targets_BL: torch.Tensor) -> torch.Tensor:
 def evaluate(
     model: MoETransformer, batches: list[MicroBatch], cfg: TrialConfig, domains: list[str], device
 ) -> tuple[dict[str, float], np.ndarray | None]:
-    """Validation loss overall (mean over domains) and per domain, and the routing metrics."""
+    """Validation loss overall (mean over domains) and per domain, and the routing metrics:
+    those of the expert x domain table (trainables.metrics) and the token-controlled ones, from
+    counts by byte value and by evaluation sequence (trainables.specialisation)."""
     was_training = model.training
     model.eval()
     layers = model.moe_layers()
+    n_sequences = sum(int(mb.tokens.shape[0]) for mb in batches)
     for layer in layers:
-        layer.stats = RoutingStats(cfg.model.n_experts, len(domains))
+        layer.stats = RoutingStats(cfg.model.n_experts, len(domains), n_sequences)
     loss_sum = torch.zeros(len(domains), dtype=torch.float64)
     tok_count = torch.zeros(len(domains), dtype=torch.float64)
+    first_sequence = 0
     for mb in batches:
         tokens, dom = mb.tokens.to(device), mb.domains.to(device)
+        sequence_B = torch.arange(first_sequence, first_sequence + tokens.shape[0], device=device)
+        first_sequence += tokens.shape[0]
         with _autocast(device):
-            logits, _ = model(tokens[:, :-1], dom)
+            logits, _ = model(tokens[:, :-1], dom, sequence_B)
         per_tok = F.cross_entropy(
             logits.float().reshape(-1, VOCAB_SIZE), tokens[:, 1:].reshape(-1), reduction="none"
         ).view(tokens.shape[0], -1)
@@ -121,6 +128,11 @@ def evaluate(
                 experts_per_group=cfg.model.n_experts // len(domains),
             )
         )
+        domain_Q = torch.cat([mb.domains for mb in batches]).numpy()
+        out.update(specialisation_metrics(
+            np.stack([layer.stats.n_XED.numpy() for layer in layers]),
+            np.stack([layer.stats.n_QE.numpy() for layer in layers]), domain_Q,
+        ))
     for layer in layers:
         layer.stats = None
     model.train(was_training)
@@ -167,6 +179,10 @@ def train(
     optimizer = build_optimizer(model, cfg)
     sampler = StepSampler(mix, cfg, rank=rank, world_size=world_size, seed=cfg.train.seed)
     val_batches = eval_batches(mix, cfg)
+    # The step-0 baseline: the same model before any update, on the same evaluation set and
+    # code path. A resumed trial rebuilds it from the seed (same weights) before loading its
+    # checkpoint, so every report of a trial carries the same *_init values.
+    init_metrics, init_eval_s = evaluate_at_init(model, val_batches, cfg, domains, device)
     start_step = 0
     if resume_state:
         model.load_state_dict(resume_state["model"])
@@ -203,7 +219,8 @@ def train(
             count_table = None if table is None else table.numpy()
         else:  # a checkpoint from before reports were saved in it: evaluate again
             metrics, count_table = evaluate(model, val_batches, cfg, domains, device)
-            metrics["step"] = start_step
+            metrics.update(baseline_metrics(metrics, init_metrics), step=start_step,
+                           init_eval_s=init_eval_s)
         yield Report(start_step, metrics, domains, count_table, True, lambda: resume_state,
                      mix.content_hash)
         return
@@ -227,6 +244,7 @@ def train(
 
         if report_now:
             val, count_table = evaluate(model, val_batches, cfg, domains, device)
+            val.update(baseline_metrics(val, init_metrics))
             elapsed = time.perf_counter() - t0
             val.update(
                 train_loss=float(np.mean(train_losses)),  # since the previous report
@@ -237,6 +255,7 @@ def train(
                 elapsed_s=elapsed,
                 train_s=elapsed - paused_s,
                 tokens_per_s=(step + 1 - start_step) * tokens_per_step / max(elapsed, 1e-9),
+                init_eval_s=init_eval_s,
             )
             if window_counts > 0:
                 val["global_counts_total"] = window_counts
@@ -246,6 +265,17 @@ def train(
             # time the caller held the run (checkpointing, reporting) is not training time
             paused_s += time.perf_counter() - paused_at
             train_losses.clear()
+
+
+def evaluate_at_init(model: MoETransformer, batches: list[MicroBatch], cfg: TrialConfig,
+                     domains: list[str], device) -> tuple[dict[str, float], float]:
+    """``evaluate`` of the untrained model, and its seconds. The random number generators are
+    left as they were: training after the baseline is the training without it."""
+    t0 = time.perf_counter()
+    rng_state = torch.get_rng_state()
+    metrics, _ = evaluate(model, batches, cfg, domains, device)
+    torch.set_rng_state(rng_state)
+    return metrics, time.perf_counter() - t0
 
 
 REPORT_KEY = "report"
