@@ -106,8 +106,8 @@ def lift_of(metric: str) -> str:
 GAP_METRICS = (GAP_LOSS, GAP_PURITY, GAP_NMI, GAP_REFERENCE_AGREEMENT)
 """Metrics that need the reference router's run."""
 SUMMARY_METRICS = (
-    VAL_LOSS, PURITY, NMI, REFERENCE_AGREEMENT, LOAD_ENTROPY, MAX_VIO, DEAD_EXPERT_FRACTION,
-    DROPPED_FRACTION, GAP_LOSS, GAP_PURITY,
+    VAL_LOSS, PURITY, lift_of(PURITY), CMI, lift_of(CMI), NMI, REFERENCE_AGREEMENT, LOAD_ENTROPY,
+    MAX_VIO, DEAD_EXPERT_FRACTION, DROPPED_FRACTION, GAP_LOSS, GAP_PURITY,
 )
 """The columns of ``moe-study best`` and of the report tables."""
 

@@ -7,10 +7,11 @@ writes ``report.md`` plus PNGs into one folder:
 1. header: studies, trial counts (finished / stopped early / failed), the reference run;
 2. leaderboard: the best full-length trials by ``gap_purity`` under the reference row;
 3. method x scope table: mean and 95 % t-interval over seeds per (method, scope, capacity,
-   domains per micro-batch);
-4. figures: Pareto plot of the gaps, routing heatmaps of the reference, best and worst trial
+   domains per micro-batch), with what training did to the step-0 router (lift);
+4. per layer: the specialisation metrics of each MoE layer next to their mean;
+5. figures: Pareto plot of the gaps, routing heatmaps of the reference, best and worst trial
    (one figure per MoE layer), purity learning curves, mean purity bars;
-5. findings computed from the numbers, each with a verdict.
+6. findings computed from the numbers (paired over seeds, Holm-adjusted), each with a verdict.
 
 Only trials that ran all of ``train.steps`` are ranked and averaged by default: a trial the
 scheduler stopped early was measured at an earlier step and would compare unfairly.
@@ -40,19 +41,26 @@ REPORT_FILE = "report.md"
 LEADERBOARD_TOP = 20
 HISTORY_CAP = 200
 """At most this many runs get a metric-history call for the learning curves."""
+PURITY_LIFT, CMI_LIFT = naming.lift_of(naming.PURITY), naming.lift_of(naming.CMI)
 LEADERBOARD_METRICS = (
-    naming.PURITY, naming.REFERENCE_AGREEMENT, naming.LOAD_ENTROPY, naming.MAX_VIO,
-    naming.DEAD_EXPERT_FRACTION, naming.DROPPED_FRACTION, naming.VAL_LOSS, naming.GAP_LOSS,
-    naming.GAP_PURITY,
+    naming.PURITY, PURITY_LIFT, naming.CMI, CMI_LIFT, naming.REFERENCE_AGREEMENT,
+    naming.LOAD_ENTROPY, naming.MAX_VIO, naming.DEAD_EXPERT_FRACTION, naming.DROPPED_FRACTION,
+    naming.VAL_LOSS, naming.GAP_LOSS, naming.GAP_PURITY,
 )
 TABLE_METRICS = (
-    naming.PURITY, naming.REFERENCE_AGREEMENT, naming.LOAD_ENTROPY, naming.MAX_VIO,
+    naming.PURITY, PURITY_LIFT, naming.CMI, CMI_LIFT, naming.lift_of(naming.SHARED_PURITY),
+    naming.EXCESS_PURITY, naming.REFERENCE_AGREEMENT, naming.LOAD_ENTROPY, naming.MAX_VIO,
     naming.DEAD_EXPERT_FRACTION, naming.GAP_LOSS,
 )
+LAYER_TABLE_METRICS = (naming.PURITY, PURITY_LIFT, naming.CMI, CMI_LIFT, naming.SHARED_PURITY,
+                       naming.EXCESS_PURITY)
 REFERENCE_METRICS = (
-    naming.VAL_LOSS, naming.PURITY, naming.NMI, naming.REFERENCE_AGREEMENT, naming.LOAD_ENTROPY,
-    naming.MAX_VIO, naming.DEAD_EXPERT_FRACTION,
+    naming.VAL_LOSS, naming.PURITY, naming.NMI, naming.REFERENCE_AGREEMENT, naming.CMI,
+    naming.SHARED_PURITY, naming.EXCESS_PURITY, naming.LOAD_ENTROPY, naming.MAX_VIO,
+    naming.DEAD_EXPERT_FRACTION,
 )
+ERASED = "balancing erased structure"
+LEARNED = "specialised"
 LOSS_METRICS = (naming.VAL_LOSS, naming.GAP_LOSS)
 EC_MARK = "†"
 EC_NOTE = (f"{EC_MARK} `ec` (expert choice) picks tokens per expert across the whole sequence, "
@@ -109,8 +117,10 @@ def write_report(
         header_markdown(runs, uri),
         leaderboard_markdown(ranked, runs.reference, by, ascending, top, ranked_note),
         cell_table_markdown(independent, repeats),
+        per_layer_markdown(independent),
         figures_markdown(figures),
-        findings_markdown(findings(independent, runs.reference)),
+        findings_markdown(findings(independent, runs.reference, margin=runs.equivalence_margin),
+                          runs.equivalence_margin),
         *(compare_markdown(runs, other) for other in others),
         failures_markdown(runs.trials),
     ]
@@ -264,7 +274,8 @@ def _metric_cell(run: RunRecord, metric: str) -> str:
 
 def cell_table_markdown(ranked: Sequence[RunRecord], repeats: dict[str, str] | None = None) -> str:
     cells = group_cells(ranked)
-    header = ["method", "scope", "capacity", "domains/micro-batch", "n", *TABLE_METRICS]
+    header = ["method", "scope", "capacity", "domains/micro-batch", "n", "training did",
+              *TABLE_METRICS]
     rows, pooled = [], []
     for key, members in cells.items():
         estimates = cell_estimates(members, TABLE_METRICS)
@@ -272,6 +283,7 @@ def cell_table_markdown(ranked: Sequence[RunRecord], repeats: dict[str, str] | N
         rows.append([
             key.method + (f" {EC_MARK}" if ec else ""), key.scope, capacity_label(key.capacity),
             key.domains_per_micro_batch, str(len(members)),
+            lift_verdict(estimates[PURITY_LIFT], estimates[CMI_LIFT]),
             *[_estimate(estimates[m], len(members)) + (EC_MARK if ec and m in LOSS_METRICS
                                                        and estimates[m] is not None else "")
               for m in TABLE_METRICS],
@@ -284,7 +296,13 @@ def cell_table_markdown(ranked: Sequence[RunRecord], repeats: dict[str, str] | N
         "",
         "Mean ± half-width of the 95% confidence interval over the runs of each cell (Student's "
         "t with n-1 degrees of freedom); `n=1` means a single run and no interval. Full-length "
-        "trials only (as in the leaderboard).",
+        "trials only (as in the leaderboard). `_lift` is the final value minus the same trial's "
+        "value before its first update (same seed, same evaluation set): what training added. "
+        f"*training did*: **{ERASED}** when the interval of `{PURITY_LIFT}` lies below 0 (the "
+        f"step-0 router was purer), **{LEARNED}** when the interval of `{CMI_LIFT}` lies above 0 "
+        "(routing learned domain information the current byte does not give), *not shown* "
+        "otherwise. Raw `purity` includes what the byte alone gives away (an untrained router "
+        "already separates scripts); `cmi` does not.",
         "",
         _table(header, rows),
     ]
@@ -298,6 +316,46 @@ def cell_table_markdown(ranked: Sequence[RunRecord], repeats: dict[str, str] | N
         parts += ["", "Cells that pool more than seeds (these params differ between their runs, "
                       "so the interval covers them too): " + "; ".join(pooled) + "."]
     return "\n".join(parts)
+
+
+def lift_verdict(purity_lift: Estimate | None, cmi_lift: Estimate | None) -> str:
+    """What training did to the step-0 router, from the cell's lift intervals."""
+    parts = []
+    if purity_lift is not None and purity_lift.half_width is not None and purity_lift.high < 0:
+        parts.append(ERASED)
+    if cmi_lift is not None and cmi_lift.half_width is not None and cmi_lift.low > 0:
+        parts.append(LEARNED)
+    if not parts:
+        known = [e for e in (purity_lift, cmi_lift) if e is not None]
+        if not known:
+            return "–"
+        return "not shown (n=1)" if all(e.half_width is None for e in known) else "not shown"
+    return "; ".join(parts)
+
+
+def per_layer_markdown(ranked: Sequence[RunRecord]) -> str:
+    """Per-layer means over each cell's seeds: layer 0's router sees mostly the current byte,
+    so the mean over layers can hide what the last layer learned."""
+    n_layers = 0
+    while any(math.isfinite(r.metric(naming.per_layer(naming.PURITY, n_layers))) for r in ranked):
+        n_layers += 1
+    if n_layers == 0:
+        return ""
+    metrics = [m for m in LAYER_TABLE_METRICS
+               if any(math.isfinite(r.metric(naming.per_layer(m, 0))) for r in ranked)]
+    header = ["method", "scope", "capacity", "domains/micro-batch", "layer", *metrics]
+    rows = []
+    for key, members in group_cells(ranked).items():
+        for layer in [*range(n_layers), None]:
+            names = [m if layer is None else naming.per_layer(m, layer) for m in metrics]
+            estimates = cell_estimates(members, names)
+            rows.append([key.method, key.scope, capacity_label(key.capacity), key.domains_per_micro_batch,
+                         "mean" if layer is None else str(layer),
+                         *[_estimate(estimates[n], len(members)) for n in names]])
+    return "\n".join([
+        "## Per layer", "",
+        "The specialisation metrics of each MoE layer (mean ± 95% interval over the cell's runs) "
+        "and their mean over layers.", "", _table(header, rows)])
 
 
 def figures_markdown(figures: dict[str, tuple[str, str]]) -> str:
@@ -315,13 +373,21 @@ def figures_markdown(figures: dict[str, tuple[str, str]]) -> str:
     return "\n".join(parts)
 
 
-def findings_markdown(items: Sequence[Finding]) -> str:
+def findings_markdown(items: Sequence[Finding], margin: float) -> str:
     parts = [
         "## Findings",
         "",
-        "Computed from the full-length trials' purity. A claim *holds* when the difference is "
-        "positive and its 95% interval (Welch's t) excludes 0, *does not hold* when the interval "
-        "lies below 0, and is *not shown* otherwise.",
+        f"Computed from the full-length trials, for `{naming.PURITY}`, `{PURITY_LIFT}`, "
+        f"`{naming.CMI}` and `{CMI_LIFT}` where the runs have them. Arms share seeds (same "
+        "initialisation and data), so differences are paired by seed (mean and 95% t-interval of "
+        "the per-seed differences, and how many seeds agree in sign); without shared seeds, "
+        f"Welch's interval. All {sum(len(f.p_values) for f in items)} p-values below are "
+        "adjusted together (Holm): a claim *holds* when the difference is positive and its "
+        "adjusted p < 0.05, *does not hold* when it is negative and p < 0.05, and is *not shown* "
+        "otherwise. \"No difference\" is only said through a paired equivalence test (TOST) with "
+        f"margin ±{margin:g} (`report.equivalence_margin` in the spec). Scope against method is a "
+        "two-way decomposition (method, scope, seed as block): F tests, partial eta squared, and "
+        "the spread (SD) of each factor's level means.",
         "",
     ]
     if not items:
@@ -346,7 +412,7 @@ def verdict_tally(items: Sequence[Finding]) -> dict[str, dict[str, int]]:
     tally: dict[str, dict[str, int]] = {}
     for f in items:
         verdict = f.verdict.split(" (", 1)[0]
-        counts = tally.setdefault(f.topic, {})
+        counts = tally.setdefault(f"{f.topic}, {f.metric}", {})
         counts[verdict] = counts.get(verdict, 0) + 1
     return tally
 

@@ -10,11 +10,11 @@ routers of both are listed, so a gap in absolute purity is read against its uppe
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
-from scipy import stats
-
 from study import naming
+from study.paired_stats import kendall_tau_exact
 from study.report_data import RunRecord, StudyRuns, distinct_configs
 from study.report_stats import CellKey, Estimate, capacity_label, difference_ci, group_cells, mean_ci
 
@@ -72,7 +72,9 @@ def compare_markdown(this: StudyRuns, other: StudyRuns, metric: str = COMPARE_ME
             f"{diff.mean:+.3f}" + (f" [{diff.low:+.3f}, {diff.high:+.3f}]" if diff.half_width is not None else ""))
         rows.append([k.method, k.scope, capacity_label(k.capacity), k.domains_per_micro_batch,
                      _fmt(a[k][0]), _fmt(b[k][0]), diff_text, str(rank_a[k]), str(rank_b[k])])
-    tau = stats.kendalltau([rank_a[k] for k in shared], [rank_b[k] for k in shared])
+    tau = kendall_tau_exact([rank_a[k] for k in shared], [rank_b[k] for k in shared])
+    p_kind = "exact permutation p" if tau.exact else "permutation p from 200,000 shuffles"
+    p_text = "no p-value" if tau.p_value is None else f"{p_kind} = {tau.p_value:.3f}"
     refs = []
     for study in (this, other):
         ref = study.reference
@@ -84,9 +86,11 @@ def compare_markdown(this: StudyRuns, other: StudyRuns, metric: str = COMPARE_ME
     lines = [
         title, "", *warning,
         f"Mean `{metric}` of the cells both studies ran (95% intervals over seeds; difference "
-        f"with Welch's interval), ranked within each study. Kendall's tau between the two rankings "
-        f"of these {len(shared)} cells: **{tau.statistic:.2f}** (p = {tau.pvalue:.3f}; 1 = the same "
-        f"order, 0 = unrelated). Reference router {metric}: {', '.join(refs)}.", "",
+        f"with Welch's interval: the studies share no seeds' init), ranked within each study. "
+        f"Kendall's tau between the two rankings of these {len(shared)} cells: "
+        f"**{tau.tau:.2f}** ({p_text}; 1 = the same order, 0 = unrelated; with {len(shared)} cells "
+        f"the smallest possible p is {2 / math.factorial(len(shared)):.3g}). "
+        f"Reference router {metric}: {', '.join(refs)}.", "",
         "| " + " | ".join(header) + " |",
         "|" + "|".join("---" for _ in header) + "|",
         *("| " + " | ".join(r) + " |" for r in rows),

@@ -129,6 +129,8 @@ class StudyRuns:
     """Finished reference runs, newest first (found in another experiment when reused)."""
     reference_source: str = ""
     """Empty when the reference ran in this experiment, else where it was found."""
+    equivalence_margin: float = 0.01
+    """``report.equivalence_margin`` of the newest study spec (the spec's default without one)."""
 
     @property
     def reference(self) -> RunRecord | None:
@@ -200,6 +202,10 @@ def load_study_runs(client: Any, experiment: str, tracking_uri: str) -> StudyRun
                           "run a study into it first (moe-study run SPEC.yaml)")
     if not study.references:
         study.references, study.reference_source = _reused_references(client, study.studies)
+    # runs come newest first (search_all_runs orders by start time)
+    spec = _study_spec(client, study.studies[0].run_id) if study.studies else None
+    if spec is not None:
+        study.equivalence_margin = spec.report.equivalence_margin
     return study
 
 
@@ -238,14 +244,23 @@ def _reused_references(client: Any, studies: Iterable[RunRecord]) -> tuple[list[
 def _reference_hash(client: Any, parent_run_id: str) -> str | None:
     """Config hash of the reference run a study used, from its spec artifact."""
     from study.runner import reference_key
+
+    spec = _study_spec(client, parent_run_id)
+    try:
+        return reference_key(spec) if spec is not None else None
+    except Exception:  # noqa: BLE001 - an old spec: the report goes on without
+        return None
+
+
+def _study_spec(client: Any, parent_run_id: str):
+    """The StudySpec a study ran with, from its parent run's artifact (None without one)."""
     from study.spec import safe_load, spec_from_dict
 
     try:
         with tempfile.TemporaryDirectory() as d:
             with _quiet_downloads():
                 path = client.download_artifacts(parent_run_id, naming.SPEC_ARTIFACT, d)
-            spec = spec_from_dict(safe_load(Path(path).read_text()))
-        return reference_key(spec)
+            return spec_from_dict(safe_load(Path(path).read_text()))
     except Exception:  # noqa: BLE001 - no spec or an old one: the report goes on without
         return None
 

@@ -1,37 +1,70 @@
 """The report's findings: short claims, each with its numbers and a verdict computed from them.
 
 A finding is only made when the data has the groups it needs (both scopes of a method, a
-capacity and its dropless twin, ...). Verdicts never go beyond the numbers:
+capacity and its dropless twin, ...). Findings are made for raw ``purity`` and for what
+controls it: ``purity_lift`` (final - the same trial at step 0), ``cmi`` (token-controlled) and
+``cmi_lift``. Verdicts never go beyond the numbers:
 
+- arms share seeds (same init, same data), so a difference is taken **per seed** (paired
+  t-interval, and how many seeds agree in sign); without shared seeds, Welch's interval;
+- every p-value of the report is **Holm-adjusted** together (the family is the whole findings
+  section), and a claim is called only when its adjusted p < 0.05;
 - a directional claim (``global_batch`` gives purer experts than ``micro_batch``) *holds* when
-  the difference is positive and its 95 % interval excludes 0, *does not hold* when the interval
-  lies wholly below 0 (the opposite is shown), and is *not shown* otherwise (including n=1,
-  where there is no interval);
-- a two-sided comparison (capacity vs dropless) says *higher* / *lower* only when the interval
-  excludes 0, else *no difference shown*;
-- the effect-size comparison (scope vs method) compares ranges of cell means and names the
-  larger only when they differ by more than the seed noise of a difference between two cells.
+  the difference is positive and shown, *does not hold* when it is negative and shown, and is
+  *not shown* otherwise;
+- a two-sided comparison (capacity vs dropless) says *higher* / *lower* when shown, *equivalent
+  within ±margin* only through an equivalence test (paired TOST, p < 0.05, margin stated in the
+  report, ``report.equivalence_margin`` in the spec), else *not shown*;
+- "scope vs method" comes from a two-way decomposition (method, scope, seed as block) with F
+  tests and partial eta squared, not from ranges of cell means (ranges grow with the number of
+  levels).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from study import naming
+from study.paired_stats import holm, paired_difference, tost_paired, two_way_effects
 from study.report_data import RunRecord
-from study.report_stats import (
-    CellKey, Estimate, capacity_label, difference_ci, group_cells, mean_ci,
-)
+from study.report_stats import CellKey, Estimate, capacity_label, difference_ci, group_cells, mean_ci
 
 HOLDS = "holds"
 DOES_NOT_HOLD = "does not hold"
 NOT_SHOWN = "not shown"
+ALPHA = 0.05
+DEFAULT_EQUIVALENCE_MARGIN = 0.01
+"""Differences within ±this (in the metric's units) count as equivalent, if TOST shows it."""
+FINDING_METRICS = (naming.PURITY, naming.lift_of(naming.PURITY), naming.CMI, naming.lift_of(naming.CMI))
 SCOPE_PAIRS = (("global_batch", "micro_batch"), ("micro_batch", "sequence"))
 """Wider balancing scope first: the literature's claim is that it gives purer experts."""
+
+SeedValues = dict[str, float]
+"""A cell's values by seed (a seed repeated in a cell, which pools other params, is averaged)."""
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A difference between two arms with what its verdict needs."""
+
+    estimate: Estimate
+    p_value: float | None
+    paired: bool
+    agree: int | None = None
+    differences: tuple[float, ...] = ()
+
+    def text(self) -> str:
+        e = self.estimate
+        if e.half_width is None:
+            interval = "no interval (n=1)"
+        else:
+            interval = f"95% CI [{e.low:.3f}, {e.high:.3f}]"
+        kind = (f"paired over {e.n} seeds, {self.agree} of {e.n} agree in sign" if self.paired
+                else "unpaired (no shared seeds), Welch")
+        return f"difference {e.mean:.3f}, {interval} ({kind})"
 
 
 @dataclass(frozen=True)
@@ -40,40 +73,67 @@ class Finding:
     context: str
     text: str
     verdict: str
+    metric: str = naming.PURITY
+    comparison: Comparison | None = None
+    kind: str = ""
+    """``directional``, ``two-sided``, ``effects`` or empty (a verdict of its own)."""
+    p_values: tuple[float | None, ...] = ()
+    """Raw p-values (a comparison has one; ``effects`` has scope's then method's)."""
+    p_adjusted: tuple[float | None, ...] = ()
+    partial_eta: tuple[float | None, ...] = ()
 
     def markdown(self) -> str:
         context = f" ({self.context})" if self.context else ""
-        return f"- **{self.topic}**{context}: {self.text}: **{self.verdict}**"
+        shown = [p for p in self.p_adjusted if p is not None]
+        p = ""
+        if self.kind == "effects" and shown:
+            p = "; Holm-adjusted p: " + ", ".join(
+                f"{name} {q:.3g}" for name, q in zip(("scope", "method"), self.p_adjusted) if q is not None)
+        elif shown:
+            p = f", Holm-adjusted p = {shown[0]:.3g}"
+        return f"- **{self.topic}**{context}, `{self.metric}`: {self.text}{p}: **{self.verdict}**"
 
 
 def _f(x: float) -> str:
     return f"{x:.3f}"
 
 
-def _interval(est: Estimate) -> str:
-    if est.half_width is None:
-        return "no interval (n=1)"
-    return f"95% CI [{_f(est.low)}, {_f(est.high)}]"
+def compare(a: SeedValues, b: SeedValues) -> Comparison | None:
+    """``a - b``: paired by seed when they share at least two seeds, else Welch."""
+    paired = paired_difference(a, b)
+    if paired is not None and paired.n >= 2:
+        shared = sorted(a.keys() & b.keys())
+        return Comparison(paired.estimate, paired.p_value, True, paired.agree,
+                          tuple(a[s] - b[s] for s in shared if np.isfinite(a[s] - b[s])))
+    est = difference_ci(list(a.values()), list(b.values()))
+    if est is None:
+        return None
+    p = None
+    if est.half_width is not None and est.half_width > 0:
+        from scipy import stats
+
+        p = float(stats.ttest_ind(list(a.values()), list(b.values()), equal_var=False).pvalue)
+    return Comparison(est, p, False)
 
 
-def directional_verdict(est: Estimate) -> str:
-    if est.half_width is None:
-        return f"{NOT_SHOWN} (n=1, no interval)"
-    if est.low > 0:
-        return HOLDS
-    if est.high < 0:
-        return f"{DOES_NOT_HOLD} (the opposite is shown)"
+def directional_verdict(c: Comparison, p_adjusted: float | None) -> str:
+    if c.estimate.half_width is None or p_adjusted is None:
+        return f"{NOT_SHOWN} (n=1, no interval)" if c.estimate.half_width is None else NOT_SHOWN
+    if p_adjusted < ALPHA:
+        return HOLDS if c.estimate.mean > 0 else f"{DOES_NOT_HOLD} (the opposite is shown)"
     return NOT_SHOWN
 
 
-def two_sided_verdict(est: Estimate, label: str) -> str:
-    if est.half_width is None:
+def two_sided_verdict(c: Comparison, p_adjusted: float | None, label: str, margin: float) -> str:
+    if c.estimate.half_width is None:
         return f"{NOT_SHOWN} (n=1, no interval)"
-    if est.low > 0:
-        return f"higher with {label}"
-    if est.high < 0:
-        return f"lower with {label}"
-    return "no difference shown"
+    if p_adjusted is not None and p_adjusted < ALPHA:
+        return f"higher with {label}" if c.estimate.mean > 0 else f"lower with {label}"
+    if c.paired and len(c.differences) >= 2:
+        tost = tost_paired(c.differences, margin)
+        if tost.equivalent:
+            return f"equivalent within ±{margin:g} (TOST p = {tost.p_value:.3g})"
+    return NOT_SHOWN
 
 
 class _Labels:
@@ -93,137 +153,173 @@ class _Labels:
         return ", ".join(parts)
 
 
+def seed_values(runs: Sequence[RunRecord], metric: str) -> SeedValues:
+    by_seed: dict[str, list[float]] = {}
+    for r in runs:
+        v = r.metric(metric)
+        if np.isfinite(v):
+            by_seed.setdefault(r.seed, []).append(v)
+    return {s: float(np.mean(v)) for s, v in by_seed.items()}
+
+
 def findings(trials: Sequence[RunRecord], reference: RunRecord | None,
-             metric: str = naming.PURITY) -> list[Finding]:
-    """Every finding the full-length ``trials`` support (see the module docstring)."""
+             metrics: Sequence[str] = FINDING_METRICS,
+             margin: float = DEFAULT_EQUIVALENCE_MARGIN) -> list[Finding]:
+    """Every finding the full-length ``trials`` support, for each metric they report, with
+    p-values Holm-adjusted over all of them (see the module docstring)."""
     cells = group_cells(trials)
-    values = {k: [r.metric(metric) for r in runs] for k, runs in cells.items()}
     labels = _Labels(list(cells))
     out: list[Finding] = []
-    out += scope_findings(values, labels, metric)
-    out += effect_size_finding(values, metric)
-    out += capacity_findings(values, labels, metric)
-    out += layout_findings(values, labels, metric)
-    out += window_findings(values, labels, metric)
-    out += reference_finding(trials, reference, metric)
+    for metric in metrics:
+        values = {k: seed_values(runs, metric) for k, runs in cells.items()}
+        values = {k: v for k, v in values.items() if v}
+        if not values:
+            continue
+        out += scope_findings(values, labels, metric)
+        out += window_findings(values, labels, metric)
+        out += capacity_findings(values, labels, metric)
+        out += layout_findings(values, labels, metric)
+        out += effect_size_finding(values, metric)
+    out = _adjust(out, margin)
+    out += reference_finding(trials, reference, naming.PURITY)
     return out
 
 
-def scope_findings(values: Mapping[CellKey, list[float]], labels: _Labels, metric: str) -> list[Finding]:
+def _adjust(items: list[Finding], margin: float) -> list[Finding]:
+    """Holm over every p-value of every finding, then each verdict from its adjusted p."""
+    flat = [(i, p) for i, f in enumerate(items) for p in f.p_values]
+    adjusted = holm([p for _, p in flat])
+    per_item: list[list[float | None]] = [[] for _ in items]
+    for (i, _), q in zip(flat, adjusted):
+        per_item[i].append(q)
+    out = []
+    for f, qs in zip(items, per_item):
+        f = replace(f, p_adjusted=tuple(qs))
+        first = qs[0] if qs else None
+        if f.kind == "directional":
+            f = replace(f, verdict=directional_verdict(f.comparison, first))
+        elif f.kind == "two-sided":
+            f = replace(f, verdict=two_sided_verdict(f.comparison, first, f.verdict, margin))
+        elif f.kind == "effects":
+            f = replace(f, verdict=effects_verdict(*qs, *f.partial_eta))
+        out.append(f)
+    return out
+
+
+def _comparison_finding(topic: str, context: str, metric: str, a: SeedValues, b: SeedValues,
+                        kind: str, label: str = "") -> Finding | None:
+    c = compare(a, b)
+    if c is None:
+        return None
+    ma, mb = mean_ci(a.values()), mean_ci(b.values())
+    text = f"mean {_f(ma.mean)} vs {_f(mb.mean)} (n={ma.n} vs {mb.n}), {c.text()}"
+    # for a two-sided finding the verdict field carries its label until the adjustment
+    return Finding(topic, context, text, label, metric, c, kind, (c.p_value,))
+
+
+def scope_findings(values: Mapping[CellKey, SeedValues], labels: _Labels, metric: str) -> list[Finding]:
     out = []
     for wide, narrow in SCOPE_PAIRS:
         for (method, cap, dpmb), by_scope in _split(values, "scope").items():
-            if wide not in by_scope or narrow not in by_scope:
-                continue
-            a, b = mean_ci(by_scope[wide]), mean_ci(by_scope[narrow])
-            diff = difference_ci(by_scope[wide], by_scope[narrow])
-            if a is None or b is None or diff is None:
-                continue
-            out.append(Finding(
-                topic=f"{wide} vs {narrow}",
-                context=labels(method=method, capacity=cap, dpmb=dpmb),
-                text=(f"mean {metric} {_f(a.mean)} vs {_f(b.mean)} (n={a.n} vs {b.n}), "
-                      f"difference {_f(diff.mean)}, {_interval(diff)}"),
-                verdict=directional_verdict(diff),
-            ))
+            if wide in by_scope and narrow in by_scope:
+                f = _comparison_finding(f"{wide} vs {narrow}", labels(method=method, capacity=cap, dpmb=dpmb),
+                                        metric, by_scope[wide], by_scope[narrow], "directional")
+                out += [f] if f else []
     return out
 
 
-def effect_size_finding(values: Mapping[CellKey, list[float]], metric: str) -> list[Finding]:
-    """Scope effect (range over scopes within a method) vs method effect (over methods).
-
-    Which is larger is only said when the two effects differ by more than the seed noise of a
-    difference between two cells: the mean 95 % half-width of the cells' means times sqrt(2)
-    (cells with n >= 2). Otherwise, or with no cell of n >= 2, the verdict is "not shown".
-    """
-    means = {k: float(np.mean(v)) for k, v in values.items() if v}
-    scope_ranges = _ranges(means, vary="scope")
-    method_ranges = _ranges(means, vary="method")
-    if not scope_ranges or not method_ranges:
-        return []
-    scope_effect = float(np.mean(list(scope_ranges.values())))
-    method_effect = float(np.mean(list(method_ranges.values())))
-    half_widths = [e.half_width for e in (mean_ci(v) for v in values.values())
-                   if e is not None and e.half_width is not None]
-    text = (f"largest difference between scopes within a method, averaged over "
-            f"{len(scope_ranges)} method(s): {_f(scope_effect)}; largest difference between "
-            f"methods within a scope, averaged over {len(method_ranges)} scope(s): "
-            f"{_f(method_effect)}")
-    if not half_widths:
-        return [Finding("scope effect vs method effect", f"mean {metric} per cell", text,
-                        f"{NOT_SHOWN} (n=1 cells: no estimate of the seed noise)")]
-    noise = float(np.mean(half_widths)) * math.sqrt(2)
-    text += f"; seed noise of a difference between two cells ±{_f(noise)}"
-    if abs(scope_effect - method_effect) <= noise:
-        verdict = f"{NOT_SHOWN} (the effects differ by {_f(abs(scope_effect - method_effect))}, within the noise)"
-    elif scope_effect > method_effect:
-        verdict = "scope matters more than method"
-    else:
-        verdict = "method matters more than scope"
-    return [Finding("scope effect vs method effect", f"mean {metric} per cell", text, verdict)]
-
-
-def capacity_findings(values: Mapping[CellKey, list[float]], labels: _Labels, metric: str) -> list[Finding]:
-    out = []
-    for (method, scope, dpmb), by_cap in _split(values, "capacity").items():
-        if 0.0 not in by_cap:
-            continue
-        for cap in sorted(c for c in by_cap if c > 0):
-            diff = difference_ci(by_cap[cap], by_cap[0.0])
-            if diff is None:
-                continue
-            a, b = mean_ci(by_cap[cap]), mean_ci(by_cap[0.0])
-            out.append(Finding(
-                topic=f"capacity {capacity_label(cap)} vs dropless",
-                context=labels(method=method, scope=scope, dpmb=dpmb),
-                text=(f"mean {metric} {_f(a.mean)} vs {_f(b.mean)} (n={a.n} vs {b.n}), "
-                      f"difference {_f(diff.mean)}, {_interval(diff)}"),
-                verdict=two_sided_verdict(diff, f"capacity {capacity_label(cap)}"),
-            ))
-    return out
-
-
-def layout_findings(values: Mapping[CellKey, list[float]], labels: _Labels, metric: str) -> list[Finding]:
-    """Other values of ``data.domains_per_micro_batch`` against 1 (one domain per micro-batch)."""
-    out = []
-    for (method, scope, cap), by_dpmb in _split(values, "domains_per_micro_batch").items():
-        base = "1" if "1" in by_dpmb else sorted(by_dpmb)[0]
-        for other in sorted(d for d in by_dpmb if d != base):
-            diff = difference_ci(by_dpmb[other], by_dpmb[base])
-            if diff is None:
-                continue
-            a, b = mean_ci(by_dpmb[other]), mean_ci(by_dpmb[base])
-            out.append(Finding(
-                topic=f"domains_per_micro_batch {other} vs {base}",
-                context=labels(method=method, scope=scope, capacity=cap),
-                text=(f"mean {metric} {_f(a.mean)} vs {_f(b.mean)} (n={a.n} vs {b.n}), "
-                      f"difference {_f(diff.mean)}, {_interval(diff)}"),
-                verdict=two_sided_verdict(diff, f"domains_per_micro_batch {other}"),
-            ))
-    return out
-
-
-def window_findings(values: Mapping[CellKey, list[float]], labels: _Labels, metric: str) -> list[Finding]:
+def window_findings(values: Mapping[CellKey, SeedValues], labels: _Labels, metric: str) -> list[Finding]:
     """Balance-window sweep: the widest window against the narrowest (wider should be purer)."""
     out = []
     for (method, cap, dpmb), by_scope in _split(values, "scope").items():
         sizes = {int(s.split()[1]): v for s, v in by_scope.items()
                  if s.startswith("window ") and s.split()[1].isdigit()}
-        if len(sizes) < 2:
-            continue
-        wide, narrow = max(sizes), min(sizes)
-        diff = difference_ci(sizes[wide], sizes[narrow])
-        if diff is None:
-            continue
-        a, b = mean_ci(sizes[wide]), mean_ci(sizes[narrow])
-        out.append(Finding(
-            topic=f"window {wide} vs window {narrow} sequences",
-            context=labels(method=method, capacity=cap, dpmb=dpmb),
-            text=(f"mean {metric} {_f(a.mean)} vs {_f(b.mean)} (n={a.n} vs {b.n}), "
-                  f"difference {_f(diff.mean)}, {_interval(diff)}"),
-            verdict=directional_verdict(diff),
-        ))
+        if len(sizes) >= 2:
+            wide, narrow = max(sizes), min(sizes)
+            f = _comparison_finding(f"window {wide} vs window {narrow} sequences",
+                                    labels(method=method, capacity=cap, dpmb=dpmb), metric,
+                                    sizes[wide], sizes[narrow], "directional")
+            out += [f] if f else []
     return out
+
+
+def capacity_findings(values: Mapping[CellKey, SeedValues], labels: _Labels, metric: str) -> list[Finding]:
+    out = []
+    for (method, scope, dpmb), by_cap in _split(values, "capacity").items():
+        if 0.0 not in by_cap:
+            continue
+        for cap in sorted(c for c in by_cap if c > 0):
+            f = _comparison_finding(f"capacity {capacity_label(cap)} vs dropless",
+                                    labels(method=method, scope=scope, dpmb=dpmb), metric,
+                                    by_cap[cap], by_cap[0.0], "two-sided", f"capacity {capacity_label(cap)}")
+            out += [f] if f else []
+    return out
+
+
+def layout_findings(values: Mapping[CellKey, SeedValues], labels: _Labels, metric: str) -> list[Finding]:
+    """Other values of ``data.domains_per_micro_batch`` against 1 (one domain per micro-batch)."""
+    out = []
+    for (method, scope, cap), by_dpmb in _split(values, "domains_per_micro_batch").items():
+        base = "1" if "1" in by_dpmb else sorted(by_dpmb)[0]
+        for other in sorted(d for d in by_dpmb if d != base):
+            f = _comparison_finding(f"domains_per_micro_batch {other} vs {base}",
+                                    labels(method=method, scope=scope, capacity=cap), metric,
+                                    by_dpmb[other], by_dpmb[base], "two-sided",
+                                    f"domains_per_micro_batch {other}")
+            out += [f] if f else []
+    return out
+
+
+def effect_size_finding(values: Mapping[CellKey, SeedValues], metric: str) -> list[Finding]:
+    """Does scope matter more than method? A two-way decomposition of the largest complete grid
+    of methods x scopes (at the most common capacity and layout; methods tried at fewer scopes
+    left out), seeds as blocks: F tests of method and scope, partial eta squared, and the
+    spread (SD) of each factor's level means."""
+    common = max(_split(values, "method_scope").items(), key=lambda kv: sum(len(v) for v in kv[1].values()),
+                 default=None)
+    if common is None:
+        return []
+    (cap, dpmb), by_cell = common
+    scopes_of: dict[str, set] = {}
+    for method, scope in by_cell:
+        scopes_of.setdefault(method, set()).add(scope)
+    methods = [m for m, sc in scopes_of.items() if len(sc) >= 2] or list(scopes_of)
+    shared_scopes = set.intersection(*(scopes_of[m] for m in methods))
+    grid = {(m, s, seed): v for (m, s), seeds in by_cell.items() if m in methods and s in shared_scopes
+            for seed, v in seeds.items()}
+    result = two_way_effects(grid)
+    if result is None or result.method is None or result.scope is None:
+        return []
+
+    def describe(e) -> str:
+        f = "F –" if e.f is None else f"F({e.df}, {result.df_error}) = {e.f:.2f}"
+        eta = "–" if e.partial_eta_sq is None else f"{e.partial_eta_sq:.2f}"
+        return f"{e.name}: spread {_f(e.spread)}, {f}, partial eta² {eta}"
+
+    text = (f"{len(result.method.levels)} methods x {len(result.scope.levels)} scopes x "
+            f"{result.n_seeds} seeds; " + "; ".join(
+                describe(e) for e in (result.scope, result.method, result.interaction) if e is not None))
+    context = f"two-way decomposition, capacity {capacity_label(cap)}, {dpmb} domain(s)/micro-batch"
+    return [Finding("scope effect vs method effect", context, text, "", metric, kind="effects",
+                    p_values=(result.scope.p_value, result.method.p_value),
+                    partial_eta=(result.scope.partial_eta_sq, result.method.partial_eta_sq))]
+
+
+def effects_verdict(p_scope: float | None, p_method: float | None,
+                    eta_scope: float | None = None, eta_method: float | None = None) -> str:
+    """Which factor is shown to matter (adjusted p < 0.05). "More than" is said only when one
+    effect is shown and the other is not; when both are, their partial eta squared are given."""
+    if p_scope is None or p_method is None:
+        return f"{NOT_SHOWN} (no residual variance to test against)"
+    scope, method = p_scope < ALPHA, p_method < ALPHA
+    if scope and not method:
+        return "scope matters more than method"
+    if method and not scope:
+        return "method matters more than scope"
+    if scope and method:
+        return (f"both shown (partial eta² scope {eta_scope:.2f}, method {eta_method:.2f}); "
+                "which matters more is not tested")
+    return f"{NOT_SHOWN} (neither effect shown)"
 
 
 def reference_finding(trials: Sequence[RunRecord], reference: RunRecord | None, metric: str) -> list[Finding]:
@@ -248,22 +344,16 @@ def reference_finding(trials: Sequence[RunRecord], reference: RunRecord | None, 
 _FIELDS = ("method", "scope", "capacity", "domains_per_micro_batch")
 
 
-def _split(values: Mapping[CellKey, list[float]], vary: str) -> dict[tuple, dict]:
-    """Cells grouped by all fields but ``vary``: ``{rest: {value of vary: values}}``."""
+def _split(values: Mapping[CellKey, SeedValues], vary: str) -> dict[tuple, dict]:
+    """Cells grouped by all fields but ``vary``: ``{rest: {value of vary: values}}``;
+    ``vary="method_scope"`` groups by capacity and layout, keyed by (method, scope)."""
+    varied = ("method", "scope") if vary == "method_scope" else (vary,)
     out: dict[tuple, dict] = {}
     for key, v in values.items():
-        rest = tuple(getattr(key, f) for f in _FIELDS if f != vary)
-        out.setdefault(rest, {})[getattr(key, vary)] = v
+        rest = tuple(getattr(key, f) for f in _FIELDS if f not in varied)
+        inner = tuple(getattr(key, f) for f in varied)
+        out.setdefault(rest, {})[inner if len(inner) > 1 else inner[0]] = v
     return out
-
-
-def _ranges(means: Mapping[CellKey, float], vary: str) -> dict[tuple, float]:
-    """Max - min of the cell means over ``vary``, for every group that has 2+ values of it."""
-    groups: dict[tuple, list[float]] = {}
-    for key, m in means.items():
-        rest = tuple(getattr(key, f) for f in _FIELDS if f != vary)
-        groups.setdefault(rest, []).append(m)
-    return {k: max(v) - min(v) for k, v in groups.items() if len(v) > 1}
 
 
 __all__ = ["Finding", "findings", "HOLDS", "DOES_NOT_HOLD", "NOT_SHOWN"]

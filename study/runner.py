@@ -47,9 +47,18 @@ def _state_path(root: str, name: str) -> Path:
 
 
 # -- pre-flight checks ------------------------------------------------------------------------
+def _fail_tracking_requests_fast() -> None:
+    """Few HTTP retries for MLflow: the tracker's delivery queue does the retrying, so an outage
+    must not block Tune's driver loop (or the pre-flight check) for minutes of back-off
+    (MLflow's default: 7 retries with exponential back-off)."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+
 def check_tracking(tracking_uri: str) -> None:
     from study.tracking import check_tracking_reachable
 
+    _fail_tracking_requests_fast()
     try:
         check_tracking_reachable(tracking_uri)
     except Exception as exc:  # noqa: BLE001 - any connection error means the same to the user
@@ -154,10 +163,7 @@ def _execute(spec: StudySpec, state: dict, state_path: Path, *, address: str | N
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    # fail a tracking request fast: the tracker's delivery queue does the retrying, so a
-    # tracking outage must not block Tune's driver loop for minutes of HTTP back-off
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    _fail_tracking_requests_fast()
     name = state["name"]
     client = MlflowClient(state["tracking_uri"])
     started_ray = not ray.is_initialized()

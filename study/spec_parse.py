@@ -18,12 +18,13 @@ from trainables.errors import ConfigError
 from study import naming
 from study.spec_types import (
     DISTRIBUTIONS, MODES, SAMPLERS, SCHEDULERS, BudgetSpec, Objective, ReferenceSpec,
-    ResourceSpec, SamplerSpec, SchedulerSpec, SearchParam, StudySpec, TrackingSpec, value_in,
+    ReportSpec, ResourceSpec, SamplerSpec, SchedulerSpec, SearchParam, StudySpec, TrackingSpec,
+    value_in,
 )
 
 TOP_LEVEL_KEYS = (
     "name", "description", "fixed", "search", "exclude", "objective", "sampler", "scheduler",
-    "budget", "resources", "reference", "tracking",
+    "budget", "resources", "reference", "tracking", "report",
 )
 PARAM_KEYS = DISTRIBUTIONS + ("step", "when")
 SAMPLER_OPTIONS = {
@@ -87,6 +88,7 @@ def parse_spec(raw: Any, *, default_name: str | None, source: str | None) -> tup
         resources=parse_resources(section("resources"), problems),
         reference=parse_reference(section("reference"), problems),
         tracking=parse_tracking(section("tracking"), problems),
+        report=parse_report(section("report"), problems),
         source=source,
     )
     if spec.is_grid:
@@ -538,6 +540,20 @@ def parse_tracking(raw: Any, problems: Problems) -> TrackingSpec:
         else:
             setattr(t, key, v)
     return t
+
+
+def parse_report(raw: Any, problems: Problems) -> ReportSpec:
+    if not isinstance(raw, dict):
+        problems.add("report", f"expected a mapping such as {{equivalence_margin: 0.01}} (got {_kind(raw)})")
+        return ReportSpec()
+    check_keys(problems, raw, ("equivalence_margin",), "report")
+    r = ReportSpec()
+    margin = raw.get("equivalence_margin", r.equivalence_margin)
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 < margin < 1:
+        problems.add("report.equivalence_margin", f"expected a number in (0, 1) (got {margin!r})")
+    else:
+        r.equivalence_margin = float(margin)
+    return r
 
 
 # -- small helpers -----------------------------------------------------------------------------------

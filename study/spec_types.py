@@ -255,6 +255,16 @@ class TrackingSpec:
 
 
 @dataclass
+class ReportSpec:
+    equivalence_margin: float = 0.01
+    """"No difference" is claimed only when a paired equivalence test (TOST) shows the
+    difference within ±this, in the metric's own units (purity, CMI)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+@dataclass
 class StudySpec:
     name: str
     description: str = ""
@@ -271,6 +281,7 @@ class StudySpec:
     resources: ResourceSpec = field(default_factory=ResourceSpec)
     reference: ReferenceSpec = field(default_factory=ReferenceSpec)
     tracking: TrackingSpec = field(default_factory=TrackingSpec)
+    report: ReportSpec = field(default_factory=ReportSpec)
     source: str | None = None
     """Path the spec was loaded from (not part of its content)."""
 
@@ -379,15 +390,17 @@ class StudySpec:
             "resources": self.resources.to_dict(),
             "reference": self.reference.to_dict(),
             "tracking": self.tracking.to_dict(),
+            "report": self.report.to_dict(),
         }
         if self.exclude:
             d["exclude"] = [{k: list(v) for k, v in rule.items()} for rule in self.exclude]
         return d
 
     def content_hash(self) -> str:
-        """Hash of what the study runs: everything but its name, description and tracking."""
+        """Hash of what the study runs: everything but its name, description, tracking and
+        report settings."""
         d = self.to_dict()
-        for key in ("name", "description", "tracking"):
+        for key in ("name", "description", "tracking", "report"):
             d.pop(key)
         text = json.dumps(d, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -72,6 +72,12 @@ def test_study_writes_parent_run_and_nested_trial_runs_with_gaps(smoke_study):
         assert m["gap_purity"] == pytest.approx(ref["purity"] - m["purity"])
         assert m["gap_loss"] == pytest.approx(m["val_loss"] - ref["val_loss"])
         assert 0 <= m["purity"] <= 1 and m["balance_window_tokens"] > 0
+        # the step-0 baseline and the token-controlled metrics, mean and per layer
+        for name in ("purity", "cmi", "shared_purity", "excess_purity", "nmi_domain"):
+            for suffix in ("", "/layer0", "/layer1"):
+                lift, init = m[f"{name}_lift{suffix}"], m[f"{name}_init{suffix}"]
+                assert lift == pytest.approx(m[f"{name}{suffix}"] - init, abs=1e-9)
+        assert m["cmi"] <= 1 and 0 < m["shared_coverage"] < 1 and m["init_eval_s"] > 0
         steps = sorted(h.step for h in client.get_metric_history(run.info.run_id, "val_loss"))
         # ASHA's rungs (10, 20; grace 10, factor 2) and every eval_every (20): a curve, not a point
         stopped = run.data.tags[naming.TAG_STOPPED_EARLY] == "true"

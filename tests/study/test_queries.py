@@ -54,7 +54,9 @@ def store(tmp_path_factory):
         client.set_terminated(run.info.run_id, status=status)
 
     for name, method, scope, coef, gap, purity, status in [*TRIALS, STOPPED]:
-        metrics = {"purity": purity, "val_loss": 2.0 + purity, "load_entropy": 0.95}
+        # lift against the step-0 router: the order differs from purity's on purpose
+        metrics = {"purity": purity, "val_loss": 2.0 + purity, "load_entropy": 0.95,
+                   "purity_lift": round(0.5 - purity if method == "eb" else purity - 0.5, 3)}
         if gap is not None:
             metrics["gap_purity"] = gap
         params = {"router.lbl_coef": coef} if coef is not None else {}
@@ -264,3 +266,13 @@ def test_cli_best_does_not_import_mlflow_for_a_sqlite_store(store):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "t2" in done.stdout.splitlines()[2]  # best gap_purity first
+
+
+def test_best_by_purity_lift(store):
+    """``--by purity_lift``: descending (a lift is better when higher), over finished trials."""
+    rows = best_runs(store, "study_a", by="purity_lift", top=10)
+    lifts = {name: round(0.5 - p if m == "eb" else p - 0.5, 3)
+             for name, m, _, _, _, p, status in TRIALS if status == "FINISHED"}
+    expected = sorted(lifts, key=lambda n: -lifts[n])
+    assert [r["trial"] for r in rows] == expected
+    assert [r["purity_lift"] for r in rows] == pytest.approx(sorted(lifts.values(), reverse=True))

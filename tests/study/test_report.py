@@ -232,13 +232,21 @@ def test_effect_size_verdict_when_scope_clearly_dominates():
                          params={"router.method": method, "router.scope": scope, "train.seed": str(seed)},
                          metrics={"purity": purity})
 
-    # scopes differ by 0.3 within each method, methods by 0.01 within each scope, seeds by 0.002
-    runs = [run(m, s, seed, base + shift + 0.001 * seed)
-            for m, shift in (("lbl", 0.0), ("eb", 0.01))
+    # scopes differ by 0.3 within each method, methods not at all, seeds by 0.001, plus noise
+    # of +-0.005 that no factor explains
+    noise = iter(np.random.default_rng(3).uniform(-0.005, 0.005, size=12))
+    runs = [run(m, s, seed, base + shift + 0.001 * seed + next(noise))
+            for m, shift in (("lbl", 0.0), ("eb", 0.0))
             for s, base in (("micro_batch", 0.3), ("global_batch", 0.6)) for seed in range(3)]
     line = next(f for f in findings(runs, None) if f.topic == "scope effect vs method effect")
-    assert line.verdict == "scope matters more than method"
-    assert "0.300" in line.text and "0.010" in line.text
+    assert line.verdict == "scope matters more than method", line
+    assert "2 methods x 2 scopes x 3 seeds" in line.text
+    # the scope's F test: the same numbers by a direct least-squares fit
+    from study.paired_stats import two_way_effects
+
+    result = two_way_effects({(r.method, r.scope, r.seed): r.metric("purity") for r in runs})
+    assert f"F(1, {result.df_error}) = {result.scope.f:.2f}" in line.text
+    assert result.scope.p_value < 0.001 < result.method.p_value
 
 
 # -- the report -------------------------------------------------------------------------------
@@ -311,20 +319,27 @@ def purities(method, scope, cap=0.0):
     return next(p for m, s, c, p in CELLS if (m, s, c) == (method, scope, cap))
 
 
+def paired(a, b):
+    """scipy's paired t-test of a - b over seeds: (interval, p)."""
+    res = stats.ttest_rel(a, b)
+    return res.confidence_interval(0.95), res.pvalue
+
+
 def test_findings_verdicts_follow_the_numbers(report):
     _, md = report
-    # lbl: global clearly above micro
+    # lbl: global clearly above micro, on every seed
     line = finding(md, "global_batch vs micro_batch", "lbl, capacity dropless")
-    ci = stats.ttest_ind(purities("lbl", "global_batch"), purities("lbl", "micro_batch"),
-                         equal_var=False).confidence_interval(0.95)
+    ci, p = paired(purities("lbl", "global_batch"), purities("lbl", "micro_batch"))
     assert ci.low > 0 and verdict(line) == "holds"
-    assert f"95% CI [{ci.low:.3f}, {ci.high:.3f}]" in line
+    assert f"95% CI [{ci.low:.3f}, {ci.high:.3f}] (paired over 3 seeds, 3 of 3 agree in sign)" in line
     diff = np.mean(purities("lbl", "global_batch")) - np.mean(purities("lbl", "micro_batch"))
     assert f"difference {diff:.3f}" in line
+    # Holm over the report's 6 p-values (4 comparisons, the two-way's scope and method)
+    adjusted = float(re.search(r"Holm-adjusted p = ([0-9.e-]+)", line).group(1))
+    assert p < adjusted <= min(1.0, 6 * p) * 1.001
     # eb: the two scopes overlap, nothing shown
     line = finding(md, "global_batch vs micro_batch", "eb, capacity dropless")
-    ci = stats.ttest_ind(purities("eb", "global_batch"), purities("eb", "micro_batch"),
-                         equal_var=False).confidence_interval(0.95)
+    ci, _ = paired(purities("eb", "global_batch"), purities("eb", "micro_batch"))
     assert ci.low < 0 < ci.high and verdict(line) == "not shown"
     # lbl: sequence beats micro_batch here, so the wider-scope claim is reversed
     line = finding(md, "micro_batch vs sequence", "lbl, capacity dropless")
@@ -336,31 +351,45 @@ def test_findings_verdicts_follow_the_numbers(report):
     assert "(ec" not in section(md, "Findings").split("scope effect")[0]
     # the tally counts each claim's comparisons by verdict: lbl holds, eb not shown
     tally = {r[0]: r[1] for r in table_rows(section(md, "Findings"))}
-    assert tally["global_batch vs micro_batch"] == "holds 1, not shown 1"
-    assert tally["micro_batch vs sequence"] == "does not hold 1"
+    assert tally["global_batch vs micro_batch, purity"] == "holds 1, not shown 1"
+    assert tally["micro_batch vs sequence, purity"] == "does not hold 1"
+    assert "All 6 p-values below are adjusted together (Holm)" in md
+    assert "margin ±0.01" in md
 
 
 def test_effect_size_and_reference_findings(report):
     _, md = report
-    means = {(m, s, c): np.mean(p) for m, s, c, p in CELLS}
-    scope_ranges = []
-    for method in ("lbl", "eb"):
-        v = [means[k] for k in means if k[0] == method and k[2] == 0.0]
-        scope_ranges.append(max(v) - min(v))
-    method_ranges = []
-    for scope in ("micro_batch", "global_batch"):
-        v = [means[k] for k in means if k[1] == scope and k[2] == 0.0]
-        method_ranges.append(max(v) - min(v))
-    scope_effect, method_effect = np.mean(scope_ranges), np.mean(method_ranges)
-    noise = np.mean([stats.t.ppf(0.975, len(p) - 1) * stats.sem(p) for *_, p in CELLS if len(p) > 1])
-    noise *= np.sqrt(2)
-    line = next(ln for ln in section(md, "Findings").splitlines() if ln.startswith("- **scope effect vs method effect"))
-    assert f"{scope_effect:.3f}" in line and f"{method_effect:.3f}" in line and f"±{noise:.3f}" in line
-    # 0.107 vs 0.137: closer than the seed noise, so neither is called larger
-    assert abs(scope_effect - method_effect) < noise
-    assert verdict(line).startswith("not shown")
+    from study.paired_stats import two_way_effects
+
+    # the largest complete grid: lbl and eb at micro_batch and global_batch, dropless, 3 seeds
+    grid = {(m, s, str(seed)): p for m, s, c, ps in CELLS if c == 0.0 and m in ("lbl", "eb")
+            and s in ("micro_batch", "global_batch") for seed, p in enumerate(ps)}
+    result = two_way_effects(grid)
+    line = next(ln for ln in section(md, "Findings").splitlines()
+                if ln.startswith("- **scope effect vs method effect"))
+    assert "2 methods x 2 scopes x 3 seeds" in line
+    assert f"scope: spread {result.scope.spread:.3f}, F(1, {result.df_error}) = {result.scope.f:.2f}" in line
+    assert f"partial eta² {result.method.partial_eta_sq:.2f}" in line
+    line_verdict = verdict(line)
+    assert line_verdict in ("scope matters more than method", "method matters more than scope") or \
+        line_verdict.startswith(("both shown", "not shown"))
     line = next(ln for ln in section(md, "Findings").splitlines() if ln.startswith("- **reference router on top"))
     assert verdict(line) == "yes" and "best trial trial-ec-global_batch-cap0-s0" in line
+
+
+def test_equivalence_is_claimed_only_through_tost(store, tmp_path):
+    """A capacity whose purity is within ±0.002 of dropless on every seed: "equivalent within
+    ±0.01"; a noisy one with a similar mean difference: "not shown"."""
+    exp, parent = store.experiment("equivalence")
+    arms = {0.0: [0.500, 0.520, 0.540, 0.530], 1.0: [0.501, 0.519, 0.542, 0.530],
+            2.0: [0.40, 0.64, 0.45, 0.63]}
+    for cap, values in arms.items():
+        for seed, p in enumerate(values):
+            store.run(exp, parent, f"eq-{cap}-{seed}", naming.ROLE_TRIAL, trial_params("lbl", "global_batch", cap, seed),
+                      trial_metrics("lbl", p, seed, cap))
+    md = write_report("equivalence", out_dir=tmp_path, tracking_uri=store.uri).read_text()
+    assert verdict(finding(md, "capacity 1 vs dropless", "lbl, global_batch")).startswith("equivalent within ±0.01")
+    assert verdict(finding(md, "capacity 2 vs dropless", "lbl, global_batch")) == "not shown"
 
 
 def test_figures_are_written_and_linked(report):
@@ -403,6 +432,7 @@ def test_balance_window_sweep_gets_cells_a_curve_and_a_finding(store, tmp_path):
     finding = [ln for ln in section(md, "Findings").splitlines() if "window 16 vs window 1" in ln]
     diff = difference_ci(WINDOW_PURITY[16], WINDOW_PURITY[1])
     assert len(finding) == 1 and "holds" in finding[0] and f"{diff.mean:.3f}" in finding[0]
+    assert "paired over 3 seeds" in finding[0]
 
 
 def test_failed_trials_are_listed_with_their_error(report):
@@ -536,3 +566,49 @@ def test_compare_warns_when_the_studies_trained_on_different_text(store, tmp_pat
     assert ("**Warning: the two studies trained on different text** (data mix content hashes "
             "`aaaa111111111111` here, `bbbb111111111111` in `text_b`)") in against_b
     assert "different text" not in section(text, "Against `text_a_again`")
+
+
+def test_lift_verdicts_per_layer_table_and_lift_findings(store, tmp_path):
+    """Cells whose purity fell below the step-0 router's are marked as erasing structure, cells
+    whose CMI rose as specialised; per-layer values sit next to their mean; findings are made on
+    the lifts and CMI too."""
+    exp, parent = store.experiment("lifts")
+    lifts = {"micro_batch": ([-0.05, -0.06, -0.04], [0.000, 0.010, -0.010]),
+             "global_batch": ([-0.01, 0.00, 0.01], [0.020, 0.030, 0.025])}
+    for scope, (purity_lifts, cmi_lifts) in lifts.items():
+        for seed, (pl, cl) in enumerate(zip(purity_lifts, cmi_lifts)):
+            m = trial_metrics("lbl", 0.3 + pl, seed, 0.0)
+            m.update({"purity_init": 0.3, "purity_lift": pl, "cmi": 0.08 + cl, "cmi_lift": cl,
+                      "purity/layer0": 0.35 + pl, "purity/layer1": 0.25 + pl,
+                      "purity_lift/layer0": pl + 0.01, "purity_lift/layer1": pl - 0.01,
+                      "cmi/layer0": 0.05, "cmi/layer1": 0.11 + 2 * cl,
+                      "cmi_lift/layer0": 0.0, "cmi_lift/layer1": 2 * cl})
+            store.run(exp, parent, f"l-{scope}-{seed}", naming.ROLE_TRIAL,
+                      trial_params("lbl", "global_batch" if scope == "global_batch" else "micro_batch", 0.0, seed), m)
+    md = write_report("lifts", out_dir=tmp_path, tracking_uri=store.uri).read_text()
+    table = section(md, "Method x scope")
+    header = [c.strip() for c in table.splitlines()[4].strip("|").split("|")]
+    rows = {r[1]: r for r in table_rows(table)}
+    assert rows["micro_batch"][header.index("training did")] == "balancing erased structure"
+    assert rows["global_batch"][header.index("training did")] == "specialised"
+    half = stats.t.ppf(0.975, 2) * stats.sem(lifts["micro_batch"][0])
+    assert rows["micro_batch"][header.index("purity_lift")] == f"{np.mean(lifts['micro_batch'][0]):.3f} ± {half:.3f}"
+    layers = section(md, "Per layer")
+    lheader = [c.strip() for c in layers.splitlines()[4].strip("|").split("|")]
+    lrows = {(r[1], r[4]): r for r in table_rows(layers)}
+    assert set(lrows) == {(s, layer) for s in lifts for layer in ("0", "1", "mean")}
+    assert lrows[("global_batch", "1")][lheader.index("cmi_lift")].startswith(
+        f"{np.mean([2 * c for c in lifts['global_batch'][1]]):.3f} ± ")
+    assert lrows[("global_batch", "0")][lheader.index("cmi")] == "0.050 ± 0.000"
+    # findings on each metric: global above micro in purity_lift and in cmi_lift
+    assert finding_line(md, "global_batch vs micro_batch", "purity_lift")
+    cmi_line = finding_line(md, "global_batch vs micro_batch", "cmi_lift")
+    diffs = np.subtract(lifts["global_batch"][1], lifts["micro_batch"][1])
+    assert f"difference {diffs.mean():.3f}" in cmi_line and "3 of 3 agree in sign" in cmi_line
+
+
+def finding_line(md: str, topic: str, metric: str) -> str:
+    lines = [ln for ln in section(md, "Findings").splitlines()
+             if ln.startswith(f"- **{topic}**") and f"`{metric}`:" in ln]
+    assert len(lines) == 1, (topic, metric)
+    return lines[0]

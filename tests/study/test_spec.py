@@ -563,3 +563,19 @@ def test_asha_rungs_by_hand(grace, rf, rungs):
 
 def test_fifo_has_no_rungs():
     assert spec_from_dict(edited(scheduler={"type": "fifo"})).asha_rungs() == []
+
+
+def test_objective_on_lift_and_cmi_and_the_report_margin():
+    """A study can optimise what training added (``purity_lift``, per layer too) or the
+    token-controlled ``cmi``; both are maximised. The report margin is a presentation setting:
+    not part of the content hash, but checked."""
+    spec = spec_from_dict(edited(objective={"metric": ["purity_lift", "cmi_lift/layer1"]}))
+    assert spec.objective.modes == ["max", "max"]
+    assert spec_from_dict(edited(objective={"metric": "cmi"})).objective.modes == ["max"]
+    with pytest.raises(ConfigError, match="purity_lyft"):
+        spec_from_dict(edited(objective={"metric": "purity_lyft"}))
+    margin = spec_from_dict(edited(report={"equivalence_margin": 0.02}))
+    assert margin.report.equivalence_margin == 0.02
+    assert margin.content_hash() == spec_from_dict(edited()).content_hash()
+    with pytest.raises(ConfigError, match=r"report\.equivalence_margin: expected a number in \(0, 1\)"):
+        spec_from_dict(edited(report={"equivalence_margin": 0}))

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from study.report_stats import (
+from study.paired_stats import (
     Effect,
     Estimate,
     KendallResult,
