@@ -27,7 +27,6 @@ from common import add_process_args, format_table, load_average, medians, setup_
 from trainables.config import TrialConfig  # noqa: E402
 from trainables.data import StepSampler, build_mix, eval_batches  # noqa: E402
 from trainables.model import MoETransformer  # noqa: E402
-from trainables.moe import RoutingStats  # noqa: E402
 from trainables.routers import runs_whole_step_forward  # noqa: E402
 from trainables.specialisation import specialisation_metrics  # noqa: E402
 from trainables.training import apply_update, build_optimizer, evaluate, forward_backward  # noqa: E402
@@ -59,27 +58,10 @@ def main() -> None:
         evaluate(model, batches, cfg, mix.domains, device)
 
     # the counts of one evaluation, to time the metric computation on its own
-    evaluate(model, batches, cfg, mix.domains, device)
-    layers = model.moe_layers()
-    n_seq = sum(int(mb.tokens.shape[0]) for mb in batches)
-    for layer in layers:
-        layer.stats = RoutingStats(cfg.model.n_experts, len(mix.domains), n_seq)
-    model.eval()
-    with torch.no_grad():
-        first = 0
-        for mb in batches:
-            seq = torch.arange(first, first + mb.tokens.shape[0])
-            first += mb.tokens.shape[0]
-            model(mb.tokens[:, :-1], mb.domains, seq)
-    model.train()
-    n_LXED = np.stack([layer.stats.n_XED.numpy() for layer in layers])
-    n_LQE = np.stack([layer.stats.n_QE.numpy() for layer in layers])
-    domain_Q = torch.cat([mb.domains for mb in batches]).numpy()
-    for layer in layers:
-        layer.stats = None
+    raw = evaluate(model, batches, cfg, mix.domains, device)[2]
 
     def metrics_only() -> None:
-        specialisation_metrics(n_LXED, n_LQE, domain_Q)
+        specialisation_metrics(raw.n_LXED, raw.n_LQE, raw.domain_Q)
 
     times = time_interleaved({"step": step, "evaluation": one_evaluation, "metrics": metrics_only},
                              repeats=args.repeats, clock=args.clock)

@@ -43,6 +43,9 @@ TAG_SCOPE = "router.scope"
 
 COUNT_TABLE_FILE = "count_table.parquet"
 """Artifact of a trial run: its final n[layer, expert, domain] as Parquet."""
+ROUTING_COUNTS_FILE = "routing_counts.parquet"
+"""Artifact of a trial run: the raw counts of its final evaluation behind the token-controlled
+metrics, n[layer, byte, expert, domain] and n[layer, sequence, expert] (trainables.routing_counts)."""
 SPEC_ARTIFACT = "spec.yaml"
 """Artifact name of the study spec (``StudySpec.to_dict()`` as YAML) on the parent run."""
 

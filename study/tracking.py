@@ -41,7 +41,7 @@ TUNE_AUTO_KEYS = {
 
 # keys of a Tune result that are not metrics
 _SKIP_RESULT_KEYS = {"step", "count_table", "domains", "done", "training_iteration", "trial_id", "node_id",
-                     "mix_hash"}
+                     "mix_hash", "routing_counts"}
 
 
 def metric_items(result: dict) -> dict[str, float]:
@@ -181,7 +181,7 @@ class _DeliveryQueue:
                 seen.add(kw["step"])
         elif op == "artifact":
             c.log_artifact(run_id, kw["path"], kw.get("artifact_path"))
-        elif op in ("count_table", "heatmap"):  # files are written here, off the driver loop
+        elif op in ("count_table", "heatmap", "routing_counts"):  # files are written here, off the driver loop
             if "path" not in kw:
                 kw["path"] = self.render(op, kw["table"], kw["domains"])
             c.log_artifact(run_id, kw["path"])
@@ -236,12 +236,17 @@ class _DeliveryQueue:
 
 
 def render_routing_artifacts(kind: str, table: list, domains: list[str]) -> str:
-    """The expert x domain ``count_table`` (Parquet) or its ``heatmap`` (PNG), in a temporary
-    folder; returns the file's path."""
+    """The expert x domain ``count_table`` (Parquet), its ``heatmap`` (PNG) or the raw
+    ``routing_counts`` (Parquet), in a temporary folder; returns the file's path."""
     import numpy as np
 
-    n_LED = np.asarray(table)
     d = tempfile.mkdtemp(prefix="moe-study-artifacts-")
+    if kind == "routing_counts":  # ``table``: RoutingCounts.to_sparse()
+        from trainables.routing_counts import RoutingCounts, write_routing_counts
+
+        return str(write_routing_counts(os.path.join(d, naming.ROUTING_COUNTS_FILE),
+                                        RoutingCounts.from_sparse(table), domains))
+    n_LED = np.asarray(table)
     if kind == "count_table":
         from trainables.count_table import write_count_table
 
@@ -375,6 +380,8 @@ class StudyTracker(Callback):
         table, domains = result.get("count_table"), result.get("domains")
         if table and domains:
             self.queue.put("count_table", trial=key, table=table, domains=list(domains))
+        if result.get("routing_counts") and domains:
+            self.queue.put("routing_counts", trial=key, table=result["routing_counts"], domains=list(domains))
         stopped_early = int(result.get("step", 0)) < int(trial.config.get("train.steps", 0))
         self.queue.put(
             "batch", trial=key, metrics={}, ts=0, step=0,

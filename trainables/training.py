@@ -24,6 +24,7 @@ from trainables.data.loader import MicroBatch, StepSampler, eval_batches
 from trainables.data.mix import DomainMix, build_mix
 from trainables.model import VOCAB_SIZE, MoETransformer
 from trainables.moe import RoutingStats
+from trainables.routing_counts import RoutingCounts
 from trainables.specialisation import baseline_metrics, specialisation_metrics
 from trainables.routers import runs_whole_step_forward
 from trainables.runtime import tune_allocator
@@ -46,6 +47,9 @@ class Report:
     """Builds a checkpoint (model, optimizer, data stream, step) when called."""
     mix_hash: str = ""
     """Content hash of the data mix the trial trains and evaluates on (``DomainMix.content_hash``)."""
+    routing_counts: RoutingCounts | None = field(default=None, repr=False)
+    """The raw counts of this evaluation (token-controlled metrics); None when not evaluated
+    again (a trial restored at its last report)."""
 
 
 def resolve_device(cfg: TrialConfig) -> torch.device:
@@ -91,10 +95,11 @@ def lm_loss(logits_BLV: torch.Tensor, targets_BL: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def evaluate(
     model: MoETransformer, batches: list[MicroBatch], cfg: TrialConfig, domains: list[str], device
-) -> tuple[dict[str, float], np.ndarray | None]:
+) -> tuple[dict[str, float], np.ndarray | None, RoutingCounts | None]:
     """Validation loss overall (mean over domains) and per domain, and the routing metrics:
     those of the expert x domain table (trainables.metrics) and the token-controlled ones, from
-    counts by byte value and by evaluation sequence (trainables.specialisation)."""
+    counts by byte value and by evaluation sequence (trainables.specialisation). Returns the
+    metrics, the expert x domain table n[layer, expert, domain] and those raw counts."""
     was_training = model.training
     model.eval()
     layers = model.moe_layers()
@@ -118,7 +123,7 @@ def evaluate(
     per_domain = (loss_sum / tok_count.clamp_min(1)).tolist()
     out = {f"val_loss/{d}": v for d, v in zip(domains, per_domain)}
     out["val_loss"] = float(np.mean(per_domain))
-    count_table = None
+    count_table, raw = None, None
     if layers:
         count_table = np.stack([layer.stats.n_ED.numpy() for layer in layers])
         out.update(
@@ -128,15 +133,14 @@ def evaluate(
                 experts_per_group=cfg.model.n_experts // len(domains),
             )
         )
-        domain_Q = torch.cat([mb.domains for mb in batches]).numpy()
-        out.update(specialisation_metrics(
-            np.stack([layer.stats.n_XED.numpy() for layer in layers]),
-            np.stack([layer.stats.n_QE.numpy() for layer in layers]), domain_Q,
-        ))
+        raw = RoutingCounts(np.stack([layer.stats.n_XED.numpy() for layer in layers]),
+                            np.stack([layer.stats.n_QE.numpy() for layer in layers]),
+                            torch.cat([mb.domains for mb in batches]).numpy())
+        out.update(specialisation_metrics(raw.n_LXED, raw.n_LQE, raw.domain_Q))
     for layer in layers:
         layer.stats = None
     model.train(was_training)
-    return out, count_table
+    return out, count_table, raw
 
 
 def _autocast(device: torch.device):
@@ -214,15 +218,16 @@ def train(
         # report may never have reached the caller's records (a driver killed right after the
         # checkpoint was saved), so it is given again, as it was
         saved = resume_state.get(REPORT_KEY)
+        raw = None  # the raw counts are not in the checkpoint; its report's metrics are
         if saved is not None:
             metrics, table = dict(saved["metrics"]), saved["count_table"]
             count_table = None if table is None else table.numpy()
         else:  # a checkpoint from before reports were saved in it: evaluate again
-            metrics, count_table = evaluate(model, val_batches, cfg, domains, device)
+            metrics, count_table, raw = evaluate(model, val_batches, cfg, domains, device)
             metrics.update(baseline_metrics(metrics, init_metrics), step=start_step,
                            init_eval_s=init_eval_s)
         yield Report(start_step, metrics, domains, count_table, True, lambda: resume_state,
-                     mix.content_hash)
+                     mix.content_hash, raw)
         return
 
     for step in range(start_step, cfg.train.steps):
@@ -243,7 +248,7 @@ def train(
         train_losses.append(step_loss)
 
         if report_now:
-            val, count_table = evaluate(model, val_batches, cfg, domains, device)
+            val, count_table, raw = evaluate(model, val_batches, cfg, domains, device)
             val.update(baseline_metrics(val, init_metrics))
             elapsed = time.perf_counter() - t0
             val.update(
@@ -261,7 +266,7 @@ def train(
                 val["global_counts_total"] = window_counts
             paused_at = time.perf_counter()
             yield Report(step + 1, val, domains, count_table, done,
-                         checkpoint_state(step + 1, val, count_table), mix.content_hash)
+                         checkpoint_state(step + 1, val, count_table), mix.content_hash, raw)
             # time the caller held the run (checkpointing, reporting) is not training time
             paused_s += time.perf_counter() - paused_at
             train_losses.clear()
@@ -273,7 +278,7 @@ def evaluate_at_init(model: MoETransformer, batches: list[MicroBatch], cfg: Tria
     left as they were: training after the baseline is the training without it."""
     t0 = time.perf_counter()
     rng_state = torch.get_rng_state()
-    metrics, _ = evaluate(model, batches, cfg, domains, device)
+    metrics, _, _ = evaluate(model, batches, cfg, domains, device)
     torch.set_rng_state(rng_state)
     return metrics, time.perf_counter() - t0
 

@@ -93,6 +93,8 @@ def result_builder(private: dict) -> Callable[[Report], dict]:
             result["domains"] = list(report.domains)
         result["node_id"] = node_id  # where the trial ran (tagged on its MLflow run)
         result["mix_hash"] = report.mix_hash  # which text it trained on (tagged too)
+        if report.done and report.routing_counts is not None:  # kept as an artifact, once
+            result["routing_counts"] = report.routing_counts.to_sparse()
         return result
 
     return build

@@ -44,7 +44,11 @@ def _runs(uri: str):
     return client, client.search_runs([exp.experiment_id], max_results=1000)
 
 
-def test_study_writes_parent_run_and_nested_trial_runs_with_gaps(smoke_study):
+def test_study_writes_parent_run_and_nested_trial_runs_with_gaps(smoke_study, tmp_path):
+    from trainables.routing_counts import read_routing_counts
+    from trainables.specialisation import specialisation_metrics
+
+    tmp = tmp_path
     _, uri, stdout = smoke_study
     client, runs = _runs(uri)
     parents = [r for r in runs if r.data.tags.get(naming.TAG_ROLE) == naming.ROLE_STUDY]
@@ -73,8 +77,10 @@ def test_study_writes_parent_run_and_nested_trial_runs_with_gaps(smoke_study):
         assert m["gap_loss"] == pytest.approx(m["val_loss"] - ref["val_loss"])
         assert 0 <= m["purity"] <= 1 and m["balance_window_tokens"] > 0
         # the step-0 baseline and the token-controlled metrics, mean and per layer
+        layers = [k.split("/")[1] for k in m if k.startswith("purity/layer")]
+        assert layers
         for name in ("purity", "cmi", "shared_purity", "excess_purity", "nmi_domain"):
-            for suffix in ("", "/layer0", "/layer1"):
+            for suffix in ("", *(f"/{layer}" for layer in layers)):
                 lift, init = m[f"{name}_lift{suffix}"], m[f"{name}_init{suffix}"]
                 assert lift == pytest.approx(m[f"{name}{suffix}"] - init, abs=1e-9)
         assert m["cmi"] <= 1 and 0 < m["shared_coverage"] < 1 and m["init_eval_s"] > 0
@@ -85,6 +91,13 @@ def test_study_writes_parent_run_and_nested_trial_runs_with_gaps(smoke_study):
         assert stopped == (steps[-1] < 40)
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"count_table.parquet", "routing_heatmap.png"} <= artifacts
+        if not stopped:  # the raw counts of the final evaluation give back its logged metrics
+            assert naming.ROUTING_COUNTS_FILE in artifacts
+            counts, domains = read_routing_counts(
+                client.download_artifacts(run.info.run_id, naming.ROUTING_COUNTS_FILE, str(tmp)))
+            again = specialisation_metrics(counts.n_LXED, counts.n_LQE, counts.domain_Q)
+            assert again["cmi"] == pytest.approx(m["cmi"]) and len(domains) == counts.n_LXED.shape[3]
+            assert again["excess_purity/layer0"] == pytest.approx(m["excess_purity/layer0"])
     assert "finished: 4 trials done, 0 failed" in stdout
     # every run names the text it trained on: the study's mix, as built from its base config
     from study.runner import spec_base_config
