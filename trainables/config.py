@@ -28,6 +28,15 @@ SCOPES = ("sequence", "micro_batch", "global_batch", "window")
 SCORE_FUNCTIONS = ("softmax", "sigmoid")
 DROP_POLICIES = ("probs", "position")
 GLOBAL_COUNTS = ("exact", "running")
+DEFAULT_DOMAINS = ("english", "german", "chinese", "python", "c", "json")
+NAMED_MIXES = {
+    "default": DEFAULT_DOMAINS,
+    # Latin-script languages and ASCII code: no domain owns a block of byte values the way
+    # Chinese owns the bytes >= 0x80, so routing by domain needs context, not the byte alone
+    "same_script": ("english", "german", "spanish", "python", "c", "json"),
+}
+"""``data.mix`` names: a domain set chosen by one key."""
+STEP_COMPOSITIONS = ("independent", "domain_complete")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -35,10 +44,11 @@ DEVICES = ("auto", "cpu", "cuda")
 class DataConfig:
     """Which domains, how much text of each, and how micro-batches are composed."""
 
-    domains: list[str] = field(
-        default_factory=lambda: ["english", "german", "chinese", "python", "c", "json"]
-    )
+    domains: list[str] = field(default_factory=lambda: list(DEFAULT_DOMAINS))
     """Built-in domain names (see ``moe-study data describe``) and names of ``extra`` domains."""
+    mix: str = ""
+    """A named domain set (``NAMED_MIXES``: ``default``, ``same_script``) that sets ``domains``;
+    empty: ``domains`` as given. Setting both to different lists is an error."""
     extra: list[dict] = field(default_factory=list)
     """User domains: ``{name, path | hf, format?, text_field?, split?}`` (local files or HF datasets)."""
     bytes_per_domain: int = 1_500_000
@@ -51,6 +61,11 @@ class DataConfig:
     """Share of each domain's documents held out for validation (split by document)."""
     domains_per_micro_batch: Union[int, str] = 1
     """How many domains one micro-batch holds: 1, n, or ``random`` (sequences drawn iid)."""
+    step_composition: str = "independent"
+    """``independent``: each micro-batch's domains are drawn on their own, so a step may miss
+    domains; ``domain_complete``: every optimizer step holds each domain equally (with one domain
+    per micro-batch, each domain gets grad_accum / D micro-batches in a shuffled order; with
+    ``random``, micro_batch_size * grad_accum / D sequences), on every data-parallel worker."""
     eval_sequences_per_domain: int = 32
     """Validation sequences per domain for the final and periodic evaluation."""
     cache_dir: str = ""
@@ -161,6 +176,8 @@ class TrialConfig:
             setattr(getattr(cfg, section), name, coerced)
         if problems:
             raise ConfigError(problems)
+        if cfg.data.mix in NAMED_MIXES and "data.domains" not in flat:
+            cfg.data.domains = list(NAMED_MIXES[cfg.data.mix])
         if check:
             cfg.validate()
         return cfg
@@ -290,6 +307,8 @@ class TrialConfig:
                 f"data.domains_per_micro_batch: {d.domains_per_micro_batch} exceeds the number of "
                 f"domains ({len(d.domains)}) or train.micro_batch_size ({t.micro_batch_size})"
             )
+        _check_named_mix(p, d)
+        _check_step_composition(p, d, t)
         _check_balance_window(p, r, t)
         if r.method == "reference" and d.domains and m.n_experts >= 1:
             n_dom = len(d.domains)
@@ -388,6 +407,41 @@ def _coerce(value: Any, typ: Any) -> tuple[Any, str]:
     if typ is str:
         return (value, "") if isinstance(value, str) else (None, "expected a string")
     return value, ""
+
+
+def _check_named_mix(p: list[str], d: DataConfig) -> None:
+    if not d.mix:
+        return
+    if d.mix not in NAMED_MIXES:
+        p.append(f"data.mix: unknown mix {d.mix!r}; expected one of {list(NAMED_MIXES)}")
+    elif list(d.domains) != list(NAMED_MIXES[d.mix]):
+        p.append(f"data.domains: {d.domains} differs from data.mix {d.mix!r} "
+                 f"({list(NAMED_MIXES[d.mix])}); set one of the two")
+
+
+def _check_step_composition(p: list[str], d: DataConfig, t: "TrainConfig") -> None:
+    if d.step_composition not in STEP_COMPOSITIONS:
+        p.append(f"data.step_composition: expected one of {list(STEP_COMPOSITIONS)} "
+                 f"(got {d.step_composition!r})")
+        return
+    if d.step_composition == "independent" or not d.domains:
+        return
+    n = len(d.domains)
+    if d.weights:
+        p.append("data.step_composition: domain_complete gives every domain an equal share of "
+                 "each step, which data.weights would contradict; drop one of them")
+    if d.domains_per_micro_batch == 1:
+        if t.grad_accum % n:
+            p.append(f"data.step_composition: domain_complete with one domain per micro-batch "
+                     f"needs train.grad_accum ({t.grad_accum}) divisible by the {n} domains")
+    elif d.domains_per_micro_batch == "random":
+        if (t.micro_batch_size * t.grad_accum) % n:
+            p.append(f"data.step_composition: domain_complete needs train.micro_batch_size x "
+                     f"train.grad_accum ({t.micro_batch_size * t.grad_accum}) divisible by the "
+                     f"{n} domains")
+    else:
+        p.append("data.step_composition: domain_complete works with data.domains_per_micro_batch "
+                 f"1 or 'random' (got {d.domains_per_micro_batch!r})")
 
 
 def _check_balance_window(p: list[str], r: RouterConfig, t: TrainConfig) -> None:

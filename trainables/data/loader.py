@@ -9,6 +9,14 @@ micro-batch is ``data.domains_per_micro_batch``:
 - ``"random"``: every sequence's domain is drawn independently.
 
 Domains are drawn with probability proportional to ``data.weights`` (default 1 each).
+
+``data.step_composition`` decides whether an optimizer step is *domain-complete*. With
+``independent`` (the rule above, micro-batch by micro-batch) a step of 6 micro-batches over 6
+domains holds 4.0 domains on average and rarely all of them, so "global-batch" balancing still
+pushes a step's domains onto the experts of the missing ones. With ``domain_complete`` every
+step of every data-parallel worker holds each domain equally: one domain per micro-batch gives
+each domain ``grad_accum / D`` micro-batches in a shuffled order; ``random`` gives each domain
+``micro_batch_size * grad_accum / D`` sequences, shuffled across the step's micro-batches.
 """
 
 from __future__ import annotations
@@ -89,6 +97,7 @@ class StepSampler:
                     f"{self.micro_batch_size})"
                 )
         self.probabilities = domain_probabilities(mix, cfg)
+        self.domain_complete = cfg.data.step_composition == "domain_complete"
         _check_length(mix, mix.train, self.seq_len + 1, "train")
         self.seed = cfg.train.seed if seed is None else seed
         self.rank = rank
@@ -106,8 +115,19 @@ class StepSampler:
         shares[: size % k] += 1
         return np.repeat(chosen, shares)
 
-    def _micro_batch(self) -> MicroBatch:
-        labels = self._micro_batch_labels()
+    def _step_labels(self) -> np.ndarray:
+        """[grad_accum, micro_batch_size] domain labels of a domain-complete step."""
+        n_domains, size, steps = len(self.mix.domains), self.micro_batch_size, self.grad_accum
+        if self.composition == 1:
+            per_micro_batch = np.repeat(np.arange(n_domains), steps // n_domains)
+            self._rng.shuffle(per_micro_batch)
+            return np.repeat(per_micro_batch[:, None], size, axis=1)
+        sequences = np.repeat(np.arange(n_domains), size * steps // n_domains)
+        self._rng.shuffle(sequences)
+        return sequences.reshape(steps, size)
+
+    def _micro_batch(self, labels: np.ndarray | None = None) -> MicroBatch:
+        labels = self._micro_batch_labels() if labels is None else labels
         tokens = np.empty((labels.size, self.seq_len + 1), dtype=np.uint8)
         for d in np.unique(labels):
             rows = np.flatnonzero(labels == d)
@@ -118,7 +138,10 @@ class StepSampler:
 
     def next_step(self) -> list[MicroBatch]:
         """``train.grad_accum`` micro-batches of ``train.micro_batch_size`` sequences each."""
-        batches = [self._micro_batch() for _ in range(self.grad_accum)]
+        if self.domain_complete:
+            batches = [self._micro_batch(labels) for labels in self._step_labels()]
+        else:
+            batches = [self._micro_batch() for _ in range(self.grad_accum)]
         self.steps_drawn += 1
         return batches
 
