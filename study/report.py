@@ -193,7 +193,7 @@ def header_markdown(runs: StudyRuns, uri: str) -> str:
         f"by the scheduler, {failed} failed"
         + (f", {other} unfinished (running or killed)" if other else ""),
     ]
-    lines += mix_hash_lines(runs)
+    lines += mix_hash_lines(runs) + composition_lines(runs)
     ref = runs.reference
     if ref is None:
         lines.append("- reference run: none found, so there are no gaps to the upper bound")
@@ -208,6 +208,17 @@ def header_markdown(runs: StudyRuns, uri: str) -> str:
     if len(runs.references) > 1:
         lines += ["", f"{len(runs.references)} finished reference runs; the newest is shown."]
     return "\n".join(lines)
+
+
+def composition_lines(runs: StudyRuns) -> list[str]:
+    """Which domains the trials trained on and how their optimizer steps were composed."""
+    trials = runs.finished_trials
+    domains = sorted({t.params.get("data.domains", "") for t in trials} - {""})
+    steps = sorted({t.params.get("data.step_composition", "independent (not logged)") for t in trials})
+    lines = [f"- step composition (`data.step_composition`): {', '.join(f'`{s}`' for s in steps)}"]
+    if domains:
+        lines.insert(0, f"- domains (`data.domains`): {'; '.join(domains)}")
+    return lines
 
 
 def mix_hash_lines(runs: StudyRuns) -> list[str]:

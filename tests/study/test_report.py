@@ -612,3 +612,17 @@ def finding_line(md: str, topic: str, metric: str) -> str:
              if ln.startswith(f"- **{topic}**") and f"`{metric}`:" in ln]
     assert len(lines) == 1, (topic, metric)
     return lines[0]
+
+
+def test_report_says_which_step_composition_and_domains_a_study_used(store, tmp_path):
+    exp, parent = store.experiment("composed")
+    for seed in range(2):
+        params = {**trial_params("lbl", "global_batch", 0.0, seed),
+                  "data.step_composition": "domain_complete",
+                  "data.domains": "['english', 'german', 'spanish', 'python', 'c', 'json']"}
+        store.run(exp, parent, f"c-{seed}", naming.ROLE_TRIAL, params, trial_metrics("lbl", 0.5, seed, 0.0))
+    md = write_report("composed", out_dir=tmp_path, tracking_uri=store.uri).read_text()
+    assert "- step composition (`data.step_composition`): `domain_complete`" in md
+    assert "- domains (`data.domains`): ['english', 'german', 'spanish', 'python', 'c', 'json']" in md
+    old = write_report("paper_like", out_dir=tmp_path / "old", tracking_uri=store.uri).read_text()
+    assert "`independent (not logged)`" in old
