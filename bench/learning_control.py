@@ -35,6 +35,8 @@ ARMS = {
     # the same at micro-batch scope with a strong coefficient: balancing each one-domain
     # micro-batch forces every domain across all experts
     "lbl-micro-0.1": ("configs/lbl.yaml", {"router.scope": "micro_batch", "router.lbl_coef": 0.1}),
+    # no balancing at all (calibration: the last layer's CMI rose most, but experts die)
+    "none": ("configs/lbl.yaml", {"router.method": "none"}),
 }
 METRICS = ("cmi", "shared_purity", "purity")
 

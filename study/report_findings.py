@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
+from scipy import stats
 
 from study import naming
 from study.paired_stats import holm, paired_difference, tost_paired, two_way_effects
@@ -110,8 +111,6 @@ def compare(a: SeedValues, b: SeedValues) -> Comparison | None:
         return None
     p = None
     if est.half_width is not None and est.half_width > 0:
-        from scipy import stats
-
         p = float(stats.ttest_ind(list(a.values()), list(b.values()), equal_var=False).pvalue)
     return Comparison(est, p, False)
 
