@@ -108,6 +108,7 @@ def figure(results: list[dict], path: Path) -> None:
                 ax.plot(steps, values, color=f"C{i}", alpha=0.8, label=arm if r["seed"] == 0 else None)
         ax.axhline(0, color="grey", lw=0.8)
         ax.set_xscale("symlog", linthresh=1)
+        ax.set_xlim(left=0)
         ax.set_xlabel("optimizer step (log)")
         ax.set_title(f"{metric} lift over step 0, last layer")
     axes[0].legend(fontsize=8)
