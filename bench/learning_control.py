@@ -120,6 +120,7 @@ def figure(results: list[dict], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--arms", nargs="+", default=list(ARMS))
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
@@ -129,7 +130,7 @@ def main() -> None:
     args = parser.parse_args()
     extra = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.sets)}
     jobs = [(arm, ARMS[arm][0], {**ARMS[arm][1], **extra}, seed)
-            for arm in args.arms for seed in range(args.seeds)]
+            for arm in args.arms for seed in range(args.first_seed, args.first_seed + args.seeds)]
     t0 = time.perf_counter()
     with mp.get_context("spawn").Pool(args.jobs) as pool:
         results = pool.map(run_trial, jobs)
