@@ -35,6 +35,9 @@ ARMS = {
     # the same at micro-batch scope with a strong coefficient: balancing each one-domain
     # micro-batch forces every domain across all experts
     "lbl-micro-0.1": ("configs/lbl.yaml", {"router.scope": "micro_batch", "router.lbl_coef": 0.1}),
+    # global-batch LBL with every step holding each domain equally (data.step_composition)
+    "lbl-global-complete": ("configs/lbl.yaml", {"router.scope": "global_batch",
+                                                 "data.step_composition": "domain_complete"}),
     # no balancing at all (calibration: the last layer's CMI rose most, but experts die)
     "none": ("configs/lbl.yaml", {"router.method": "none"}),
 }
