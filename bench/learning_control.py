@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import multiprocessing as mp
 import sys
 import time
@@ -23,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from scipy import stats
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from study.report_stats import mean_ci  # noqa: E402
 
 ARMS = {
     # LBL 0.05 at the global batch: the example config (calibration: the last layer's plug-in
@@ -73,11 +72,10 @@ def run_trial(job: tuple[str, str, dict, int]) -> dict:
 
 
 def interval(values: list[float]) -> str:
-    x = np.asarray(values, dtype=float)
-    if len(x) < 2:
-        return f"{x.mean():+.4f} (n=1)"
-    half = stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x))
-    return f"{x.mean():+.4f} [{x.mean() - half:+.4f}, {x.mean() + half:+.4f}]"
+    e = mean_ci(values)
+    if e.half_width is None:
+        return f"{e.mean:+.4f} (n=1)"
+    return f"{e.mean:+.4f} [{e.low:+.4f}, {e.high:+.4f}]"
 
 
 def summary(results: list[dict]) -> str:

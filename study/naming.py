@@ -124,6 +124,9 @@ METRIC_MODES: dict[str, str] = {
 }
 """Which direction is better for every metric a study may optimise or rank by."""
 
+_BASELINE_METRICS = frozenset(f(m) for m in LIFT_METRICS for f in (init_of, lift_of))
+"""``<metric>_init`` and ``<metric>_lift`` of every lift metric (per-layer variants follow)."""
+
 OBJECTIVE_PREFIX = "objective/"
 """Prefix of the values told to the searcher when they differ from the raw metric: penalised for
 a missed constraint, or for a trial the scheduler stopped in a multi-objective study."""
@@ -159,8 +162,7 @@ def metric_problem(name: str, domains: list[str] | None = None, n_layers: int | 
     if name in METRIC_MODES:
         return ""
     m = _LAYER_SUFFIX.match(name)
-    lift_bases = {f(x) for x in LIFT_METRICS for f in (init_of, lift_of)}
-    if m and (m["base"] in LAYER_METRICS or m["base"] in lift_bases):
+    if m and (m["base"] in LAYER_METRICS or m["base"] in _BASELINE_METRICS):
         layer = int(m["layer"])
         if n_layers is not None and layer >= n_layers:
             return f"unknown metric {name!r}: layers are numbered 0..{n_layers - 1}"

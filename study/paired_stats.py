@@ -30,6 +30,8 @@ class PairedEstimate:
     agree: int
     n: int
     p_value: float | None
+    differences: tuple[float, ...] = ()
+    """The per-seed differences ``a[s] - b[s]``, seeds in sorted order."""
 
 
 def paired_difference(a: Mapping[str, float], b: Mapping[str, float],
@@ -50,15 +52,16 @@ def paired_difference(a: Mapping[str, float], b: Mapping[str, float],
     d = np.array([float(fa[s]) - float(fb[s]) for s in seeds])
     n, mean = len(d), float(d.mean())
     agree = int(np.sum(np.sign(d) == np.sign(mean))) if mean != 0 else 0
+    diffs = tuple(float(x) for x in d)
     if n == 1:
-        return PairedEstimate(Estimate(mean, None, 1), agree, 1, None)
+        return PairedEstimate(Estimate(mean, None, 1), agree, 1, None, diffs)
     sd = float(d.std(ddof=1))
     if sd == 0.0:
-        return PairedEstimate(Estimate(mean, 0.0, n), agree, n, 0.0 if mean != 0 else 1.0)
+        return PairedEstimate(Estimate(mean, 0.0, n), agree, n, 0.0 if mean != 0 else 1.0, diffs)
     se = sd / math.sqrt(n)
     half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * se
     p = float(2 * stats.t.sf(abs(mean) / se, n - 1))
-    return PairedEstimate(Estimate(mean, half, n), agree, n, p)
+    return PairedEstimate(Estimate(mean, half, n), agree, n, p, diffs)
 
 
 def holm(p_values: Sequence[float | None]) -> list[float | None]:

@@ -103,9 +103,7 @@ def compare(a: SeedValues, b: SeedValues) -> Comparison | None:
     """``a - b``: paired by seed when they share at least two seeds, else Welch."""
     paired = paired_difference(a, b)
     if paired is not None and paired.n >= 2:
-        shared = sorted(a.keys() & b.keys())
-        return Comparison(paired.estimate, paired.p_value, True, paired.agree,
-                          tuple(a[s] - b[s] for s in shared if np.isfinite(a[s] - b[s])))
+        return Comparison(paired.estimate, paired.p_value, True, paired.agree, paired.differences)
     est = difference_ci(list(a.values()), list(b.values()))
     if est is None:
         return None

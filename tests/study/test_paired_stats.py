@@ -59,9 +59,9 @@ def test_paired_difference_edge_cases():
     assert paired_difference({}, {}) is None
     assert paired_difference({"0": math.nan}, {"0": 1.0}) is None
     one = paired_difference({"0": 1.0, "1": math.nan}, {"0": 0.5, "1": 0.2})
-    assert one == PairedEstimate(Estimate(0.5, None, 1), 1, 1, None)
+    assert one == PairedEstimate(Estimate(0.5, None, 1), 1, 1, None, (0.5,))  # the nan seed dropped
     const = paired_difference({"0": 1.5, "1": 2.5}, {"0": 1.0, "1": 2.0})
-    assert const.estimate == Estimate(0.5, 0.0, 2)
+    assert const.estimate == Estimate(0.5, 0.0, 2) and const.differences == (0.5, 0.5)
     assert const.p_value == 0.0 and const.agree == 2
     zero = paired_difference({"0": 1.0, "1": 2.0}, {"0": 1.0, "1": 2.0})
     assert zero.estimate == Estimate(0.0, 0.0, 2)

@@ -150,3 +150,18 @@ def test_per_layer_names_and_mean():
         assert m[name] == pytest.approx((m[f"{name}/layer0"] + m[f"{name}/layer1"]) / 2)
         assert m[f"{name}/layer1"] == pytest.approx(
             layer_specialisation(n_LXED[1], n_LQE[1], domain_Q)[name], nan_ok=True)
+
+
+def test_study_names_match_the_metrics_training_reports():
+    """study.naming spells the metric names without importing trainables; it must agree."""
+    from study import naming
+    from trainables.metrics import LAYER_METRIC_NAMES
+    from trainables.specialisation import (
+        AUXILIARY_METRIC_NAMES, LIFT_METRIC_NAMES, SPECIALISATION_METRIC_NAMES, baseline_names,
+    )
+
+    assert set(naming.LAYER_METRICS) == {*LAYER_METRIC_NAMES, *SPECIALISATION_METRIC_NAMES,
+                                         *AUXILIARY_METRIC_NAMES}
+    assert naming.LIFT_METRICS == LIFT_METRIC_NAMES
+    for name in ("purity", "cmi/layer1"):
+        assert baseline_names(name) == (naming.init_of(name), naming.lift_of(name))

@@ -89,22 +89,20 @@ def selection_order(items: Iterable, salt: str) -> list:
     return out
 
 
-def _read_text(path: Path) -> str:
-    return path.read_bytes().decode("utf-8", errors="replace")
-
-
 def _decode(raw: bytes) -> str:
     return raw.decode("utf-8", errors="replace")
 
 
-def _walk_files(root: Path, suffixes: tuple[str, ...], skip_dirs: frozenset[str] = frozenset(),
-                recursive: bool = True) -> list[Path]:
+def _read_text(path: Path) -> str:
+    return _decode(path.read_bytes())
+
+
+def _walk_files(root: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    """Files under ``root`` ending in ``suffixes``, in sorted order (hidden folders skipped)."""
     found: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in skip_dirs and not d.startswith("."))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         found.extend(Path(dirpath) / f for f in sorted(filenames) if f.endswith(suffixes))
-        if not recursive:
-            break
     return found
 
 
