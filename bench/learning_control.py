@@ -37,6 +37,9 @@ ARMS = {
     # global-batch LBL with every step holding each domain equally (data.step_composition)
     "lbl-global-complete": ("configs/lbl.yaml", {"router.scope": "global_batch",
                                                  "data.step_composition": "domain_complete"}),
+    # the scope comparison at equal coefficient, domain-complete steps
+    "lbl-micro-complete": ("configs/lbl.yaml", {"router.scope": "micro_batch",
+                                                "data.step_composition": "domain_complete"}),
     "lbl-micro-0.1-complete": ("configs/lbl.yaml", {"router.scope": "micro_batch", "router.lbl_coef": 0.1,
                                                     "data.step_composition": "domain_complete"}),
     # no balancing at all (calibration: the last layer's CMI rose most, but experts die)

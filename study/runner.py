@@ -234,7 +234,14 @@ def reference_flat_config(spec: StudySpec) -> dict[str, Any]:
     as the settings that differ from the defaults: a field added to the trial config later (at
     its default) leaves the key, and the reuse of finished reference runs, unchanged."""
     defaults = TrialConfig().to_flat()
-    return {k: v for k, v in spec.reference_config().to_flat().items() if v != defaults.get(k, object())}
+    flat = spec.reference_config().to_flat()
+    return {k: v for k, v in flat.items() if v != defaults.get(k, object()) or k in ALWAYS_KEYED}
+
+
+ALWAYS_KEYED = frozenset({"data.step_composition"})
+"""Settings whose default changed (``data.step_composition`` went from ``independent`` to
+``domain_complete``): always part of the key, so a reference run trained under the old default
+(whose key omits the setting) is never reused for a study under the new one."""
 
 
 def run_reference(spec: StudySpec, state: dict, available: dict) -> dict[str, float]:

@@ -57,7 +57,7 @@ def test_grid_specs_cover_the_paper_axes():
         "ba": {"micro_batch", "global_batch"},
     }
     assert {p["router.capacity_factor"] for p in points} == {0, 1.0}
-    assert {p["data.domains_per_micro_batch"] for p in points} == {1, "random"}
+    assert small.base_config().data.step_composition == "domain_complete"
     paper = load_spec(REPO / "search_spaces" / "paper.yaml")
     assert paper.base_config().model.top_k == 4 and paper.resources.gpu > 0
 

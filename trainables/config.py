@@ -61,7 +61,7 @@ class DataConfig:
     """Share of each domain's documents held out for validation (split by document)."""
     domains_per_micro_batch: Union[int, str] = 1
     """How many domains one micro-batch holds: 1, n, or ``random`` (sequences drawn iid)."""
-    step_composition: str = "independent"
+    step_composition: str = "domain_complete"
     """``independent``: each micro-batch's domains are drawn on their own, so a step may miss
     domains; ``domain_complete``: every optimizer step holds each domain equally (with one domain
     per micro-batch, each domain gets grad_accum / D micro-batches in a shuffled order; with
@@ -429,7 +429,8 @@ def _check_step_composition(p: list[str], d: DataConfig, t: "TrainConfig") -> No
     n = len(d.domains)
     if d.weights:
         p.append("data.step_composition: domain_complete gives every domain an equal share of "
-                 "each step, which data.weights would contradict; drop one of them")
+                 "each step, which data.weights would contradict; for a skewed mix set "
+                 "data.step_composition: independent")
     if d.domains_per_micro_batch == 1:
         if t.grad_accum % n:
             p.append(f"data.step_composition: domain_complete with one domain per micro-batch "

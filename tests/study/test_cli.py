@@ -21,7 +21,7 @@ SMOKE = REPO / "search_spaces" / "smoke.yaml"
 TINY = {
     "data": {"bytes_per_domain": 300_000, "seq_len": 32, "eval_sequences_per_domain": 2},
     "model": {"n_layers": 1, "d_model": 32, "n_heads": 2, "n_experts": 6, "top_k": 1, "expert_hidden": 32},
-    "train": {"steps": 2, "eval_every": 2, "micro_batch_size": 2, "grad_accum": 1, "warmup_steps": 1},
+    "train": {"steps": 2, "eval_every": 2, "micro_batch_size": 1, "grad_accum": 6, "warmup_steps": 1},
 }
 
 
@@ -83,7 +83,7 @@ def test_train_runs_one_trial_with_sets(tiny_config, capsys):
     assert code == 0
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     # --set values reached the config: global-batch window = seq_len x micro-batch x accumulation
-    assert metrics["balance_window_tokens"] == 32 * 4 * 1
+    assert metrics["balance_window_tokens"] == 32 * 4 * 6
     assert metrics["step"] == 2 and 0 < metrics["purity"] <= 1
 
 

@@ -72,6 +72,24 @@ def test_reference_key_ignores_settings_at_their_default():
     assert reference_key(plain) == reference_key(spelled) != reference_key(other)
 
 
+def test_reference_key_names_the_step_composition_whose_default_changed():
+    """A reference run of the old default (independent steps; its key omits the composition)
+    must not be reused for a study on the new default (domain-complete steps), nor the reverse."""
+    from study import runner
+    from study.spec import spec_from_dict
+
+    base = {"search": {"router.scope": {"choice": ["micro_batch", "global_batch"]}},
+            "objective": {"metric": "purity"}, "sampler": {"type": "grid"}}
+    new_default = spec_from_dict({**base, "name": "a"})
+    independent = spec_from_dict({**base, "name": "b", "fixed": {"data.step_composition": "independent"}})
+    flat = runner.reference_flat_config(new_default)
+    assert flat["data.step_composition"] == "domain_complete"
+    old_key = runner.naming.config_hash({**{k: v for k, v in flat.items() if k != "data.step_composition"},
+                                         "_workers": 1})  # how the key was formed before
+    keys = {runner.reference_key(new_default), runner.reference_key(independent), old_key}
+    assert len(keys) == 3
+
+
 @pytest.mark.parametrize("grace, rf", [(75, 3), (75, 4), (25, 3), (30, 2.5)])
 def test_trials_evaluate_at_the_rungs_ray_judges(grace, rf):
     """The rungs the spec computes (and the trials evaluate at) are Ray ASHA's own."""

@@ -12,6 +12,9 @@ from trainables.errors import ConfigError
 
 
 def _trial(data_cfg, **data_changes):
+    """Micro-batches drawn independently (the composition these tests count); domain-complete
+    steps are counted in test_step_composition.py."""
+    data_changes.setdefault("step_composition", "independent")
     cfg = TrialConfig(data=dataclasses.replace(data_cfg, **data_changes))
     cfg.train.micro_batch_size = 6
     cfg.train.grad_accum = 4

@@ -37,7 +37,8 @@ def _cfg(small_mix_config, **flat) -> TrialConfig:
     base.update(flat)
     cfg = tiny_config(**base)
     cfg.data = dataclasses.replace(small_mix_config, seq_len=cfg.data.seq_len,
-                                   eval_sequences_per_domain=cfg.data.eval_sequences_per_domain)
+                                   eval_sequences_per_domain=cfg.data.eval_sequences_per_domain,
+                                   step_composition=cfg.data.step_composition)
     return cfg
 
 

@@ -32,7 +32,7 @@ def step_counts(sampler: StepSampler) -> tuple[Counter, list[list[int]]]:
 def test_independent_steps_miss_domains(small_mix_config):
     """The old rule, counted: a 6-micro-batch step over 6 domains holds 6 (1 - (5/6)^6) = 3.99
     domains on average, all six with probability 6!/6^6 = 1.5 %."""
-    cfg = config(small_mix_config)
+    cfg = config(small_mix_config, **{"data.step_composition": "independent"})
     sampler = StepSampler(build_mix(cfg.data), cfg)
     held = [len(step_counts(sampler)[0]) for _ in range(400)]
     assert abs(np.mean(held) - 6 * (1 - (5 / 6) ** 6)) < 0.15

@@ -20,6 +20,7 @@ def _cfg(small_mix_config, **flat) -> TrialConfig:
         "model.n_layers": 1, "model.d_model": 64, "model.n_heads": 2, "model.n_experts": 12,
         "model.top_k": 2, "model.expert_hidden": 64, "data.seq_len": 64,
         "data.eval_sequences_per_domain": 8, "train.micro_batch_size": 4, "train.grad_accum": 2,
+        "data.step_composition": "independent",  # 2 micro-batches cannot hold 6 domains
         "train.steps": 40, "train.eval_every": 20, "train.warmup_steps": 5, "train.lr": 3e-3,
     }
     base.update(flat)
