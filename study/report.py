@@ -33,8 +33,8 @@ from study.report_figures import (
     BARS_FILE, CURVES_FILE, EXPERT_CHOICE, FIGURE_FILES, HEATMAPS_FILE, PARETO_FILE, WINDOW_FILE,
     bars_figure, curves_figure, heatmap_figures, pareto_figure, window_figure,
 )
-from study.report_findings import Finding, findings
-from study.report_stats import Estimate, capacity_label, cell_estimates, group_cells, varying_params
+from study.report_findings import Finding, finding_metrics, findings
+from study.report_stats import Estimate, capacity_label, cell_estimates, group_cells, layer_count, varying_params
 
 REPORT_FILE = "report.md"
 
@@ -119,7 +119,8 @@ def write_report(
         cell_table_markdown(independent, repeats),
         per_layer_markdown(independent),
         figures_markdown(figures),
-        findings_markdown(findings(independent, runs.reference, margin=runs.equivalence_margin),
+        findings_markdown(findings(independent, runs.reference, finding_metrics(independent),
+                                   margin=runs.equivalence_margin),
                           runs.equivalence_margin),
         *(compare_markdown(runs, other) for other in others),
         failures_markdown(runs.trials),
@@ -347,9 +348,7 @@ def lift_verdict(purity_lift: Estimate | None, cmi_lift: Estimate | None) -> str
 def per_layer_markdown(ranked: Sequence[RunRecord]) -> str:
     """Per-layer means over each cell's seeds: layer 0's router sees mostly the current byte,
     so the mean over layers can hide what the last layer learned."""
-    n_layers = 0
-    while any(math.isfinite(r.metric(naming.per_layer(naming.PURITY, n_layers))) for r in ranked):
-        n_layers += 1
+    n_layers = layer_count(ranked)
     if n_layers == 0:
         return ""
     metrics = [m for m in LAYER_TABLE_METRICS

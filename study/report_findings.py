@@ -31,7 +31,7 @@ from scipy import stats
 from study import naming
 from study.paired_stats import holm, paired_difference, tost_paired, two_way_effects
 from study.report_data import RunRecord
-from study.report_stats import CellKey, Estimate, capacity_label, difference_ci, group_cells, mean_ci
+from study.report_stats import CellKey, Estimate, capacity_label, difference_ci, group_cells, layer_count, mean_ci
 
 HOLDS = "holds"
 DOES_NOT_HOLD = "does not hold"
@@ -40,6 +40,18 @@ ALPHA = 0.05
 DEFAULT_EQUIVALENCE_MARGIN = 0.01
 """Differences within ±this (in the metric's units) count as equivalent, if TOST shows it."""
 FINDING_METRICS = (naming.PURITY, naming.lift_of(naming.PURITY), naming.CMI, naming.lift_of(naming.CMI))
+
+
+def finding_metrics(trials: Sequence[RunRecord]) -> tuple[str, ...]:
+    """FINDING_METRICS, plus the last layer's ``cmi_lift`` when the model has several layers: the
+    first layer's router sees mostly the current byte, so the mean over layers can hide what the
+    last layer learned (docs/calibration.md finds the learned routing there)."""
+    n_layers = layer_count(trials)
+    if n_layers < 2:
+        return FINDING_METRICS
+    return (*FINDING_METRICS, naming.per_layer(naming.lift_of(naming.CMI), n_layers - 1))
+
+
 SCOPE_PAIRS = (("global_batch", "micro_batch"), ("micro_batch", "sequence"))
 """Wider balancing scope first: the literature's claim is that it gives purer experts."""
 

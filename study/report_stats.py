@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
+from study import naming
 from study.report_data import RunRecord, method_rank, scope_rank
 
 CONFIDENCE = 0.95
@@ -115,6 +116,14 @@ def group_cells(runs: Iterable[RunRecord]) -> dict[CellKey, list[RunRecord]]:
     for run in runs:
         cells.setdefault(cell_key(run), []).append(run)
     return {k: cells[k] for k in sorted(cells, key=CellKey.sort_key)}
+
+
+def layer_count(runs: Sequence[RunRecord]) -> int:
+    """MoE layers the runs report per-layer metrics for (0 for runs logged without them)."""
+    n = 0
+    while any(math.isfinite(r.metric(naming.per_layer(naming.PURITY, n))) for r in runs):
+        n += 1
+    return n
 
 
 def cell_estimates(runs: Sequence[RunRecord], metrics: Sequence[str]) -> dict[str, Estimate | None]:

@@ -605,6 +605,10 @@ def test_lift_verdicts_per_layer_table_and_lift_findings(store, tmp_path):
     cmi_line = finding_line(md, "global_batch vs micro_batch", "cmi_lift")
     diffs = np.subtract(lifts["global_batch"][1], lifts["micro_batch"][1])
     assert f"difference {diffs.mean():.3f}" in cmi_line and "3 of 3 agree in sign" in cmi_line
+    # and on the last layer's cmi_lift, where the learned routing shows (twice the mean here)
+    last_line = finding_line(md, "global_batch vs micro_batch", "cmi_lift/layer1")
+    assert f"difference {2 * diffs.mean():.3f}" in last_line
+    assert not [ln for ln in section(md, "Findings").splitlines() if "cmi_lift/layer0" in ln]
 
 
 def finding_line(md: str, topic: str, metric: str) -> str:
