@@ -30,10 +30,11 @@ from study.report_stats import mean_ci  # noqa: E402
 ARMS = {
     # LBL 0.05 at the global batch: the example config (calibration: the last layer's plug-in
     # CMI rose above the untrained twin's on 3 of 3 seeds)
-    "lbl-global": ("configs/lbl.yaml", {"router.scope": "global_batch"}),
+    "lbl-global": ("configs/lbl.yaml", {"router.scope": "global_batch", "data.step_composition": "independent"}),
     # the same at micro-batch scope with a strong coefficient: balancing each one-domain
     # micro-batch forces every domain across all experts
-    "lbl-micro-0.1": ("configs/lbl.yaml", {"router.scope": "micro_batch", "router.lbl_coef": 0.1}),
+    "lbl-micro-0.1": ("configs/lbl.yaml", {"router.scope": "micro_batch", "router.lbl_coef": 0.1,
+                                           "data.step_composition": "independent"}),
     # global-batch LBL with every step holding each domain equally (data.step_composition)
     "lbl-global-complete": ("configs/lbl.yaml", {"router.scope": "global_batch",
                                                  "data.step_composition": "domain_complete"}),
@@ -43,7 +44,7 @@ ARMS = {
     "lbl-micro-0.1-complete": ("configs/lbl.yaml", {"router.scope": "micro_batch", "router.lbl_coef": 0.1,
                                                     "data.step_composition": "domain_complete"}),
     # no balancing at all (calibration: the last layer's CMI rose most, but experts die)
-    "none": ("configs/lbl.yaml", {"router.method": "none"}),
+    "none": ("configs/lbl.yaml", {"router.method": "none", "data.step_composition": "independent"}),
 }
 METRICS = ("cmi", "shared_purity", "purity")
 
@@ -96,6 +97,26 @@ def summary(results: list[dict]) -> str:
     return "\n".join(rows)
 
 
+def paired_summary(results: list[dict], versus: str) -> str:
+    """Each other arm minus ``versus``, seed by seed, on the last layer's lifts."""
+    from study.paired_stats import paired_difference
+
+    rows = [f"paired over shared seeds, arm - {versus}, last layer:",
+            "| arm | metric | difference (mean, 95% CI) | seeds agreeing | p |", "|---|---|---|---|---|"]
+    for arm in dict.fromkeys(r["arm"] for r in results if r["arm"] != versus):
+        for metric in METRICS:
+            def final(name: str) -> dict[int, float]:
+                return {r["seed"]: r["curve"][-1][f"{metric}_lift/layer{r['layers'] - 1}"]
+                        for r in results if r["arm"] == name}
+            d = paired_difference(final(arm), final(versus))
+            if d is None:
+                continue
+            e = d.estimate
+            rows.append(f"| {arm} | `{metric}_lift` | {e.mean:+.4f} [{e.low:+.4f}, {e.high:+.4f}] | "
+                        f"{d.agree} of {e.n} | {d.p_value:.3f} |")
+    return "\n".join(rows)
+
+
 def figure(results: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -133,7 +154,15 @@ def main() -> None:
                         help="override for every arm, e.g. --set train.steps=600")
     parser.add_argument("--figure", default="")
     parser.add_argument("--json", default="", help="write every curve here")
+    parser.add_argument("--replot", default="", metavar="JSON",
+                        help="train nothing: summarise and draw the curves a --json run saved")
+    parser.add_argument("--versus", default="", metavar="ARM",
+                        help="also print every other arm minus this one, paired by seed")
     args = parser.parse_args()
+    if args.replot:
+        results = json.loads(Path(args.replot).read_text())
+        report(results, args)
+        return
     extra = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.sets)}
     jobs = [(arm, ARMS[arm][0], {**ARMS[arm][1], **extra}, seed)
             for arm in args.arms for seed in range(args.first_seed, args.first_seed + args.seeds)]
@@ -142,11 +171,17 @@ def main() -> None:
         results = pool.map(run_trial, jobs)
     print(f"{len(jobs)} trials, {time.perf_counter() - t0:.0f} s wall, per trial "
           f"{min(r['seconds'] for r in results):.0f}-{max(r['seconds'] for r in results):.0f} s")
-    print(summary(results))
-    if args.figure:
-        figure(results, Path(args.figure))
     if args.json:
         Path(args.json).write_text(json.dumps(results))
+    report(results, args)
+
+
+def report(results: list[dict], args: argparse.Namespace) -> None:
+    print(summary(results))
+    if args.versus:
+        print(paired_summary(results, args.versus))
+    if args.figure:
+        figure(results, Path(args.figure))
 
 
 if __name__ == "__main__":
