@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import functools
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
@@ -426,23 +427,36 @@ def _check_step_composition(p: list[str], d: DataConfig, t: "TrainConfig") -> No
         return
     if d.step_composition == "independent" or not d.domains:
         return
-    n = len(d.domains)
-    if d.weights:
-        p.append("data.step_composition: domain_complete gives every domain an equal share of "
-                 "each step, which data.weights would contradict; for a skewed mix set "
-                 "data.step_composition: independent")
     if d.domains_per_micro_batch == 1:
-        if t.grad_accum % n:
-            p.append(f"data.step_composition: domain_complete with one domain per micro-batch "
-                     f"needs train.grad_accum ({t.grad_accum}) divisible by the {n} domains")
+        units, what = t.grad_accum, "with one domain per micro-batch needs train.grad_accum"
     elif d.domains_per_micro_batch == "random":
-        if (t.micro_batch_size * t.grad_accum) % n:
-            p.append(f"data.step_composition: domain_complete needs train.micro_batch_size x "
-                     f"train.grad_accum ({t.micro_batch_size * t.grad_accum}) divisible by the "
-                     f"{n} domains")
+        units, what = t.micro_batch_size * t.grad_accum, "needs train.micro_batch_size x train.grad_accum"
     else:
         p.append("data.step_composition: domain_complete works with data.domains_per_micro_batch "
                  f"1 or 'random' (got {d.domains_per_micro_batch!r})")
+        return
+    if any(not (isinstance(w, (int, float)) and w > 0) for w in d.weights.values()):
+        return  # named by the weights check
+    if step_shares(d.domains, d.weights, units) is None:
+        if d.weights:
+            p.append(f"data.step_composition: domain_complete {what} ({units}) to split in "
+                     f"proportion to data.weights {d.weights} (missing domains weigh 1) over "
+                     f"the {len(d.domains)} domains, in whole numbers")
+        else:
+            p.append(f"data.step_composition: domain_complete {what} ({units}) divisible by the "
+                     f"{len(d.domains)} domains")
+
+
+def step_shares(domains: Sequence[str], weights: Mapping[str, float], units: int) -> list[int] | None:
+    """How many of a domain-complete step's ``units`` (micro-batches, or sequences with random
+    micro-batches) each domain gets: in proportion to ``weights`` (1 where missing), or None when
+    that is no whole number for some domain."""
+    w = [float(weights.get(d, 1.0)) for d in domains]
+    shares = [units * x / sum(w) for x in w]
+    whole = [round(s) for s in shares]
+    if any(abs(s - r) > 1e-9 or r < 1 for s, r in zip(shares, whole)):
+        return None
+    return whole
 
 
 def _check_balance_window(p: list[str], r: RouterConfig, t: TrainConfig) -> None:

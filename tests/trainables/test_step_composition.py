@@ -90,10 +90,34 @@ def test_resumed_sampler_continues_the_same_domain_complete_stream(small_mix_con
                    for x, y in zip(sa, sb))
 
 
+def test_weighted_domain_complete_steps_hold_each_domain_in_proportion(small_mix_config):
+    """english weighs 3: 3 of a step's 8 micro-batches, every other domain 1, every step (a
+    skewed mix whose global batch still holds every domain, and as many sequences as 6 x 4)."""
+    cfg = config(small_mix_config, **{"data.step_composition": "domain_complete",
+                                      "data.weights": {"english": 3}, "train.micro_batch_size": 3,
+                                      "train.grad_accum": 8})
+    english = cfg.data.domains.index("english")
+    sampler = StepSampler(build_mix(cfg.data), cfg)
+    firsts = set()
+    for _ in range(100):
+        counts, labels = step_counts(sampler)
+        assert counts == {d: 3 * (3 if d == english else 1) for d in range(D)}
+        assert all(len(set(mb)) == 1 for mb in labels)
+        firsts.add(labels[0][0])
+    assert len(firsts) == D  # shuffled: any domain may come first
+    random_mbs = config(small_mix_config, **{"data.step_composition": "domain_complete",
+                                             "data.weights": {"english": 3}, "train.micro_batch_size": 4,
+                                             "data.domains_per_micro_batch": "random"})
+    counts, _ = step_counts(StepSampler(build_mix(random_mbs.data), random_mbs))
+    assert counts == {d: 9 if d == english else 3 for d in range(D)}  # 24 sequences split 3:1
+
+
 @pytest.mark.parametrize("flat,message", [
     ({"train.grad_accum": 4}, "train.grad_accum (4) divisible by the 6 domains"),
     ({"data.domains_per_micro_batch": 2}, "1 or 'random' (got 2)"),
-    ({"data.weights": {"english": 4.0}}, "data.weights would contradict"),
+    ({"data.weights": {"english": 4.0}},
+     "train.grad_accum (6) to split in proportion to data.weights {'english': 4.0}"),
+    ({"data.weights": {"english": 3.0}, "train.grad_accum": 9}, "train.grad_accum (9) to split"),
     ({"data.domains_per_micro_batch": "random", "train.micro_batch_size": 5, "train.grad_accum": 1},
      "train.micro_batch_size x train.grad_accum (5) divisible by the 6 domains"),
 ])

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from trainables.config import TrialConfig
+from trainables.config import TrialConfig, step_shares
 from trainables.data.mix import DomainMix
 from trainables.errors import ConfigError
 
@@ -98,6 +98,7 @@ class StepSampler:
                 )
         self.probabilities = domain_probabilities(mix, cfg)
         self.domain_complete = cfg.data.step_composition == "domain_complete"
+        self.weights = dict(cfg.data.weights)
         _check_length(mix, mix.train, self.seq_len + 1, "train")
         self.seed = cfg.train.seed if seed is None else seed
         self.rank = rank
@@ -116,15 +117,18 @@ class StepSampler:
         return np.repeat(chosen, shares)
 
     def _step_labels(self) -> np.ndarray:
-        """[grad_accum, micro_batch_size] domain labels of a domain-complete step."""
-        n_domains, size, steps = len(self.mix.domains), self.micro_batch_size, self.grad_accum
+        """[grad_accum, micro_batch_size] domain labels of a domain-complete step: each domain's
+        share of the step (equal, or in proportion to ``data.weights``) in a shuffled order."""
+        size, steps = self.micro_batch_size, self.grad_accum
+        units = steps if self.composition == 1 else size * steps
+        shares = step_shares(self.mix.domains, self.weights, units)
+        if shares is None:  # the config check refuses this before a sampler is built
+            raise ConfigError(f"data.weights {self.weights}: no whole split of {units} per step")
+        labels = np.repeat(np.arange(len(self.mix.domains)), shares)
+        self._rng.shuffle(labels)
         if self.composition == 1:
-            per_micro_batch = np.repeat(np.arange(n_domains), steps // n_domains)
-            self._rng.shuffle(per_micro_batch)
-            return np.repeat(per_micro_batch[:, None], size, axis=1)
-        sequences = np.repeat(np.arange(n_domains), size * steps // n_domains)
-        self._rng.shuffle(sequences)
-        return sequences.reshape(steps, size)
+            return np.repeat(labels[:, None], size, axis=1)
+        return labels.reshape(steps, size)
 
     def _micro_batch(self, labels: np.ndarray | None = None) -> MicroBatch:
         labels = self._micro_batch_labels() if labels is None else labels
