@@ -388,7 +388,10 @@ def findings_markdown(items: Sequence[Finding], margin: float) -> str:
         "## Findings",
         "",
         f"Computed from the full-length trials, for `{naming.PURITY}`, `{PURITY_LIFT}`, "
-        f"`{naming.CMI}` and `{CMI_LIFT}` where the runs have them. Arms share seeds (same "
+        f"`{naming.CMI}` and `{CMI_LIFT}` (and the last layer's `{CMI_LIFT}`) where the runs have "
+        "them: raw purity includes what the untrained router already had, the lift is what "
+        "training added to it, and `cmi` is the part of domain routing the current byte does not "
+        "explain. Arms share seeds (same "
         "initialisation and data), so differences are paired by seed (mean and 95% t-interval of "
         "the per-seed differences, and how many seeds agree in sign); without shared seeds, "
         f"Welch's interval. All {sum(len(f.p_values) for f in items)} p-values below are "
@@ -404,6 +407,7 @@ def findings_markdown(items: Sequence[Finding], margin: float) -> str:
         parts.append("No finding: the study lacks the groups a comparison needs (e.g. one method "
                      "at two scopes).")
     else:
+        parts += verdict_matrix_markdown(items)
         tally = verdict_tally(items)
         if any(sum(counts.values()) > 1 for counts in tally.values()):
             parts += ["Verdicts per claim (how many of its comparisons gave each verdict):", ""]
@@ -414,6 +418,27 @@ def findings_markdown(items: Sequence[Finding], margin: float) -> str:
             parts += ["", "Each comparison:", ""]
         parts += [f.markdown() for f in items]
     return "\n".join(parts)
+
+
+def verdict_matrix_markdown(items: Sequence[Finding]) -> list[str]:
+    """One row per claim and setting, one column per metric: its verdict and difference. A claim
+    that holds on raw purity but not on the lift or on ``cmi`` is about how much of the untrained
+    router's structure survives, not about learned specialisation."""
+    metrics = list(dict.fromkeys(f.metric for f in items))
+    rows: dict[tuple[str, str], dict[str, str]] = {}
+    for f in items:
+        if f.kind == "effects":
+            continue
+        cell = f.verdict.split(" (", 1)[0]
+        if f.comparison is not None:
+            cell += f" ({f.comparison.estimate.mean:+.3f})"
+        rows.setdefault((f.topic, f.context), {})[f.metric] = cell
+    if not rows or len(metrics) < 2:
+        return []
+    return ["Verdict of each comparison on each metric (difference in brackets):", "",
+            *_table(["claim", "setting", *[f"`{m}`" for m in metrics]],
+                    [[topic, context, *[cells.get(m, "–") for m in metrics]]
+                     for (topic, context), cells in rows.items()]).splitlines(), ""]
 
 
 def verdict_tally(items: Sequence[Finding]) -> dict[str, dict[str, int]]:

@@ -609,6 +609,15 @@ def test_lift_verdicts_per_layer_table_and_lift_findings(store, tmp_path):
     last_line = finding_line(md, "global_batch vs micro_batch", "cmi_lift/layer1")
     assert f"difference {2 * diffs.mean():.3f}" in last_line
     assert not [ln for ln in section(md, "Findings").splitlines() if "cmi_lift/layer0" in ln]
+    # the verdict matrix: one row per comparison, one column per metric
+    matrix = section(md, "Findings")
+    header_line = next(ln for ln in matrix.splitlines() if ln.startswith("| claim | setting"))
+    columns = [c.strip() for c in header_line.strip("|").split("|")]
+    assert columns[2:] == ["`purity`", "`purity_lift`", "`cmi`", "`cmi_lift`", "`cmi_lift/layer1`"]
+    row = next(ln for ln in matrix.splitlines() if ln.startswith("| global_batch vs micro_batch |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[columns.index("`cmi_lift/layer1`")] == last_line.split(": **")[-1].rstrip("*").split(" (")[0] + \
+        f" ({2 * diffs.mean():+.3f})"
 
 
 def finding_line(md: str, topic: str, metric: str) -> str:
