@@ -3,13 +3,14 @@
 Shape legend: S routed slots (token copies after dispatch, sorted by expert), D model width,
 H expert hidden width, E experts.
 
-Why this layout (see PERF_NOTES): weights are stored as one [E, D, 2H] / [E, H, D] tensor pair
-and multiplied with ``torch._grouped_mm`` on contiguous per-expert chunks, so there is no
-per-expert masking, no padding in the dropless path, and backward never materialises a
-full-size zero gradient per expert (which indexing ``W[e]`` in a Python loop does). Where
-``_grouped_mm`` is unavailable or cannot take the sizes (row strides must be multiples of 16
-bytes: d and h multiples of 4 in fp32), a loop over ``unbind(0)`` views is used. With
-MOE_EXPERT_THREADS=1 the CPU products go through ``trainables.expert_threads`` instead.
+Why this layout (BENCHMARKS.md, "MoE layer vs dense FFN": the `loop-mask` and `padded-bmm` rows
+against `routed`; "What changed the figures", item 4): weights are stored as one [E, D, 2H] /
+[E, H, D] tensor pair and multiplied with ``torch._grouped_mm`` on contiguous per-expert chunks,
+so there is no per-expert masking, no padding in the dropless path, and backward never
+materialises a full-size zero gradient per expert (which indexing ``W[e]`` in a Python loop
+does). Where ``_grouped_mm`` is unavailable or cannot take the sizes (row strides must be
+multiples of 16 bytes: d and h multiples of 4 in fp32), a loop over ``unbind(0)`` views is used.
+With MOE_EXPERT_THREADS=1 the CPU products go through ``trainables.expert_threads`` instead.
 """
 
 from __future__ import annotations

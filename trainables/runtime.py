@@ -16,9 +16,11 @@ def tune_allocator() -> bool:
     """Keep large freed blocks in the heap instead of returning them to the OS.
 
     glibc hands blocks over 32 MB back to the OS and faults them in again every step
-    (150-220 K page faults per MoE step measured in PERF_NOTES); raising the mmap and trim
-    thresholds removes them. Same effect as GLIBC_TUNABLES=glibc.malloc.mmap_threshold=...,
-    but works after start-up. Returns True when applied (glibc only).
+    (150-220 K page faults per MoE step in an earlier measurement whose notes are not kept in
+    this repository); raising the mmap and trim thresholds removes them. What that is worth in
+    speed: BENCHMARKS.md, "Process settings" (the allocator table). Same effect as
+    GLIBC_TUNABLES=glibc.malloc.mmap_threshold=..., but works after start-up. Returns True when
+    applied (glibc only).
     """
     global _tuned
     if _tuned:

@@ -10,7 +10,8 @@ Functions: lbl_loss / lbl_loss_per_sequence / z_loss / expert_counts / expert_bi
 expert_choice (capacity.py).
 
 Nothing here holds state: the caller owns buffers (expert counts accumulated over a global
-batch, the expert bias) and decides scope. Definitions follow DESIGN.md "Balancing methods".
+batch, the expert bias) and decides scope. Definitions follow docs/design.md, "Balancing methods"
+(scopes: "Balancing scopes"; capacity: "Capacity and token dropping").
 """
 
 from trainables.balancing.auction import balanced_assignment

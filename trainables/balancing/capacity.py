@@ -56,7 +56,8 @@ def expert_choice(scores_TE: Tensor, capacity: int) -> tuple[Tensor, Tensor]:
     Returns ``(token_ids_EC, gate_scores_EC)``, each row ordered best first; the gate scores keep
     their gradient. A token may be picked by several experts or by none. Leading batch dimensions
     choose independently (``(B, L, E)`` scores give ``(B, E, C)``). In a causal LM this looks at
-    every token of the scope at once, so it leaks future tokens (DESIGN.md).
+    every token of the scope at once, so it leaks future tokens (docs/design.md, "Balancing
+    methods", EC).
     """
     n_tokens = scores_TE.shape[-2]
     if not 0 <= capacity <= n_tokens:
