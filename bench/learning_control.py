@@ -25,7 +25,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from study.report_stats import mean_ci  # noqa: E402
+from study.results.stats import mean_ci  # noqa: E402
 
 ARMS = {
     # LBL 0.05 at the global batch: the example config (calibration: the last layer's plug-in
@@ -99,7 +99,7 @@ def summary(results: list[dict]) -> str:
 
 def paired_summary(results: list[dict], versus: str) -> str:
     """Each other arm minus ``versus``, seed by seed, on the last layer's lifts."""
-    from study.paired_stats import paired_difference
+    from study.results.paired_stats import paired_difference
 
     rows = [f"paired over shared seeds, arm - {versus}, last layer:",
             "| arm | metric | difference (mean, 95% CI) | seeds agreeing | p |", "|---|---|---|---|---|"]

@@ -11,7 +11,7 @@ every summary and per-domain metric at two evaluation steps. Then times, interle
 - ``moe-study best --where``     the same with a param filter (``method=lbl,scope=global_batch``);
 - ``best_runs()`` in-process     the query alone, imports done;
 - ``... via MlflowClient``       the same query through ``MlflowClient.search_runs`` (what every
-                                 query did before ``study.fast_queries``);
+                                 query did before ``study.results.fast_queries``);
 - ``... mlflow server``          the CLI against an ``mlflow server`` on loopback serving the
                                  same store (``--no-server`` skips it).
 
@@ -119,11 +119,11 @@ def main() -> None:
                 raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr}")
         return call
 
-    from study.queries import best_runs
+    from study.results.queries import best_runs
 
     rows = best_runs(uri, EXPERIMENT, top=10)
     assert len(rows) == 10 and rows[0]["gap_purity"] <= rows[-1]["gap_purity"], rows
-    via_client = ("from study.queries import Query, _best_runs_with_client; "
+    via_client = ("from study.results.queries import Query, _best_runs_with_client; "
                   f"_best_runs_with_client({uri!r}, Query({EXPERIMENT!r}, 'gap_purity', True, 10, False))")
     cases = {
         "python -c pass": run([sys.executable, "-c", "pass"]),

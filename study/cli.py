@@ -144,7 +144,7 @@ class _Unavailable(RuntimeError):
 def cmd_data_describe(args: argparse.Namespace) -> int:
     from study.spec import load_trial_config
 
-    from study.queries import format_rows
+    from study.results.queries import format_rows
 
     cfg = load_trial_config(args.config, args.sets)
     describe_mix = _lazy("trainables.data.mix", "describe_mix")
@@ -205,25 +205,38 @@ def cmd_run(args: argparse.Namespace) -> int:
     from study.spec import load_spec
 
     spec = load_spec(args.spec, sets=args.sets)
-    run_study = _lazy("study.runner", "run_study")
+    run_study = _lazy("study.run.runner", "run_study")
     return _exit_code(run_study(
         spec,
         tracking_uri=args.tracking_uri or spec.tracking.uri or _tracking_uri(args),
         address=args.address,
         name=args.name,
         storage=args.storage,
+        on_success=_print_best,
     ))
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    resume_study = _lazy("study.runner", "resume_study")
+    resume_study = _lazy("study.run.runner", "resume_study")
     return _exit_code(resume_study(
         args.name, tracking_uri=_tracking_uri(args), address=args.address, storage=args.storage,
+        on_success=_print_best,
     ))
 
 
+def _print_best(name: str, tracking_uri: str, experiment: str, by: str) -> None:
+    """After a study ended well: its five best trials by the objective."""
+    from study.results.queries import best_runs, format_rows
+
+    try:
+        rows = best_runs(tracking_uri, experiment, top=5, by=by)
+    except ConfigError:
+        return
+    print(f"[{name}] best by {by}:\n{format_rows(rows, 'table')}", flush=True)
+
+
 def cmd_best(args: argparse.Namespace) -> int:
-    from study.queries import best_runs, format_rows
+    from study.results.queries import best_runs, format_rows
 
     rows = best_runs(
         _tracking_uri(args), args.experiment, top=args.top, by=args.by, where=args.where,
@@ -234,7 +247,7 @@ def cmd_best(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    write_report = _lazy("study.report", "write_report")
+    write_report = _lazy("study.results.report", "write_report")
     out = write_report(args.experiment, out_dir=args.out, tracking_uri=_tracking_uri(args),
                        compare=args.compare)
     if out is not None and not isinstance(out, int):

@@ -51,7 +51,7 @@ SPEC_ARTIFACT = "spec.yaml"
 
 # -- private Tune config keys ------------------------------------------------------------------
 # The Tune config is the flat trial config plus private keys starting with "_" (see
-# trainables.tune_trainable.split_tune_config), which never reach TrialConfig.
+# study.run.trial.split_tune_config), which never reach TrialConfig.
 GRID_POINT_PARAM = "_grid_point"
 """The one Optuna parameter of a grid study: the index into ``space.grid_points(spec)``."""
 

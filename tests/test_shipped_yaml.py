@@ -8,7 +8,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from study.space import define_by_run, grid_points, make_sampler, trial_values
+from study.spec.space import define_by_run, grid_points, make_sampler, trial_values
 from study.spec import load_spec, load_trial_config, safe_load, spec_from_dict
 from trainables.config import METHODS
 

@@ -1,7 +1,7 @@
 """The training loop: a generator of metric reports, free of Ray.
 
 ``train(cfg)`` yields a ``Report`` at every evaluation point (every ``train.eval_every`` steps
-and at the last step). The Ray Tune adapter (``trainables.tune_trainable``) and the one-trial
+and at the last step). The Ray Tune adapter (``study.run.trial``) and the one-trial
 CLI (``train_main``) both consume it; tests call it directly.
 """
 

@@ -141,7 +141,7 @@ def test_interrupt_then_resume_finishes_the_budget(tmp_path, sig, hide):
     code = resumed.wait(timeout=900)
     logs = "\n".join(p.read_text()[-3000:] for p in tmp_path.glob("resume-*.log"))
     assert code == 0, logs
-    if hide:  # the resume said which checkpoints it put back (study.checkpoint_repair)
+    if hide:  # the resume said which checkpoints it put back (study.run.checkpoint_repair)
         full = "".join(p.read_text() for p in tmp_path.glob("resume-*.log"))
         assert "was gone (ray-project/ray#27790): resuming from checkpoint_001" in full, logs
     _check_complete(tmp_path, uri, killed=sig == signal.SIGKILL)

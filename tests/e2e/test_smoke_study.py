@@ -100,7 +100,7 @@ def test_study_writes_parent_run_and_nested_trial_runs_with_gaps(smoke_study, tm
             assert again["excess_purity/layer0"] == pytest.approx(m["excess_purity/layer0"])
     assert "finished: 4 trials done, 0 failed" in stdout
     # every run names the text it trained on: the study's mix, as built from its base config
-    from study.runner import spec_base_config
+    from study.run.runner import spec_base_config
     from study.spec import load_spec
     from trainables.data import build_mix
 

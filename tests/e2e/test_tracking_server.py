@@ -34,8 +34,8 @@ def test_smoke_study_against_a_tracking_server(tmp_path, server):
     finished = [t for t in trials if t.data.tags[naming.TAG_STOPPED_EARLY] == "false"]  # ASHA stops some
     assert best.returncode == 0 and best.stdout.count("run_id") == len(finished) >= 1
     # the REST path (no MLflow import) answers as MlflowClient does
-    from study import fast_queries
-    from study.queries import Query, _best_runs_with_client, best_runs, parse_where
+    from study.results import fast_queries
+    from study.results.queries import Query, _best_runs_with_client, best_runs, parse_where
 
     for by, where, stopped in (("gap_purity", None, False), ("purity", "method=lbl", False),
                                ("val_loss", "scope=global_batch", False), ("gap_purity", None, True)):

@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from study.checkpoint_repair import CHECKPOINT_FILE, referenced_checkpoints, repair, newest_checkpoint_dir
-from trainables import tune_trainable
+from study.run.checkpoint_repair import CHECKPOINT_FILE, referenced_checkpoints, repair, newest_checkpoint_dir
+from study.run import trial
 
 
 def _checkpoint(trial_dir, n: int, content: bytes = b"state") -> None:
@@ -19,7 +19,7 @@ def _checkpoint(trial_dir, n: int, content: bytes = b"state") -> None:
 
 
 def test_the_state_file_name_is_the_trainables():
-    assert CHECKPOINT_FILE == tune_trainable.CHECKPOINT_FILE
+    assert CHECKPOINT_FILE == trial.CHECKPOINT_FILE
 
 
 def test_newest_complete_checkpoint_is_chosen(tmp_path):

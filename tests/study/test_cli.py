@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from study import cli
 from study.cli import main
 from study.naming import default_tracking_uri
 
@@ -112,14 +113,15 @@ def test_train_dispatch_contract(tiny_config, monkeypatch, capsys):
 def test_run_dispatch_and_failures(monkeypatch, capsys, tmp_path):
     calls = []
 
-    def run_study(spec, *, tracking_uri, address, name, storage):
-        calls.append((spec.name, tracking_uri, address, name, storage))
+    def run_study(spec, *, tracking_uri, address, name, storage, on_success):
+        calls.append((spec.name, tracking_uri, address, name, storage, on_success))
         return 0
 
-    module = fake_module(monkeypatch, "study.runner", run_study=run_study)
+    module = fake_module(monkeypatch, "study.run.runner", run_study=run_study)
     assert main(["run", str(SMOKE), "--tracking-uri", "sqlite:///x.db", "--address", "auto",
                  "--name", "renamed", "--storage", str(tmp_path)]) == 0
-    assert calls == [("smoke", "sqlite:///x.db", "auto", "renamed", str(tmp_path))]
+    # the command line, not the runner, prints the best trials once the study ended well
+    assert calls == [("smoke", "sqlite:///x.db", "auto", "renamed", str(tmp_path), cli._print_best)]
 
     module.run_study = lambda spec, **kw: 1  # a study whose trials failed
     assert main(["run", str(SMOKE)]) == 1
@@ -133,19 +135,20 @@ def test_run_dispatch_and_failures(monkeypatch, capsys, tmp_path):
 
 
 def test_run_bad_spec_never_reaches_the_runner(bad_spec, monkeypatch):
-    fake_module(monkeypatch, "study.runner", run_study=lambda *a, **k: pytest.fail("ran a bad spec"))
+    fake_module(monkeypatch, "study.run.runner", run_study=lambda *a, **k: pytest.fail("ran a bad spec"))
     assert main(["run", str(bad_spec)]) == 2
 
 
 def test_resume_and_report_dispatch(monkeypatch, capsys, tmp_path):
     seen = {}
-    fake_module(monkeypatch, "study.runner",
+    fake_module(monkeypatch, "study.run.runner",
                 resume_study=lambda name, **kw: seen.setdefault("resume", (name, kw)) and 0)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///env.db")
     assert main(["resume", "quick", "--storage", str(tmp_path)]) == 0
-    assert seen["resume"] == ("quick", {"tracking_uri": "sqlite:///env.db", "address": None, "storage": str(tmp_path)})
+    assert seen["resume"] == ("quick", {"tracking_uri": "sqlite:///env.db", "address": None,
+                                        "storage": str(tmp_path), "on_success": cli._print_best})
 
-    fake_module(monkeypatch, "study.report",
+    fake_module(monkeypatch, "study.results.report",
                 write_report=lambda exp, out_dir=None, tracking_uri=None, compare=(): (
                     seen.setdefault("compare", list(compare)), Path(out_dir or "reports") / exp)[1])
     assert main(["report", "quick", "--out", str(tmp_path), "--compare", "a", "--compare", "b"]) == 0
@@ -154,9 +157,9 @@ def test_resume_and_report_dispatch(monkeypatch, capsys, tmp_path):
 
 
 def test_missing_module_exits_1(monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "study.report", None)  # import fails
+    monkeypatch.setitem(sys.modules, "study.results.report", None)  # import fails
     assert main(["report", "quick"]) == 1
-    assert "study.report.write_report is not available" in capsys.readouterr().err
+    assert "study.results.report.write_report is not available" in capsys.readouterr().err
 
 
 def test_default_tracking_uri(monkeypatch, tmp_path):

@@ -1,4 +1,4 @@
-"""cluster.yaml, deploy/kuberay.yaml and study.cluster_check, checked offline.
+"""cluster.yaml, deploy/kuberay.yaml and study.run.cluster_check, checked offline.
 
 No cloud and no Kubernetes here: the launcher config goes through Ray's own validator (the check
 `ray up` runs first; private API, so these tests pin its behaviour for Ray 2.60), and the
@@ -20,7 +20,7 @@ import ray
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-from study.cluster_check import cluster_config_problems, main, validate_cluster_config
+from study.run.cluster_check import cluster_config_problems, main, validate_cluster_config
 from trainables.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -29,7 +29,7 @@ KUBERAY_YAML = REPO / "deploy" / "kuberay.yaml"
 DOCKERFILE = REPO / "deploy" / "Dockerfile"
 CLUSTER_DOC = REPO / "docs" / "cluster.md"
 FILES_WE_SHIP = [CLUSTER_YAML, KUBERAY_YAML, DOCKERFILE, CLUSTER_DOC,
-                 REPO / "study" / "cluster_check.py"]
+                 REPO / "study" / "run" / "cluster_check.py"]
 WORLD_CIDRS = ("0.0.0.0/0", "::/0")
 HEAD = "ray.head.cpu"
 
@@ -115,7 +115,7 @@ def test_rays_validator_rejects_broken_copies(cluster, breakage, error):
 
 
 def test_rays_validator_misses_min_above_max_within_one_node_type(cluster):
-    # Why study.cluster_check has its own per-node-type check: Ray 2.60 only compares the sum
+    # Why study.run.cluster_check has its own per-node-type check: Ray 2.60 only compares the sum
     # of min_workers with the global max_workers (10 here), so 9 > 8 passes Ray.
     cluster["available_node_types"]["ray.worker.gpu_a10g"]["min_workers"] = 9
     validate_config(prepare_config(copy.deepcopy(cluster)))
@@ -124,7 +124,7 @@ def test_rays_validator_misses_min_above_max_within_one_node_type(cluster):
     ]
 
 
-# ---------------------------------------------------------------- study.cluster_check
+# ---------------------------------------------------------------- study.run.cluster_check
 
 
 def _write(tmp_path: Path, config: dict) -> Path:

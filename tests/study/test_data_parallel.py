@@ -7,10 +7,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from study.runner import _with_resources, _worker_constants
-from study.spec_types import ResourceSpec
+from study.run.runner import _with_resources, _worker_constants
+from study.spec.types import ResourceSpec
 from trainables.errors import ConfigError
-from trainables.tune_data_parallel import worker_settings
+from study.run.trial import worker_settings
 
 
 def _resources_of(workers: int, cpu: float, gpu: float):

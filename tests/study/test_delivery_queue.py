@@ -12,7 +12,7 @@ import threading
 import pytest
 from mlflow import MlflowClient
 
-from study.tracking import _DeliveryQueue, render_routing_artifacts
+from study.run.tracking import _DeliveryQueue, render_routing_artifacts
 
 
 class FlakyClient:

@@ -1,4 +1,4 @@
-"""Paired, multiple-testing, equivalence, rank and two-way statistics of ``study.report_stats``.
+"""Paired, multiple-testing, equivalence, rank and two-way statistics of ``study.results.stats``.
 
 Every expected value is worked out here by hand (or by scipy / numpy written differently from
 the implementation), so a change in a formula shows up as a number that no longer matches.
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from study.paired_stats import (
+from study.results.paired_stats import (
     Effect,
     Estimate,
     KendallResult,

@@ -7,7 +7,7 @@ import pytest
 from matplotlib.figure import Figure
 from matplotlib.image import imread
 
-from study.plots import (
+from study.run.heatmaps import (
     domain_shares,
     expert_order,
     heatmaps_side_by_side,

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from study import naming
-from study.queries import best_runs, format_rows, refresh_sqlite_statistics, translate_where
+from study.results.queries import best_runs, format_rows, refresh_sqlite_statistics, translate_where
 from trainables.errors import ConfigError
 
 # (run name, method, scope, lbl_coef, gap_purity, purity, status)
@@ -230,8 +230,8 @@ QUERIES = [
 
 @pytest.mark.parametrize("kwargs", QUERIES, ids=lambda k: ",".join(f"{a}={b}" for a, b in k.items()) or "default")
 def test_sqlite_fast_path_matches_mlflow_client(store, kwargs):
-    from study import fast_queries
-    from study.queries import Query, _best_runs_with_client, parse_where
+    from study.results import fast_queries
+    from study.results.queries import Query, _best_runs_with_client, parse_where
 
     fast = best_runs(store, "study_a", **kwargs)
     clauses, raw = parse_where(kwargs["where"]) if "where" in kwargs else ([], None)
@@ -244,8 +244,8 @@ def test_sqlite_fast_path_matches_mlflow_client(store, kwargs):
 
 
 def test_fast_path_steps_aside_where_it_cannot_answer(store, tmp_path):
-    from study import fast_queries
-    from study.queries import Query
+    from study.results import fast_queries
+    from study.results.queries import Query
 
     q = Query("study_a", "purity", False, 5, False)
     assert fast_queries.search(store, Query("no_such_study", "purity", False, 5, False)) is None

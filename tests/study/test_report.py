@@ -1,6 +1,6 @@
 """``moe-study report`` against a real MLflow sqlite store of nested runs (no mocks).
 
-The store holds what ``study.tracking`` writes: a parent study run, a reference run and trial
+The store holds what ``study.run.tracking`` writes: a parent study run, a reference run and trial
 runs as children, with the flat config as params, metric histories over steps, the
 ``stopped_early`` / ``error`` tags and ``count_table.parquet`` artifacts. Purity values are
 chosen per cell so every mean, interval and verdict can be recomputed here with scipy.
@@ -18,8 +18,8 @@ import pytest
 from scipy import stats
 
 from study import naming
-from study.report import FIGURE_FILES, WINDOW_FILE, write_report
-from study.report_stats import difference_ci, mean_ci, pareto_front
+from study.results.report import FIGURE_FILES, WINDOW_FILE, write_report
+from study.results.stats import difference_ci, mean_ci, pareto_front
 from trainables.count_table import write_count_table
 from trainables.errors import ConfigError
 
@@ -147,7 +147,7 @@ def store(tmp_path_factory):
 
 def _reused_reference_study(s: Store) -> None:
     """``second`` reused the reference run of ``first`` (same reference config hash)."""
-    from study.runner import reference_key
+    from study.run.runner import reference_key
     from study.spec import load_spec
 
     spec = load_spec(REPO / "search_spaces" / "smoke.yaml")
@@ -223,8 +223,8 @@ def test_pareto_front_keeps_only_non_dominated_points():
 
 
 def test_effect_size_verdict_when_scope_clearly_dominates():
-    from study.report_data import RunRecord
-    from study.report_findings import findings
+    from study.results.records import RunRecord
+    from study.results.findings import findings
 
     def run(method, scope, seed, purity):
         return RunRecord(run_id=f"{method}{scope}{seed}", name=f"{method}-{scope}-{seed}",
@@ -242,7 +242,7 @@ def test_effect_size_verdict_when_scope_clearly_dominates():
     assert line.verdict == "scope matters more than method", line
     assert "2 methods x 2 scopes x 3 seeds" in line.text
     # the scope's F test: the same numbers by a direct least-squares fit
-    from study.paired_stats import two_way_effects
+    from study.results.paired_stats import two_way_effects
 
     result = two_way_effects({(r.method, r.scope, r.seed): r.metric("purity") for r in runs})
     assert f"F(1, {result.df_error}) = {result.scope.f:.2f}" in line.text
@@ -359,7 +359,7 @@ def test_findings_verdicts_follow_the_numbers(report):
 
 def test_effect_size_and_reference_findings(report):
     _, md = report
-    from study.paired_stats import two_way_effects
+    from study.results.paired_stats import two_way_effects
 
     # the largest complete grid: lbl and eb at micro_batch and global_batch, dropless, 3 seeds
     grid = {(m, s, str(seed)): p for m, s, c, ps in CELLS if c == 0.0 and m in ("lbl", "eb")
@@ -475,8 +475,8 @@ def test_without_reference_trials_rank_by_purity(store, tmp_path):
 
 def test_report_data_loads_without_ray():
     """Reports read the tracker's names from study.naming, so building one never imports Ray
-    (seconds per report); study.tracking, which writes them, does."""
-    code = "import sys, study.report_data; assert 'ray' not in sys.modules, 'ray imported'"
+    (seconds per report); study.run.tracking, which writes them, does."""
+    code = "import sys, study.results.records; assert 'ray' not in sys.modules, 'ray imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from study.runner import check_resources, max_concurrent, resume_study, run_study
+from study.run.runner import check_resources, max_concurrent, resume_study, run_study
 from study.spec import load_spec
 from trainables.errors import ConfigError
 
@@ -37,7 +37,7 @@ def test_resources_and_concurrency_follow_the_cluster():
 
 
 def test_largest_node_counts_node_types_the_autoscaler_can_launch():
-    from study.runner import _largest_node
+    from study.run.runner import _largest_node
 
     live = [{"Alive": True, "Resources": {"CPU": 4.0}}, {"Alive": False, "Resources": {"GPU": 8.0}}]
     assert _largest_node(live) == {"CPU": 4.0, "GPU": 0.0}  # dead nodes offer nothing
@@ -49,7 +49,7 @@ def test_a_spec_whose_fixed_part_alone_is_invalid_still_runs():
     (window 0) is no valid trial, every trial is (load_spec checked them all)."""
     from pathlib import Path
 
-    from study.runner import reference_key, spec_base_config
+    from study.run.runner import reference_key, spec_base_config
 
     spec = load_spec(Path(SMOKE).parent / "balance_window.yaml")
     base = spec_base_config(spec)
@@ -60,7 +60,7 @@ def test_a_spec_whose_fixed_part_alone_is_invalid_still_runs():
 def test_reference_key_ignores_settings_at_their_default():
     """A reference run stays reusable when the trial config gains a field (at its default), or
     when a spec spells out a default value."""
-    from study.runner import reference_key
+    from study.run.runner import reference_key
     from study.spec import spec_from_dict
 
     base = {"search": {"router.scope": {"choice": ["micro_batch", "global_batch"]}},
@@ -75,7 +75,7 @@ def test_reference_key_ignores_settings_at_their_default():
 def test_reference_key_names_the_step_composition_whose_default_changed():
     """A reference run of the old default (independent steps; its key omits the composition)
     must not be reused for a study on the new default (domain-complete steps), nor the reverse."""
-    from study import runner
+    from study.run import runner
     from study.spec import spec_from_dict
 
     base = {"search": {"router.scope": {"choice": ["micro_batch", "global_batch"]}},

@@ -9,7 +9,7 @@ import optuna
 import pytest
 
 from study import naming
-from study.space import define_by_run, grid_points, make_sampler, trial_values
+from study.spec.space import define_by_run, grid_points, make_sampler, trial_values
 from study.spec import spec_from_dict
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from study.spec import load_spec, load_trial_config, parse_set, spec_from_dict
-from study.spec_types import CONSTRAINT_PENALTY, UNFINISHED_PENALTY, Objective
+from study.spec.types import CONSTRAINT_PENALTY, UNFINISHED_PENALTY, Objective
 from trainables.config import RouterConfig
 from trainables.errors import ConfigError
 

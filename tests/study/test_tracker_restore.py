@@ -18,7 +18,7 @@ import pytest
 from mlflow import MlflowClient
 
 from study import naming
-from study.tracking import StudyTracker
+from study.run.tracking import StudyTracker
 
 STEPS = 40
 

@@ -21,7 +21,7 @@ import torch.multiprocessing as mp
 from trainables.config import TrialConfig
 from trainables.scope import DistributedGroup
 from trainables.training import run_to_end, train
-from trainables.tune_trainable import CHECKPOINT_FILE, load_trial_state, result_builder
+from study.run.trial import CHECKPOINT_FILE, load_trial_state, result_builder
 
 from tests.trainables.helpers import tiny_config
 
@@ -108,7 +108,7 @@ def test_two_gloo_workers_keep_one_model_and_count_both_workers_tokens(small_mix
 
 
 def test_a_checkpoint_gives_every_rank_its_own_stream():
-    from trainables.tune_data_parallel import RANKS_KEY, own_rank_state
+    from study.run.trial import RANKS_KEY, own_rank_state
 
     shared = {"model": {"w": torch.ones(2)}, "optimizer": {}, "step": 4,
               "sampler": {"rank": 0}, "torch_rng": "rank0-rng"}
@@ -148,9 +148,9 @@ def test_data_parallel_tune_trial_spans_both_workers(small_mix_config, ray_two_c
 
     from ray import tune
 
-    from study.runner import _with_resources, _worker_constants
-    from study.spec_types import ResourceSpec
-    from trainables.tune_trainable import trial_function
+    from study.run.runner import _with_resources, _worker_constants
+    from study.spec.types import ResourceSpec
+    from study.run.trial import trial_function
 
     cfg = _cfg(small_mix_config)
     spec = SimpleNamespace(resources=ResourceSpec(cpu=1, gpu=0, workers=WORKERS))
@@ -190,7 +190,7 @@ def test_data_parallel_tune_trial_spans_both_workers(small_mix_config, ray_two_c
 @pytest.mark.slow
 def test_data_parallel_run_resumes_every_worker_where_it_stopped(small_mix_config, ray_two_cpus,
                                                                  tmp_path):
-    from trainables.tune_data_parallel import fit_data_parallel
+    from study.run.trial import fit_data_parallel
 
     # constant learning rate, so that a 4-step run is the first 4 steps of a 6-step run
     constant = {"train.warmup_steps": 0, "train.min_lr_ratio": 1.0}

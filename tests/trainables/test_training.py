@@ -82,7 +82,7 @@ def test_resume_at_the_last_step_gives_the_last_report_again(small_mix_config, t
     last = list(train(cfg))[-1]
     path = tmp_path / "state.pt"
     torch.save(last.state(), path)
-    state = torch.load(path, weights_only=True)  # as trainables.tune_trainable loads it
+    state = torch.load(path, weights_only=True)  # as study.run.trial loads it
     if not saved_report:
         del state[REPORT_KEY]
     replayed = list(train(cfg, resume_state=state))

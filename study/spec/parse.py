@@ -1,9 +1,9 @@
-"""Structure of a study spec: a raw YAML mapping -> the dataclasses of ``study.spec_types``.
+"""Structure of a study spec: a raw YAML mapping -> the dataclasses of ``study.spec.types``.
 
 Every function appends to a shared problem list instead of raising, so that one pass reports
 every problem in a file. Each problem starts with its key path (``search.train.lr.uniform``).
 What needs the trial config (value ranges, reference groups, metric names) is checked afterwards
-by ``study.spec_checks``.
+by ``study.spec.checks``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, Mapping
 from trainables.config import TrialConfig, flat_field_types, flatten
 from trainables.errors import ConfigError
 from study import naming
-from study.spec_types import (
+from study.spec.types import (
     DISTRIBUTIONS, MODES, SAMPLERS, SCHEDULERS, BudgetSpec, Objective, ReferenceSpec,
     ReportSpec, ResourceSpec, SamplerSpec, SchedulerSpec, SearchParam, StudySpec, TrackingSpec,
     value_in,

@@ -14,9 +14,9 @@ import math
 from collections.abc import Sequence
 
 from study import naming
-from study.paired_stats import kendall_tau_exact
-from study.report_data import RunRecord, StudyRuns, distinct_configs
-from study.report_stats import CellKey, Estimate, capacity_label, difference_ci, group_cells, mean_ci
+from study.results.paired_stats import kendall_tau_exact
+from study.results.records import RunRecord, StudyRuns, distinct_configs
+from study.results.stats import CellKey, Estimate, capacity_label, difference_ci, group_cells, mean_ci
 
 COMPARE_METRIC = naming.PURITY
 

@@ -243,7 +243,7 @@ def _reused_references(client: Any, studies: Iterable[RunRecord]) -> tuple[list[
 
 def _reference_hash(client: Any, parent_run_id: str) -> str | None:
     """Config hash of the reference run a study used, from its spec artifact."""
-    from study.runner import reference_key
+    from study.run.runner import reference_key
 
     spec = _study_spec(client, parent_run_id)
     try:

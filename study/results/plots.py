@@ -1,128 +1,20 @@
-"""Routing heatmaps: which experts each domain's slots went to.
-
-Figures are built on ``matplotlib.figure.Figure`` with an Agg canvas, never through
-``pyplot``: no global figure registry to leak memory across the many trials of a study, no
-dependence on a display, and safe to call from worker processes.
-
-Cells are *column-normalised*: cell (e, d) is the share of domain d's routed slots that went to
-expert e, so every domain column sums to 1 and domains of different size compare directly.
-Experts (rows) are ordered by their majority domain, strongest first within a domain, so a
-specialised routing shows as a block diagonal; experts that got no slot come last. Row labels
-keep the experts' original indices.
+"""The report's study-level figures (``moe-study report``): Pareto front, learning curves,
+interval bars, the balance-window curve. Routing heatmaps live in ``study.run.heatmaps`` (the
+tracker draws one per trial); figures are built on ``matplotlib.figure.Figure`` with an Agg
+canvas, never through ``pyplot``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from os import PathLike
 from pathlib import Path
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from trainables.metrics import as_numpy, purity
-
-_CMAP = "viridis"
-_MAX_LABELLED_EXPERTS = 64  # beyond this, row labels would overlap: label every n-th row
-
-
-def domain_shares(n_ED) -> np.ndarray:
-    """Column-normalised shares [E, D]: each domain's routed slots split over the experts."""
-    n_ED = as_numpy(n_ED)
-    totals_D = n_ED.sum(axis=0, keepdims=True)
-    return np.divide(n_ED, totals_D, out=np.zeros_like(n_ED), where=totals_D > 0)
-
-
-def expert_order(n_ED) -> np.ndarray:
-    """Expert indices sorted by majority domain, then by share of that domain (descending).
-
-    Experts that received no slot at all are put last.
-    """
-    shares_ED = domain_shares(n_ED)
-    majority_E = shares_ED.argmax(axis=1)
-    strength_E = shares_ED.max(axis=1)
-    unused_E = as_numpy(n_ED).sum(axis=1) == 0
-    # np.lexsort sorts by the last key first.
-    return np.lexsort((-strength_E, majority_E, unused_E))
-
-
-def _check(n_ED, domains: Sequence[str]) -> np.ndarray:
-    n_ED = as_numpy(n_ED)
-    if n_ED.ndim != 2:
-        raise ValueError(f"expected an expert x domain table [E, D], got shape {n_ED.shape}")
-    if len(domains) != n_ED.shape[1]:
-        raise ValueError(f"{len(domains)} domain names for {n_ED.shape[1]} domain columns")
-    return n_ED
-
-
-def _draw(ax, n_ED: np.ndarray, domains: Sequence[str], title: str, vmax: float):
-    order_E = expert_order(n_ED)
-    shares_ED = domain_shares(n_ED)[order_E]
-    image = ax.imshow(shares_ED, aspect="auto", cmap=_CMAP, vmin=0.0, vmax=vmax,
-                      interpolation="nearest")
-    ax.set_xticks(range(len(domains)), labels=list(domains), rotation=45, ha="right")
-    step = max(1, int(np.ceil(len(order_E) / _MAX_LABELLED_EXPERTS)))
-    rows = range(0, len(order_E), step)
-    ax.set_yticks(list(rows), labels=[f"e{order_E[r]}" for r in rows],
-                  fontsize=8 if len(order_E) > 16 else 10)
-    ax.set_xlabel("domain")
-    ax.set_ylabel("expert (sorted by majority domain)")
-    p = purity(n_ED)  # nan when nothing was routed
-    ax.set_title(f"{title}\npurity {p:.3f}" if np.isfinite(p) else f"{title}\nno routed slots")
-    return image
-
-
-def _new_figure(width: float, height: float) -> Figure:
-    fig = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(fig)  # attaches itself as fig.canvas
-    return fig
-
-
-def _size(n_experts: int, n_domains: int) -> tuple[float, float]:
-    return 1.5 + 0.5 * n_domains, 2.0 + 0.22 * min(n_experts, 80)
-
-
-def routing_heatmap(n_ED, domains: Sequence[str], title: str) -> Figure:
-    """Heatmap of one layer's routing: experts (rows) x domains (columns), column shares."""
-    n_ED = _check(n_ED, domains)
-    fig = _new_figure(*_size(*n_ED.shape))
-    ax = fig.add_subplot()
-    vmax = max(float(domain_shares(n_ED).max()), 1e-12)
-    image = _draw(ax, n_ED, domains, title, vmax)
-    fig.colorbar(image, ax=ax, label="share of the domain's routed slots")
-    return fig
-
-
-def heatmaps_side_by_side(
-    tables: Sequence[tuple[str, object]], domains: Sequence[str]
-) -> Figure:
-    """One heatmap per ``(title, n_ED)`` in a row, on one shared colour scale.
-
-    Each panel orders its own experts (expert numbers are not comparable across runs).
-    """
-    if not tables:
-        raise ValueError("heatmaps_side_by_side needs at least one table")
-    checked = [(title, _check(n_ED, domains)) for title, n_ED in tables]
-    vmax = max(max(float(domain_shares(n_ED).max()) for _, n_ED in checked), 1e-12)
-    width, height = _size(max(n.shape[0] for _, n in checked), len(domains))
-    fig = _new_figure(width * len(checked) + 1.0, height)
-    axes = fig.subplots(1, len(checked), squeeze=False)[0]
-    image = None
-    for ax, (title, n_ED) in zip(axes, checked):
-        image = _draw(ax, n_ED, domains, title, vmax)
-    fig.colorbar(image, ax=list(axes), label="share of the domain's routed slots")
-    return fig
-
-
-def save_figure(fig: Figure, path: str | PathLike, dpi: int = 120) -> Path:
-    """Save ``fig`` (format from the file suffix, e.g. ``.png``, ``.svg``), creating folders."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    return path
-
+from study.run.heatmaps import new_figure
+from trainables.metrics import purity
 
 # -- study-level plots of the report (``moe-study report``) -----------------------------------
 _SCOPE_MARKERS = {"sequence": "s", "micro_batch": "o", "global_batch": "^"}
@@ -180,7 +72,7 @@ def pareto_plot(
     if not (len(y) == len(methods) == len(scopes) == n):
         raise ValueError("pareto_plot needs x, y, methods and scopes of the same length")
     hollow = list(hollow) if hollow is not None else [False] * n
-    fig = _new_figure(9.0, 5.5)
+    fig = new_figure(9.0, 5.5)
     ax = fig.add_subplot()
     for i in range(n):
         colour = method_color(methods[i])
@@ -240,7 +132,7 @@ def learning_curves(
                      key=lambda m: (METHODS.index(m) if m in METHODS else len(METHODS), m))
     columns = min(3, len(methods))
     rows = int(np.ceil(len(methods) / columns))
-    fig = _new_figure(4.2 * columns + 1.5, 3.3 * rows + 0.6)
+    fig = new_figure(4.2 * columns + 1.5, 3.3 * rows + 0.6)
     axes = fig.subplots(rows, columns, squeeze=False, sharey=True)
     scope_colours = {"sequence": "tab:green", "micro_batch": "tab:orange", "global_batch": "tab:blue"}
     styles = ("-", "--", ":", "-.")
@@ -290,7 +182,7 @@ def interval_bars(
     """
     if not bars:
         raise ValueError("interval_bars needs at least one bar")
-    fig = _new_figure(max(5.0, 0.75 * len(bars) + 2.0), 4.8)
+    fig = new_figure(max(5.0, 0.75 * len(bars) + 2.0), 4.8)
     ax = fig.add_subplot()
     positions = np.arange(len(bars))
     for pos, (label, method, mean, half_width, n) in zip(positions, bars):
@@ -329,7 +221,7 @@ def window_curve(
     """
     if not series:
         raise ValueError("window_curve needs at least one series")
-    fig = _new_figure(6.4, 4.4)
+    fig = new_figure(6.4, 4.4)
     ax = fig.add_subplot()
     for label, points in series.items():
         pts = sorted(points)

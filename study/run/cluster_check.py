@@ -325,10 +325,10 @@ def _did_you_mean(key: str, known) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m study.cluster_check cluster.yaml [--require-edited]`: 0 valid, 2 problems."""
+    """`python -m study.run.cluster_check cluster.yaml [--require-edited]`: 0 valid, 2 problems."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m study.cluster_check", description=__doc__
+    parser = argparse.ArgumentParser(prog="python -m study.run.cluster_check", description=__doc__
                                      .split("\n")[0])
     parser.add_argument("config", help="Ray cluster launcher YAML, e.g. cluster.yaml")
     parser.add_argument("--require-edited", action="store_true",

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from study import naming
-from study.report_data import RunRecord, fetch_count_table, fetch_histories
-from study.report_stats import CellKey, capacity_label, cell_key, group_cells, mean_ci, pareto_front
+from study.results.records import RunRecord, fetch_count_table, fetch_histories
+from study.results.stats import CellKey, capacity_label, cell_key, group_cells, mean_ci, pareto_front
 
 PARETO_FILE = "pareto.png"
 HEATMAPS_FILE = "heatmaps_layer{layer}.png"
@@ -31,7 +31,8 @@ EXPERT_CHOICE = "ec"
 
 
 def pareto_figure(ranked: Sequence[RunRecord], path: Path) -> tuple[str, str]:
-    from study.plots import pareto_plot, save_figure
+    from study.results.plots import pareto_plot
+    from study.run.heatmaps import save_figure
 
     points = [r for r in ranked if math.isfinite(r.metric(naming.GAP_PURITY))
               and math.isfinite(r.metric(naming.GAP_LOSS))]
@@ -57,7 +58,7 @@ def pareto_figure(ranked: Sequence[RunRecord], path: Path) -> tuple[str, str]:
 def heatmap_figures(client, reference: RunRecord | None, ranked: Sequence[RunRecord], by: str,
                      out: Path) -> dict[str, tuple[str, str]]:
     """Reference, best and worst trial side by side, one figure per MoE layer."""
-    from study.plots import heatmaps_side_by_side, save_figure
+    from study.run.heatmaps import heatmaps_side_by_side, save_figure
 
     scored = [r for r in ranked if math.isfinite(r.metric(by))]
     picks: list[tuple[str, RunRecord]] = []
@@ -112,7 +113,8 @@ def _panel_title(which: str, run: RunRecord) -> str:
 
 def curves_figure(client, ranked: Sequence[RunRecord], reference: RunRecord | None, cap: int,
                    path: Path) -> tuple[str, str]:
-    from study.plots import learning_curves, save_figure
+    from study.results.plots import learning_curves
+    from study.run.heatmaps import save_figure
 
     histories = fetch_histories(client, ranked, naming.PURITY, cap)
     label = _cell_labeller(ranked, sep=", ")
@@ -149,7 +151,8 @@ def _cell_labeller(runs: Sequence[RunRecord], sep: str):
 
 
 def bars_figure(ranked: Sequence[RunRecord], reference: RunRecord | None, path: Path) -> tuple[str, str]:
-    from study.plots import interval_bars, save_figure
+    from study.results.plots import interval_bars
+    from study.run.heatmaps import save_figure
 
     cells = group_cells(ranked)
     label = _cell_labeller(ranked, sep="\n")
@@ -183,7 +186,8 @@ def window_series(ranked: Sequence[RunRecord], metric: str = naming.PURITY
 
 
 def window_figure(ranked: Sequence[RunRecord], path: Path) -> tuple[str, str]:
-    from study.plots import save_figure, window_curve
+    from study.results.plots import window_curve
+    from study.run.heatmaps import save_figure
 
     series = window_series(ranked)
     if not series:

@@ -1,4 +1,4 @@
-"""The parts of a validated study spec, as dataclasses (parsing lives in ``study.spec_parse``).
+"""The parts of a validated study spec, as dataclasses (parsing lives in ``study.spec.parse``).
 
 A ``StudySpec`` is what ``study.spec.load_spec`` returns. Its ``fixed`` values and the searched
 ``params`` use the trial config's dotted keys, so a Tune config produced from the spec goes

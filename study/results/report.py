@@ -27,14 +27,14 @@ from pathlib import Path
 from trainables.errors import ConfigError
 
 from study import naming
-from study.report_compare import compare_markdown
-from study.report_data import RunRecord, StudyRuns, distinct_configs, load_study_runs
-from study.report_figures import (
+from study.results.compare import compare_markdown
+from study.results.records import RunRecord, StudyRuns, distinct_configs, load_study_runs
+from study.results.figures import (
     BARS_FILE, CURVES_FILE, EXPERT_CHOICE, FIGURE_FILES, HEATMAPS_FILE, PARETO_FILE, WINDOW_FILE,
     bars_figure, curves_figure, heatmap_figures, pareto_figure, window_figure,
 )
-from study.report_findings import Finding, finding_metrics, findings
-from study.report_stats import Estimate, capacity_label, cell_estimates, group_cells, layer_count, varying_params
+from study.results.findings import Finding, finding_metrics, findings
+from study.results.stats import Estimate, capacity_label, cell_estimates, group_cells, layer_count, varying_params
 
 REPORT_FILE = "report.md"
 

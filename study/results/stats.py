@@ -16,7 +16,7 @@ import numpy as np
 from scipy import stats
 
 from study import naming
-from study.report_data import RunRecord, method_rank, scope_rank
+from study.results.records import RunRecord, method_rank, scope_rank
 
 CONFIDENCE = 0.95
 

@@ -16,7 +16,7 @@ import warnings
 from typing import Any, Callable
 
 from study import naming
-from study.spec_types import StudySpec, expand_points
+from study.spec.types import StudySpec, expand_points
 
 
 def define_by_run(spec: StudySpec) -> Callable[[Any], dict[str, Any]]:

@@ -15,7 +15,7 @@ from typing import Any, Iterable
 from trainables.config import flatten
 from trainables.errors import ConfigError
 
-from study.spec_types import value_in
+from study.spec.types import value_in
 
 
 def apply_overrides(raw: Any, sets: Iterable[tuple[str, Any]]) -> Any:

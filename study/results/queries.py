@@ -1,7 +1,7 @@
 """Result queries over MLflow: the best trials of a study (``moe-study best``).
 
 The filter, the ordering and the limit are pushed into the tracking store, so a query costs
-the same for 100 or 10,000 runs. ``study.fast_queries`` answers for sqlite stores and tracking
+the same for 100 or 10,000 runs. ``study.results.fast_queries`` answers for sqlite stores and tracking
 servers without importing MLflow (the import alone costs more than the query); any other store,
 or a raw MLflow filter on sqlite, goes through ``MlflowClient.search_runs``. Both give the same
 rows.
@@ -29,8 +29,9 @@ import yaml
 
 from trainables.config import flat_field_types
 from trainables.errors import ConfigError
-from study import fast_queries, naming
-from study.fast_queries import Clause, Query
+from study.results import fast_queries
+from study import naming
+from study.results.fast_queries import Clause, Query
 from study.spec import safe_load
 
 FORMATS = ("table", "json", "csv")

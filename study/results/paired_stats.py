@@ -1,7 +1,7 @@
 """Statistics a reviewer accepts: paired differences over seeds, Holm's adjustment, equivalence
 tests, Kendall's tau with an exact p-value, and a two-way decomposition of method and scope.
 
-Pure functions of plain numbers (no MLflow), like ``study.report_stats``: arms of a comparison
+Pure functions of plain numbers (no MLflow), like ``study.results.stats``: arms of a comparison
 share seeds (same init and data), so differences are taken per seed; a report makes dozens of
 comparisons, so its p-values are adjusted together; "no difference" needs an equivalence test
 with a stated margin.
@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from study.report_data import method_rank, scope_rank
-from study.report_stats import CONFIDENCE, Estimate, finite
+from study.results.records import method_rank, scope_rank
+from study.results.stats import CONFIDENCE, Estimate, finite
 
 
 # -- paired comparisons over seeds ------------------------------------------------------------

@@ -21,8 +21,8 @@ from typing import Any, Mapping
 from trainables.config import TrialConfig
 from trainables.errors import ConfigError
 from study import naming
-from study.spec_parse import Problems
-from study.spec_types import (
+from study.spec.parse import Problems
+from study.spec.types import (
     SearchParam, StudySpec, count_points, expand_points, is_excluded, reference_flat,
 )
 

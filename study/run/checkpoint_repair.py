@@ -10,7 +10,7 @@ after the stale state's last result are not trained twice: the checkpoint holds 
 
 Reading the state unpickles Tune's checkpoint manager (``ray.cloudpickle``), the only way Tune
 stores those paths; the move is a rename on the study's local storage (remote storage is
-refused for study state, ``study.runner``).
+refused for study state, ``study.run.runner``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FILE = "trial_state.pt"  # trainables.tune_trainable.CHECKPOINT_FILE, without its Ray import
+CHECKPOINT_FILE = "trial_state.pt"  # study.run.trial.CHECKPOINT_FILE, without its Ray import
 _UNFINISHED = {"PENDING", "RUNNING", "PAUSED"}
 
 

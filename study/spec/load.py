@@ -1,8 +1,8 @@
 """Study specs: load a YAML study spec, check it whole, and hand out trial configs.
 
 ``load_spec(path)`` reads the YAML (format: ``docs/spec.md``), parses its structure
-(``study.spec_parse``), checks every trial it can produce against the trial config
-(``study.spec_checks``) and raises one ``ConfigError`` listing every problem, each starting with
+(``study.spec.parse``), checks every trial it can produce against the trial config
+(``study.spec.checks``) and raises one ``ConfigError`` listing every problem, each starting with
 its key path (``search.router.lbl_coef.loguniform: low 0.1 > high 0.01``).
 
 Also here: ``load_trial_config`` for the one-trial YAML configs of ``moe-study train`` and the
@@ -19,10 +19,10 @@ import yaml
 
 from trainables.config import TrialConfig, flatten
 from trainables.errors import ConfigError
-from study.spec_checks import check_spec
-from study.spec_overrides import apply_overrides
-from study.spec_parse import Problems, parse_spec
-from study.spec_types import (
+from study.spec.checks import check_spec
+from study.spec.overrides import apply_overrides
+from study.spec.parse import Problems, parse_spec
+from study.spec.types import (
     BudgetSpec, Objective, ReferenceSpec, ResourceSpec, SamplerSpec, SchedulerSpec, SearchParam,
     StudySpec, TrackingSpec,
 )
@@ -40,7 +40,7 @@ def load_spec(path: str | Path, cluster_resources: Mapping[str, float] | None = 
 
     ``cluster_resources`` (e.g. ``ray.cluster_resources()``: ``{"CPU": 2, "GPU": 0}``) adds a
     check that one trial fits the cluster. The study name defaults to the file name's stem.
-    ``sets`` are ``key=value`` overrides (``study.spec_overrides``), applied before the checks.
+    ``sets`` are ``key=value`` overrides (``study.spec.overrides``), applied before the checks.
     """
     path = Path(path)
     raw = read_yaml(path, what="study spec")

@@ -15,14 +15,14 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from trainables.config import TrialConfig
 from trainables.errors import ConfigError
 
 from study import naming
 from study.spec import spec_from_dict
-from study.spec_types import StudySpec
+from study.spec.types import StudySpec
 
 STATE_FILE = "study.json"
 SEARCH_DIR = "search"
@@ -56,7 +56,7 @@ def _fail_tracking_requests_fast() -> None:
 
 
 def check_tracking(tracking_uri: str) -> None:
-    from study.tracking import check_tracking_reachable
+    from study.run.tracking import check_tracking_reachable
 
     _fail_tracking_requests_fast()
     try:
@@ -91,6 +91,11 @@ def max_concurrent(spec: StudySpec, available: dict[str, float]) -> int:
 
 
 # -- the study --------------------------------------------------------------------------------
+OnSuccess = Callable[[str, str, str, str], None]
+"""Called with (study name, tracking URI, MLflow experiment, objective metric) after a study ends
+well: the command line prints the best trials (reading results is not the runner's job)."""
+
+
 def run_study(
     spec: StudySpec,
     *,
@@ -98,7 +103,9 @@ def run_study(
     address: str | None = None,
     name: str | None = None,
     storage: str | None = None,
+    on_success: OnSuccess | None = None,
 ) -> int:
+    """Run ``spec`` as a new study; ``on_success`` is called once it ends with exit code 0."""
     name = name or spec.name
     root = storage_root(storage)
     state_path = _state_path(root, name)
@@ -111,7 +118,7 @@ def run_study(
     check_tracking(tracking_uri)
     mix_hash = _build_data_once(base)
 
-    from study import tracking
+    from study.run import tracking
 
     experiment_id = tracking.ensure_experiment(tracking_uri, spec.experiment_name if spec.tracking.experiment else name)
     parent_run_id = tracking.start_parent_run(
@@ -128,11 +135,11 @@ def run_study(
     state_path.parent.mkdir(parents=True, exist_ok=True)
     _write_state(state_path, state)
     print(f"[{name}] MLflow experiment {experiment_id}, parent run {parent_run_id}", flush=True)
-    return _execute(spec, state, state_path, address=address, restore=False)
+    return _execute(spec, state, state_path, address=address, restore=False, on_success=on_success)
 
 
 def resume_study(name: str, *, tracking_uri: str | None = None, address: str | None = None,
-                 storage: str | None = None) -> int:
+                 storage: str | None = None, on_success: OnSuccess | None = None) -> int:
     root = storage_root(storage)
     state_path = _state_path(root, name)
     if not state_path.exists():
@@ -144,7 +151,7 @@ def resume_study(name: str, *, tracking_uri: str | None = None, address: str | N
     check_tracking(state["tracking_uri"])
     from mlflow.tracking import MlflowClient
 
-    from study.tracking import StudyTracker
+    from study.run.tracking import StudyTracker
 
     delivered = StudyTracker(  # writes an earlier driver could not deliver
         tracking_uri=state["tracking_uri"], experiment_id=state["experiment_id"],
@@ -154,10 +161,11 @@ def resume_study(name: str, *, tracking_uri: str | None = None, address: str | N
     if delivered:
         print(f"[{name}] delivered {delivered} spooled MLflow writes", flush=True)
     MlflowClient(state["tracking_uri"]).update_run(state["parent_run_id"], status="RUNNING")
-    return _execute(spec, state, state_path, address=address, restore=True)
+    return _execute(spec, state, state_path, address=address, restore=True, on_success=on_success)
 
 
-def _execute(spec: StudySpec, state: dict, state_path: Path, *, address: str | None, restore: bool) -> int:
+def _execute(spec: StudySpec, state: dict, state_path: Path, *, address: str | None, restore: bool,
+             on_success: OnSuccess | None = None) -> int:
     import ray
     from mlflow.tracking import MlflowClient
 
@@ -212,8 +220,8 @@ def _execute(spec: StudySpec, state: dict, state_path: Path, *, address: str | N
                 print(f"[{name}] could not close the MLflow runs ({exc}); "
                       f"`moe-study resume {name}` does it later", flush=True)
                 code = code or 1
-    if code == 0:
-        _print_best(spec, state)
+    if code == 0 and on_success is not None:
+        on_success(name, state["tracking_uri"], spec.tracking.experiment or name, spec.objective.metrics[0])
     return code
 
 
@@ -248,8 +256,8 @@ def run_reference(spec: StudySpec, state: dict, available: dict) -> dict[str, fl
     """Reuse a finished reference run with the same config from MLflow, or run it now."""
     from ray import tune
 
-    from study.tracking import StudyTracker
-    from trainables.tune_trainable import trial_function
+    from study.run.tracking import StudyTracker
+    from study.run.trial import trial_function
 
     flat = spec.reference_config().to_flat()
     key = reference_key(spec)
@@ -312,10 +320,10 @@ def _search(spec: StudySpec, state: dict, available: dict, reference: dict, *, r
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    from study.checkpoint_repair import repair_missing_checkpoints
-    from study.space import define_by_run, make_sampler
-    from study.tracking import StudyTracker
-    from trainables.tune_trainable import EVAL_STEPS_KEY, trial_function
+    from study.run.checkpoint_repair import repair_missing_checkpoints
+    from study.spec.space import define_by_run, make_sampler
+    from study.run.tracking import StudyTracker
+    from study.run.trial import EVAL_STEPS_KEY, trial_function
 
     path = os.path.join(state["storage"], state["name"], SEARCH_DIR)
     trainable = _with_resources(trial_function, spec)
@@ -404,8 +412,8 @@ def _with_resources(fn, spec: StudySpec):
     r = spec.resources
     if r.workers > 1:
         # Train inside Tune: the trial is only the Train driver; the TorchTrainer's ScalingConfig
-        # reserves the workers (trainables.tune_data_parallel, from the _worker_constants keys)
-        from trainables.tune_data_parallel import DRIVER_RESOURCES
+        # reserves the workers (study.run.trial, from the _worker_constants keys)
+        from study.run.trial import DRIVER_RESOURCES
 
         return tune.with_resources(fn, DRIVER_RESOURCES)
     return tune.with_resources(fn, {"cpu": r.cpu, "gpu": r.gpu})
@@ -469,14 +477,3 @@ def _close_open_children(client, state: dict, status: str) -> None:
     for run in runs:
         client.set_tag(run.info.run_id, naming.TAG_STOPPED_EARLY, "true")
         client.set_terminated(run.info.run_id, status=status)
-
-
-def _print_best(spec: StudySpec, state: dict) -> None:
-    from study.queries import best_runs, format_rows
-
-    by = spec.objective.metrics[0]
-    try:
-        rows = best_runs(state["tracking_uri"], spec.tracking.experiment or state["name"], top=5, by=by)
-    except ConfigError:
-        return
-    print(f"[{state['name']}] best by {by}:\n{format_rows(rows, 'table')}", flush=True)

@@ -29,9 +29,9 @@ import numpy as np
 from scipy import stats
 
 from study import naming
-from study.paired_stats import holm, paired_difference, tost_paired, two_way_effects
-from study.report_data import RunRecord
-from study.report_stats import CellKey, Estimate, capacity_label, difference_ci, group_cells, layer_count, mean_ci
+from study.results.paired_stats import holm, paired_difference, tost_paired, two_way_effects
+from study.results.records import RunRecord
+from study.results.stats import CellKey, Estimate, capacity_label, difference_ci, group_cells, layer_count, mean_ci
 
 HOLDS = "holds"
 DOES_NOT_HOLD = "does not hold"
