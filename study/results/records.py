@@ -242,7 +242,11 @@ def _reused_references(client: Any, studies: Iterable[RunRecord]) -> tuple[list[
 
 
 def _reference_hash(client: Any, parent_run_id: str) -> str | None:
-    """Config hash of the reference run a study used, from its spec artifact."""
+    """Config hash of the reference run a study used: the parent run's tag, or for a study run
+    before the tag existed, recomputed from its spec artifact."""
+    tag = client.get_run(parent_run_id).data.tags.get(naming.TAG_REFERENCE_KEY)
+    if tag:
+        return tag
     from study.run.runner import reference_key
 
     spec = _study_spec(client, parent_run_id)

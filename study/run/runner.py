@@ -124,6 +124,7 @@ def run_study(
     parent_run_id = tracking.start_parent_run(
         tracking_uri, experiment_id, name, spec.to_dict(),
         tags={naming.TAG_SPEC_HASH: spec.content_hash(),
+              **({naming.TAG_REFERENCE_KEY: reference_key(spec)} if spec.reference.enabled else {}),
               naming.TAG_SEARCH_KEYS: ",".join(spec.search_keys),
               naming.TAG_MIX_HASH: mix_hash},
     )

@@ -62,6 +62,8 @@ def test_study_writes_parent_run_and_nested_trial_runs_with_gaps(smoke_study, tm
     assert len(refs) == 1 and len(trials) == 4
     ref = refs[0].data.metrics
     assert ref["purity"] == 1.0 and ref["reference_agreement"] == 1.0
+    # the parent names its reference run's key: the report finds a reused reference by it
+    assert parents[0].data.tags[naming.TAG_REFERENCE_KEY] == refs[0].data.tags[naming.TAG_CONFIG_HASH]
 
     for run in trials:
         m, p = run.data.metrics, run.data.params

@@ -462,6 +462,22 @@ def test_reused_reference_is_found_in_another_experiment(store, tmp_path):
     assert "**reference-first (reference, upper bound)**" in md
 
 
+def test_reused_reference_is_found_by_the_parent_runs_tag(store, tmp_path):
+    """A study run by this version tags its parent with the reference key: the report finds the
+    reused reference from the tag alone (no spec artifact to recompute it from)."""
+    first_exp, first_parent = store.experiment("tagged_first")
+    store.run(first_exp, first_parent, "reference-tagged", naming.ROLE_REFERENCE,
+              {"router.method": "reference"}, {"purity": 0.95, "val_loss": 2.2},
+              tags={naming.TAG_CONFIG_HASH: "feedfacefeedface"})
+    exp, parent = store.experiment("tagged_second")
+    store.client.set_tag(parent, naming.TAG_REFERENCE_KEY, "feedfacefeedface")
+    for seed, p in enumerate([0.4, 0.5]):
+        store.run(exp, parent, f"t{seed}", naming.ROLE_TRIAL, trial_params("lbl", "global_batch", 0, seed),
+                  trial_metrics("lbl", p, seed, 0), history=history(p))
+    md = write_report("tagged_second", out_dir=tmp_path, tracking_uri=store.uri).read_text()
+    assert "`reference-tagged`" in md and "reused from experiment 'tagged_first'" in md
+
+
 def test_without_reference_trials_rank_by_purity(store, tmp_path):
     path = write_report("noref", out_dir=tmp_path, tracking_uri=store.uri)
     md = path.read_text()
