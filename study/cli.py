@@ -14,7 +14,7 @@ import argparse
 import json
 import sys
 import traceback
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from trainables.errors import ConfigError
 
@@ -126,28 +126,13 @@ def _exit_code(result: Any) -> int:
     return result if isinstance(result, int) and not isinstance(result, bool) else EXIT_OK
 
 
-def _lazy(module: str, name: str) -> Callable:
-    """Import a dispatch target when its command runs, naming what is missing if it is."""
-    import importlib
-
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as err:
-        raise _Unavailable(f"{module}.{name} is not available: {err}") from err
-
-
-class _Unavailable(RuntimeError):
-    pass
-
-
 # -- handlers ------------------------------------------------------------------------------------
 def cmd_data_describe(args: argparse.Namespace) -> int:
-    from study.spec import load_trial_config
-
     from study.results.queries import format_rows
+    from study.spec import load_trial_config
+    from trainables.data.mix import describe_mix
 
     cfg = load_trial_config(args.config, args.sets)
-    describe_mix = _lazy("trainables.data.mix", "describe_mix")
     described = describe_mix(cfg.data)
     if args.fmt == "json":
         print(json.dumps(described, indent=2))
@@ -161,9 +146,9 @@ def cmd_data_describe(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from study.spec import load_trial_config
+    from trainables.training import train_main
 
     cfg = load_trial_config(args.config, args.sets)
-    train_main = _lazy("trainables.training", "train_main")
     return _exit_code(train_main(cfg, json_out=args.json, out_dir=args.out))
 
 
@@ -202,10 +187,10 @@ def describe_spec(spec: Any) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from study.run.runner import run_study
     from study.spec import load_spec
 
     spec = load_spec(args.spec, sets=args.sets)
-    run_study = _lazy("study.run.runner", "run_study")
     return _exit_code(run_study(
         spec,
         tracking_uri=args.tracking_uri or spec.tracking.uri or _tracking_uri(args),
@@ -217,7 +202,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    resume_study = _lazy("study.run.runner", "resume_study")
+    from study.run.runner import resume_study
+
     return _exit_code(resume_study(
         args.name, tracking_uri=_tracking_uri(args), address=args.address, storage=args.storage,
         on_success=_print_best,
@@ -247,7 +233,8 @@ def cmd_best(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    write_report = _lazy("study.results.report", "write_report")
+    from study.results.report import write_report
+
     out = write_report(args.experiment, out_dir=args.out, tracking_uri=_tracking_uri(args),
                        compare=args.compare)
     if out is not None and not isinstance(out, int):
@@ -267,8 +254,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(f"moe-study {args.command}: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except _Unavailable as err:
-        print(f"moe-study {args.command}: {err}", file=sys.stderr)
+    except ImportError as err:  # a broken or partial install: name the module
+        print(f"moe-study {args.command}: {err.name or 'a module'} is not available: {err}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         print(f"moe-study {args.command}: interrupted", file=sys.stderr)

@@ -7,6 +7,8 @@ side effects at import time.
 
 from __future__ import annotations
 
+from trainables.errors import did_you_mean
+
 import hashlib
 import json
 import os
@@ -160,8 +162,6 @@ def metric_problem(name: str, domains: list[str] | None = None, n_layers: int | 
 
     ``domains`` / ``n_layers`` narrow the per-domain and per-layer variants when known.
     """
-    import difflib
-
     if name in METRIC_MODES:
         return ""
     m = _LAYER_SUFFIX.match(name)
@@ -176,9 +176,7 @@ def metric_problem(name: str, domains: list[str] | None = None, n_layers: int | 
             return ""
         return f"unknown metric {name!r}: {domain!r} is not one of data.domains {domains}"
     candidates = list(METRIC_MODES) + [per_layer(m, 0) for m in LAYER_METRICS]
-    close = difflib.get_close_matches(name, candidates, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    return f"unknown metric {name!r}{hint}"
+    return f"unknown metric {name!r}{did_you_mean(name, candidates)}"
 
 
 # -- identities --------------------------------------------------------------------------------

@@ -9,14 +9,13 @@ dataclasses and that flat form, and ``validate`` collects every problem before r
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
-from trainables.errors import ConfigError
+from trainables.errors import ConfigError, did_you_mean
 
 # Names of the domains trainables.data.sources can build; kept here so validation needs no I/O.
 BUILTIN_DOMAIN_NAMES = (
@@ -326,8 +325,7 @@ class TrialConfig:
         known_domains = set(BUILTIN_DOMAIN_NAMES) | {n for n in extra_names if n}
         for name in d.domains:
             if name not in known_domains:
-                close = difflib.get_close_matches(name, sorted(known_domains), n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
+                hint = did_you_mean(name, sorted(known_domains))
                 p.append(
                     f"data.domains: unknown domain {name!r} (not built in and not in data.extra){hint}"
                 )
@@ -368,16 +366,13 @@ _SECTIONS = {"data", "model", "router", "train"}
 
 
 def _unknown_key_message(key: str, known: dict[str, Any]) -> str:
-    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    return f"{key}: unknown key{hint}"
+    return f"{key}: unknown key{did_you_mean(key, known)}"
 
 
 def _choice(problems: list[str], key: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        close = difflib.get_close_matches(str(value), allowed, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        problems.append(f"{key}: unknown value {value!r}, expected one of {list(allowed)}{hint}")
+        problems.append(f"{key}: unknown value {value!r}, expected one of {list(allowed)}"
+                        f"{did_you_mean(value, allowed)}")
 
 
 def _coerce(value: Any, typ: Any) -> tuple[Any, str]:

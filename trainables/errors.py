@@ -2,6 +2,17 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
+
+def did_you_mean(word: object, candidates: Iterable[str], *, otherwise: str = "",
+                 cutoff: float = 0.6) -> str:
+    """``"; did you mean 'x'?"`` for the candidate closest to a misspelt ``word``, else
+    ``otherwise``: the one place error messages suggest a correction."""
+    close = difflib.get_close_matches(str(word), list(candidates), n=1, cutoff=cutoff)
+    return f"; did you mean {close[0]!r}?" if close else otherwise
+
 
 class ConfigError(ValueError):
     """Bad configuration. Carries every problem found, each naming its key or value."""

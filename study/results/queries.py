@@ -18,7 +18,6 @@ value the way the config's type prints it (``router.capacity_factor=1`` matches 
 from __future__ import annotations
 
 import csv
-import difflib
 import io
 import json
 import math
@@ -28,10 +27,11 @@ from typing import Any, Iterable
 import yaml
 
 from trainables.config import flat_field_types
-from trainables.errors import ConfigError
+from trainables.errors import ConfigError, did_you_mean
 from study.results import fast_queries
 from study import naming
 from study.results.fast_queries import Clause, Query
+from study.results.records import unknown_experiment
 from study.spec import safe_load
 
 FORMATS = ("table", "json", "csv")
@@ -85,7 +85,7 @@ def _best_runs_with_client(tracking_uri: str, query: Query) -> list[dict[str, An
     client = MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name(query.experiment)
     if exp is None:
-        raise ConfigError(_unknown_experiment(client, query.experiment, tracking_uri))
+        raise ConfigError(unknown_experiment(client, query.experiment, tracking_uri))
     where = query.raw_where or " and ".join(c.mlflow() for c in query.clauses)
     try:
         runs = client.search_runs(
@@ -173,8 +173,7 @@ def _translate_clause(clause: str, where: str) -> Clause:
         except ValueError:
             raise ConfigError(f"--where {where!r}: metric {key} needs a number (got {text!r})") from None
         return Clause("metric", key, op, number)
-    close = difflib.get_close_matches(key, list(types) + list(naming.METRIC_MODES) + list(_SHORT_KEYS), n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
+    hint = did_you_mean(key, [*types, *naming.METRIC_MODES, *_SHORT_KEYS])
     raise ConfigError(f"--where {where!r}: {key!r} is neither a trial-config key nor a metric{hint}")
 
 
@@ -192,12 +191,6 @@ def _param_text(text: str, typ: Any) -> str:
         return str(value)
     return text
 
-
-def _unknown_experiment(client: Any, experiment: str, uri: str) -> str:
-    names = [e.name for e in client.search_experiments(max_results=1000)]
-    close = difflib.get_close_matches(experiment, names, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else (f" (known: {', '.join(sorted(names))})" if names else "")
-    return f"experiment {experiment!r} not found in tracking store {uri}{hint}"
 
 
 def _search_keys(runs: list, parent_tags) -> list[str]:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from trainables.config import METHODS, SCOPES
-from trainables.errors import ConfigError
+from trainables.errors import ConfigError, did_you_mean
 
 from study import naming
 
@@ -184,7 +184,7 @@ def load_study_runs(client: Any, experiment: str, tracking_uri: str) -> StudyRun
     """All runs of ``experiment``; ConfigError when it is unknown or has no finished trial."""
     exp = client.get_experiment_by_name(experiment)
     if exp is None or exp.lifecycle_stage == "deleted":
-        raise ConfigError(_unknown_experiment(client, experiment, tracking_uri))
+        raise ConfigError(unknown_experiment(client, experiment, tracking_uri))
     records = [record_of(r) for r in search_all_runs(client, [exp.experiment_id])]
     by_role: dict[str, list[RunRecord]] = {}
     for r in records:
@@ -209,14 +209,11 @@ def load_study_runs(client: Any, experiment: str, tracking_uri: str) -> StudyRun
     return study
 
 
-def _unknown_experiment(client: Any, experiment: str, uri: str) -> str:
-    import difflib
-
-    names = [e.name for e in client.search_experiments(max_results=1000)]
-    close = difflib.get_close_matches(experiment, names, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else (
-        f" (known: {', '.join(sorted(names))})" if names else "")
-    return f"experiment {experiment!r} not found in tracking store {uri}{hint}"
+def unknown_experiment(client: Any, experiment: str, uri: str) -> str:
+    """The error for an experiment name the store lacks, with the closest name or the known ones."""
+    names = sorted(e.name for e in client.search_experiments(max_results=1000))
+    known = f" (known: {', '.join(names)})" if names else ""
+    return f"experiment {experiment!r} not found in tracking store {uri}{did_you_mean(experiment, names, otherwise=known)}"
 
 
 def _reused_references(client: Any, studies: Iterable[RunRecord]) -> tuple[list[RunRecord], str]:

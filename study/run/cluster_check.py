@@ -19,7 +19,6 @@ ones at launch) and whether the AMI, security group, bucket and instance profile
 from __future__ import annotations
 
 import copy
-import difflib
 import json
 import logging
 import os
@@ -32,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from trainables.errors import ConfigError
+from trainables.errors import ConfigError, did_you_mean
 
 PLACEHOLDER = re.compile(r"\bEDIT_ME_[A-Z0-9_]+")
 WORLD_CIDRS = ("0.0.0.0/0", "::/0")
@@ -113,15 +112,15 @@ def schema_problems(config: dict[str, Any]) -> list[str]:
             known = list(error.schema.get("properties", {}))
             for key in sorted(set(error.instance) - set(known)):
                 problems.append(f"{_key_path([*error.absolute_path, key])}: unknown key"
-                                + _did_you_mean(key, known))
+                                + did_you_mean(key, known, cutoff=0.75))
         else:
             problems.append(f"{where}: {error.message}")
     provider = config.get("provider")
     if isinstance(provider, dict) and provider.get("type") == "aws":
         for key in provider:
-            if key not in AWS_PROVIDER_KEYS and _did_you_mean(key, AWS_PROVIDER_KEYS):
+            if key not in AWS_PROVIDER_KEYS and did_you_mean(key, AWS_PROVIDER_KEYS, cutoff=0.75):
                 problems.append(f"provider.{key}: unknown key (Ray ignores it)"
-                                + _did_you_mean(key, AWS_PROVIDER_KEYS))
+                                + did_you_mean(key, AWS_PROVIDER_KEYS, cutoff=0.75))
     return problems
 
 
@@ -317,11 +316,6 @@ def _key_path(parts) -> str:
         else:
             out += f".{part}" if out else str(part)
     return out or "<top level>"
-
-
-def _did_you_mean(key: str, known) -> str:
-    match = difflib.get_close_matches(key, list(known), n=1, cutoff=0.75)
-    return f" (did you mean {match[0]!r}?)" if match else ""
 
 
 def main(argv: list[str] | None = None) -> int:

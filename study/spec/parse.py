@@ -8,13 +8,12 @@ by ``study.spec.checks``.
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
 from typing import Any, Mapping
 
 from trainables.config import TrialConfig, flat_field_types, flatten
-from trainables.errors import ConfigError
+from trainables.errors import ConfigError, did_you_mean
 from study import naming
 from study.spec.types import (
     DISTRIBUTIONS, MODES, SAMPLERS, SCHEDULERS, BudgetSpec, Objective, ReferenceSpec,
@@ -293,9 +292,7 @@ def check_conditions(params: list[SearchParam], problems: Problems) -> None:
             if k == p.key:
                 problems.add(wpath, "a parameter cannot be conditional on itself")
             elif other is None:
-                close = difflib.get_close_matches(k, list(by_key), n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                problems.add(wpath, f"{k!r} is not a searched parameter{hint}")
+                problems.add(wpath, f"{k!r} is not a searched parameter{did_you_mean(k, by_key)}")
             elif not other.is_choice:
                 problems.add(wpath, f"{k!r} is a {other.distribution} range; conditions need a choice parameter")
             else:
@@ -349,9 +346,7 @@ def parse_exclude(raw: Any, params: list[SearchParam], sampler: SamplerSpec, pro
             values = v if isinstance(v, list) else [v]
             p = by_key.get(k)
             if p is None:
-                close = difflib.get_close_matches(str(k), list(by_key), n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                problems.add(f"{path}.{k}", f"not a searched parameter{hint}")
+                problems.add(f"{path}.{k}", f"not a searched parameter{did_you_mean(k, by_key)}")
                 continue
             for v_ in values:
                 if p.is_choice and not value_in(v_, p.choices):
@@ -561,8 +556,7 @@ def check_keys(problems: Problems, mapping: Mapping, allowed: tuple[str, ...], p
     """Report every key of ``mapping`` not in ``allowed``, suggesting the closest known one."""
     for key in mapping:
         if key not in allowed:
-            close = difflib.get_close_matches(str(key), allowed, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f" (known: {', '.join(allowed)})"
+            hint = did_you_mean(key, allowed, otherwise=f" (known: {', '.join(allowed)})")
             problems.add(f"{path}.{key}" if path else str(key), f"unknown key{hint}")
 
 
@@ -574,20 +568,15 @@ def unknown_trial_key(key: str) -> str:
     candidates = list(known)
     if "." not in key:
         candidates += list(SECTIONS)
-    close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
-    if not close and "." in key:  # a misspelt section with a good field name: routr.method
-        section, name = key.split(".", 1)
-        sec = difflib.get_close_matches(section, SECTIONS, n=1)
-        if sec and f"{sec[0]}.{name}" in known:
-            close = [f"{sec[0]}.{name}"]
-    hint = f"; did you mean {close[0]!r}?" if close else ""
+    hint = did_you_mean(key, candidates)
+    if not hint and "." in key:  # a misspelt section with a good field name: routr.method
+        name = key.split(".", 1)[1]
+        hint = did_you_mean(key, [f"{s}.{name}" for s in SECTIONS if f"{s}.{name}" in known])
     return f"unknown trial-config key{hint}"
 
 
 def _unknown_value(value: Any, allowed: tuple[str, ...]) -> str:
-    close = difflib.get_close_matches(str(value), allowed, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    return f"unknown value {value!r}, expected one of {list(allowed)}{hint}"
+    return f"unknown value {value!r}, expected one of {list(allowed)}{did_you_mean(value, allowed)}"
 
 
 def _int_option(value: Any, path: str, problems: Problems, *, minimum: int, allow_none: bool = False, hint: str = "") -> int | None:

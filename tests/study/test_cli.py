@@ -159,7 +159,7 @@ def test_resume_and_report_dispatch(monkeypatch, capsys, tmp_path):
 def test_missing_module_exits_1(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "study.results.report", None)  # import fails
     assert main(["report", "quick"]) == 1
-    assert "study.results.report.write_report is not available" in capsys.readouterr().err
+    assert "study.results.report is not available" in capsys.readouterr().err
 
 
 def test_default_tracking_uri(monkeypatch, tmp_path):

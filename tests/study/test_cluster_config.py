@@ -171,8 +171,8 @@ def test_filled_in_copy_passes_require_edited(tmp_path):
 def test_misspelled_key_is_named_with_a_suggestion(tmp_path, cluster):
     _misspell_key(cluster)
     assert _problems(_write(tmp_path, cluster)) == [
-        f"{tmp_path / 'cluster.yaml'}: idle_timeout_minuts: unknown key "
-        "(did you mean 'idle_timeout_minutes'?)"
+        f"{tmp_path / 'cluster.yaml'}: idle_timeout_minuts: unknown key"
+        "; did you mean 'idle_timeout_minutes'?"
     ]
 
 

@@ -55,3 +55,14 @@ def test_study_packages_import_only_downward():
             if other is not None and other > own:
                 upward.append(f"{module} imports {target}")
     assert upward == []
+
+
+def test_did_you_mean_is_suggested_in_one_place():
+    """Every "did you mean" of the project's error messages comes from trainables.errors."""
+    from trainables.errors import did_you_mean
+
+    assert did_you_mean("routr.method", ["router.method", "router.scope"]) == "; did you mean 'router.method'?"
+    assert did_you_mean("zzz", ["router.method"], otherwise=" (known: router.method)") == " (known: router.method)"
+    callers = [str(p.relative_to(REPO)) for top in ("study", "trainables") for p in (REPO / top).rglob("*.py")
+               if "get_close_matches" in p.read_text()]
+    assert callers == ["trainables/errors.py"]
