@@ -7,33 +7,34 @@ canvas, never through ``pyplot``.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from study.results.records import method_rank, scope_rank
 from study.run.heatmaps import new_figure
+from trainables.config import METHODS
 from trainables.metrics import purity
 
 # -- study-level plots of the report (``moe-study report``) -----------------------------------
-_SCOPE_MARKERS = {"sequence": "s", "micro_batch": "o", "global_batch": "^"}
-_SCOPE_LINES = {"sequence": ":", "micro_batch": "--", "global_batch": "-"}
+_SCOPE_MARKERS = {"sequence": "s", "micro_batch": "o", "global_batch": "^", "window": "P"}
+_SCOPE_COLOURS = {"sequence": "tab:green", "micro_batch": "tab:orange", "global_batch": "tab:blue",
+                  "window": "tab:purple"}
+"""Per scope name; a window cell (``window 8``) takes the ``window`` style."""
 
 
 def method_color(method: str):
     """A fixed colour per routing method (same method, same colour in every figure)."""
     from matplotlib import colormaps
 
-    from trainables.config import METHODS
-
     palette = colormaps["tab10"].colors
-    index = METHODS.index(method) if method in METHODS else len(METHODS) + sum(map(ord, method))
-    return palette[index % len(palette)]
+    order, _ = method_rank(method)
+    return palette[(order + (sum(map(ord, method)) if order == len(METHODS) else 0)) % len(palette)]
 
 
 def _scope_marker(scope: str) -> str:
-    return _SCOPE_MARKERS.get(scope, "D")
+    return _SCOPE_MARKERS.get(scope.partition(" ")[0], "D")
 
 
 def _method_scope_legends(ax, methods: Sequence[str], scopes: Sequence[str], extra=()) -> None:
@@ -124,27 +125,22 @@ def learning_curves(
     apart. The mean at a step averages the runs that logged that step. ``reference`` draws the
     reference router's final value.
     """
-    from trainables.config import METHODS, SCOPES
-
     if not curves:
         raise ValueError("learning_curves needs at least one curve")
-    methods = sorted({c[0] for c in curves},
-                     key=lambda m: (METHODS.index(m) if m in METHODS else len(METHODS), m))
+    methods = sorted({c[0] for c in curves}, key=method_rank)
     columns = min(3, len(methods))
     rows = int(np.ceil(len(methods) / columns))
     fig = new_figure(4.2 * columns + 1.5, 3.3 * rows + 0.6)
     axes = fig.subplots(rows, columns, squeeze=False, sharey=True)
-    scope_colours = {"sequence": "tab:green", "micro_batch": "tab:orange", "global_batch": "tab:blue"}
     styles = ("-", "--", ":", "-.")
     for ax in axes.flat[len(methods):]:
         ax.set_visible(False)
     for ax, method in zip(axes.flat, methods):
         mine = [c for c in curves if c[0] == method]
-        series = sorted({(c[1], c[2]) for c in mine},
-                        key=lambda k: (SCOPES.index(k[0]) if k[0] in SCOPES else len(SCOPES), k))
+        series = sorted({(c[1], c[2]) for c in mine}, key=lambda k: (scope_rank(k[0]), k))
         used_per_scope: dict[str, int] = {}
         for scope, label in series:
-            colour = scope_colours.get(scope, "tab:purple")
+            colour = _SCOPE_COLOURS.get(scope.partition(" ")[0], "tab:grey")
             style = styles[used_per_scope.get(scope, 0) % len(styles)]
             used_per_scope[scope] = used_per_scope.get(scope, 0) + 1
             by_step: dict[int, list[float]] = {}
