@@ -1,19 +1,27 @@
 """Names shared by the runner, the MLflow tracking, the queries and the reports.
 
-Everything a user can see or filter on in MLflow is spelled here once: run tags, the metric
-names and which direction is better for each. No imports beyond the standard library, and no
-side effects at import time.
+Everything a user can see or filter on in MLflow is spelled here once: run tags, artifact names
+and which direction is better for each metric (the metric names themselves come from
+``trainables.metric_names``, re-exported here). No side effects at import time, and nothing
+heavier than the standard library: the command line imports it at start.
 """
 
 from __future__ import annotations
-
-from trainables.errors import did_you_mean
 
 import hashlib
 import json
 import os
 import re
 from typing import Any, Mapping
+
+from trainables.errors import did_you_mean
+from trainables.metric_names import (  # noqa: F401 - the metric vocabulary, re-exported
+    AUXILIARY_METRIC_NAMES, CMI, DEAD_EXPERT_FRACTION, DROPPED_FRACTION, EXCESS_PURITY,
+    EXCESS_PURITY_NULL_SD, GAP_LOSS, GAP_METRIC_NAMES, GAP_NMI, GAP_PURITY, GAP_REFERENCE_AGREEMENT,
+    INIT_SUFFIX, LAYER_METRIC_NAMES, LIFT_METRIC_NAMES, LIFT_SUFFIX, LOAD_ENTROPY, MAX_VIO, NMI,
+    NMI_DOMAIN, PURITY, REFERENCE_AGREEMENT, SHARED_COVERAGE, SHARED_PURITY,
+    SPECIALISATION_METRIC_NAMES, TRAIN_LOSS, VAL_LOSS, baseline_names,
+)
 
 # -- run tags ----------------------------------------------------------------------------------
 TAG_ROLE = "moe_study.role"
@@ -61,57 +69,32 @@ GRID_POINT_PARAM = "_grid_point"
 """The one Optuna parameter of a grid study: the index into ``space.grid_points(spec)``."""
 
 # -- metrics -----------------------------------------------------------------------------------
-VAL_LOSS = "val_loss"
-TRAIN_LOSS = "train_loss"
-PURITY = "purity"
-NMI = "nmi"
-REFERENCE_AGREEMENT = "reference_agreement"
-LOAD_ENTROPY = "load_entropy"
-MAX_VIO = "max_vio"
-DEAD_EXPERT_FRACTION = "dead_expert_fraction"
-DROPPED_FRACTION = "dropped_fraction"
-GAP_LOSS = "gap_loss"
-GAP_PURITY = "gap_purity"
-GAP_NMI = "gap_nmi"
-GAP_REFERENCE_AGREEMENT = "gap_reference_agreement"
+# Metric names are spelled in trainables.metric_names (next to the code that computes them);
+# this module adds each one's direction and the names of the run itself.
 TOKENS_PER_S = "tokens_per_s"
 STEP = "step"
 """Optimizer steps done, in every report: the scheduler's time attribute (``grace_period``)."""
-
-CMI = "cmi"
-"""I(E; D | X), X the current byte, chance-adjusted, normalised: reference 1, byte-only ~0."""
-SHARED_PURITY = "shared_purity"
-SHARED_COVERAGE = "shared_coverage"
-EXCESS_PURITY = "excess_purity"
-EXCESS_PURITY_NULL_SD = "excess_purity_null_sd"
-NMI_DOMAIN = "nmi_domain"
-"""I(E; D) / H(D): reference 1 (``nmi`` divides by sqrt(H(E) H(D)) and the reference does not)."""
 INIT_EVAL_S = "init_eval_s"
 """Seconds of the step-0 evaluation (the baseline's cost)."""
 
-LAYER_METRICS = (
-    PURITY, NMI, REFERENCE_AGREEMENT, LOAD_ENTROPY, MAX_VIO, DEAD_EXPERT_FRACTION,
-    DROPPED_FRACTION, CMI, SHARED_PURITY, EXCESS_PURITY, NMI_DOMAIN, SHARED_COVERAGE,
-    EXCESS_PURITY_NULL_SD,
-)
+LAYER_METRICS = (*LAYER_METRIC_NAMES, *SPECIALISATION_METRIC_NAMES, *AUXILIARY_METRIC_NAMES)
 """Routing metrics reported per MoE layer as ``<name>/layer<i>`` (i from 0) and as their mean."""
-LIFT_METRICS = (PURITY, NMI, REFERENCE_AGREEMENT, CMI, SHARED_PURITY, EXCESS_PURITY, NMI_DOMAIN)
+LIFT_METRICS = LIFT_METRIC_NAMES
 """Specialisation metrics that also come as ``<name>_init`` (the same trial before its first
 update) and ``<name>_lift`` (value - init), mean and per layer: what training added."""
-INIT_SUFFIX, LIFT_SUFFIX = "_init", "_lift"
 
 
 def init_of(metric: str) -> str:
     """``purity`` -> ``purity_init``; ``purity/layer1`` -> ``purity_init/layer1``."""
-    base, sep, rest = metric.partition("/")
-    return f"{base}{INIT_SUFFIX}{sep}{rest}"
+    return baseline_names(metric)[0]
 
 
 def lift_of(metric: str) -> str:
     """``purity`` -> ``purity_lift``; ``purity/layer1`` -> ``purity_lift/layer1``."""
-    base, sep, rest = metric.partition("/")
-    return f"{base}{LIFT_SUFFIX}{sep}{rest}"
-GAP_METRICS = (GAP_LOSS, GAP_PURITY, GAP_NMI, GAP_REFERENCE_AGREEMENT)
+    return baseline_names(metric)[1]
+
+
+GAP_METRICS = GAP_METRIC_NAMES
 """Metrics that need the reference router's run."""
 SUMMARY_METRICS = (
     VAL_LOSS, PURITY, lift_of(PURITY), CMI, lift_of(CMI), NMI, REFERENCE_AGREEMENT, LOAD_ENTROPY,

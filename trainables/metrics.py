@@ -24,22 +24,11 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from trainables.metric_names import GAPS as _GAPS
+from trainables.metric_names import LAYER_METRIC_NAMES  # noqa: F401 - the names computed here
+
 DEFAULT_DEAD_THRESHOLD = 0.1
 """An expert is dead when its load share is below this fraction of the fair share ``1/E``."""
-
-LAYER_METRIC_NAMES = (
-    "purity", "nmi", "reference_agreement", "load_entropy", "max_vio",
-    "dead_expert_fraction", "dropped_fraction",
-)
-
-# Gaps to the reference run: (gap name, metric name, sign). sign=+1: metric - reference (lower
-# metric is better, e.g. loss); sign=-1: reference - metric (higher metric is better).
-_GAPS = (
-    ("gap_loss", "val_loss", +1),
-    ("gap_purity", "purity", -1),
-    ("gap_nmi", "nmi", -1),
-    ("gap_reference_agreement", "reference_agreement", -1),
-)
 
 
 def as_numpy(counts) -> np.ndarray:

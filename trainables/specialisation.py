@@ -34,13 +34,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from trainables.metric_names import (  # noqa: F401 - the names these functions report under
+    AUXILIARY_METRIC_NAMES, LIFT_METRIC_NAMES, SPECIALISATION_METRIC_NAMES, baseline_names,
+)
 from trainables.metrics import as_numpy, purity
 
-SPECIALISATION_METRIC_NAMES = ("cmi", "shared_purity", "excess_purity", "nmi_domain")
-"""Token-controlled and chance-corrected metrics, reported per layer and as their mean."""
-AUXILIARY_METRIC_NAMES = ("shared_coverage", "excess_purity_null_sd")
-"""What the reader needs to weigh the metrics above: the share of slots ``shared_purity``
-covers, and the spread of the null ``excess_purity`` subtracts."""
 SHARED_TOKEN_MAX_SHARE = 0.5
 """A byte value is shared when no domain holds more than this share of its occurrences."""
 NULL_PERMUTATIONS = 200
@@ -200,19 +198,6 @@ def specialisation_metrics(n_LXED, n_LQE, domain_Q: Sequence[int]) -> dict[str, 
 
 
 # -- step-0 baselines ---------------------------------------------------------------------------
-LIFT_METRIC_NAMES = ("purity", "nmi", "reference_agreement", "cmi", "shared_purity", "excess_purity",
-                     "nmi_domain")
-"""Metrics that get ``<name>_init`` (the untrained model's value, same seed and evaluation set)
-and ``<name>_lift`` (value - init), as the mean over layers and per layer."""
-
-
-def baseline_names(name: str) -> tuple[str, str]:
-    """``purity`` -> (``purity_init``, ``purity_lift``); ``purity/layer1`` ->
-    (``purity_init/layer1``, ``purity_lift/layer1``)."""
-    base, sep, layer = name.partition("/")
-    return f"{base}_init{sep}{layer}", f"{base}_lift{sep}{layer}"
-
-
 def baseline_metrics(metrics: dict[str, float], init: dict[str, float]) -> dict[str, float]:
     """``<name>_init`` and ``<name>_lift`` for every lift metric (mean and per layer) that both
     the current and the step-0 evaluation have."""

@@ -1,0 +1,66 @@
+"""The name of every metric a trial reports: spelled here once.
+
+``trainables.metrics`` and ``trainables.specialisation`` compute them under these names, and
+``study.naming`` imports them (adding each one's direction, and the names of the run itself) for
+MLflow, the spec checks and the reports. Plain strings, no imports: cheap for the command line.
+"""
+
+from __future__ import annotations
+
+VAL_LOSS = "val_loss"
+TRAIN_LOSS = "train_loss"
+
+# routing metrics of trainables.metrics, per layer and as their mean
+PURITY = "purity"
+NMI = "nmi"
+REFERENCE_AGREEMENT = "reference_agreement"
+LOAD_ENTROPY = "load_entropy"
+MAX_VIO = "max_vio"
+DEAD_EXPERT_FRACTION = "dead_expert_fraction"
+DROPPED_FRACTION = "dropped_fraction"
+LAYER_METRIC_NAMES = (
+    PURITY, NMI, REFERENCE_AGREEMENT, LOAD_ENTROPY, MAX_VIO, DEAD_EXPERT_FRACTION, DROPPED_FRACTION,
+)
+
+# token-controlled and chance-corrected metrics of trainables.specialisation
+CMI = "cmi"
+"""I(E; D | X), X the current byte, chance-adjusted, normalised: reference 1, byte-only ~0."""
+SHARED_PURITY = "shared_purity"
+EXCESS_PURITY = "excess_purity"
+NMI_DOMAIN = "nmi_domain"
+"""I(E; D) / H(D): reference 1 (``nmi`` divides by sqrt(H(E) H(D)) and the reference does not)."""
+SHARED_COVERAGE = "shared_coverage"
+EXCESS_PURITY_NULL_SD = "excess_purity_null_sd"
+SPECIALISATION_METRIC_NAMES = (CMI, SHARED_PURITY, EXCESS_PURITY, NMI_DOMAIN)
+"""Token-controlled and chance-corrected metrics, reported per layer and as their mean."""
+AUXILIARY_METRIC_NAMES = (SHARED_COVERAGE, EXCESS_PURITY_NULL_SD)
+"""What the reader needs to weigh the metrics above: the share of slots ``shared_purity``
+covers, and the spread of the null ``excess_purity`` subtracts."""
+
+# step-0 baselines
+LIFT_METRIC_NAMES = (PURITY, NMI, REFERENCE_AGREEMENT, CMI, SHARED_PURITY, EXCESS_PURITY, NMI_DOMAIN)
+"""Metrics that get ``<name>_init`` (the untrained model's value, same seed and evaluation set)
+and ``<name>_lift`` (value - init), as the mean over layers and per layer."""
+INIT_SUFFIX, LIFT_SUFFIX = "_init", "_lift"
+
+
+def baseline_names(name: str) -> tuple[str, str]:
+    """``purity`` -> (``purity_init``, ``purity_lift``); ``purity/layer1`` ->
+    (``purity_init/layer1``, ``purity_lift/layer1``)."""
+    base, sep, layer = name.partition("/")
+    return f"{base}{INIT_SUFFIX}{sep}{layer}", f"{base}{LIFT_SUFFIX}{sep}{layer}"
+
+
+# gaps to the reference run: (gap name, metric name, sign). sign=+1: metric - reference (lower
+# metric is better, e.g. loss); sign=-1: reference - metric (higher metric is better)
+GAP_LOSS = "gap_loss"
+GAP_PURITY = "gap_purity"
+GAP_NMI = "gap_nmi"
+GAP_REFERENCE_AGREEMENT = "gap_reference_agreement"
+GAPS = (
+    (GAP_LOSS, VAL_LOSS, +1),
+    (GAP_PURITY, PURITY, -1),
+    (GAP_NMI, NMI, -1),
+    (GAP_REFERENCE_AGREEMENT, REFERENCE_AGREEMENT, -1),
+)
+GAP_METRIC_NAMES = tuple(gap for gap, _, _ in GAPS)
