@@ -7,8 +7,8 @@ controls it: ``purity_lift`` (final - the same trial at step 0), ``cmi`` (token-
 
 - arms share seeds (same init, same data), so a difference is taken **per seed** (paired
   t-interval, and how many seeds agree in sign); without shared seeds, Welch's interval;
-- every p-value of the report is **Holm-adjusted** together (the family is the whole findings
-  section), and a claim is called only when its adjusted p < 0.05;
+- p-values are **Holm-adjusted** within each metric (the family is one metric's findings: each
+  metric is its own question), and a claim is called only when its adjusted p < 0.05;
 - a directional claim (``global_batch`` gives purer experts than ``micro_batch``) *holds* when
   the difference is positive and shown, *does not hold* when it is negative and shown, and is
   *not shown* otherwise;
@@ -195,12 +195,15 @@ def findings(trials: Sequence[RunRecord], reference: RunRecord | None,
 
 
 def _adjust(items: list[Finding], margin: float) -> list[Finding]:
-    """Holm over every p-value of every finding, then each verdict from its adjusted p."""
-    flat = [(i, p) for i, f in enumerate(items) for p in f.p_values]
-    adjusted = holm([p for _, p in flat])
+    """Holm over the p-values of each metric's findings (one family per metric: each metric is
+    its own question, and ``purity`` / ``purity_lift`` differences between arms that share
+    their step-0 router are the same numbers, which one joint family would count twice), then
+    each verdict from its adjusted p."""
     per_item: list[list[float | None]] = [[] for _ in items]
-    for (i, _), q in zip(flat, adjusted):
-        per_item[i].append(q)
+    for metric in dict.fromkeys(f.metric for f in items):
+        flat = [(i, p) for i, f in enumerate(items) if f.metric == metric for p in f.p_values]
+        for (i, _), q in zip(flat, holm([p for _, p in flat])):
+            per_item[i].append(q)
     out = []
     for f, qs in zip(items, per_item):
         f = replace(f, p_adjusted=tuple(qs))

@@ -394,8 +394,8 @@ def findings_markdown(items: Sequence[Finding], margin: float) -> str:
         "explain. Arms share seeds (same "
         "initialisation and data), so differences are paired by seed (mean and 95% t-interval of "
         "the per-seed differences, and how many seeds agree in sign); without shared seeds, "
-        f"Welch's interval. All {sum(len(f.p_values) for f in items)} p-values below are "
-        "adjusted together (Holm): a claim *holds* when the difference is positive and its "
+        f"Welch's interval. The p-values are Holm-adjusted within each metric (one family per "
+        f"metric, {_family_sizes(items)} p-values): a claim *holds* when the difference is positive and its "
         "adjusted p < 0.05, *does not hold* when it is negative and p < 0.05, and is *not shown* "
         "otherwise. \"No difference\" is only said through a paired equivalence test (TOST) with "
         f"margin ±{margin:g} (`report.equivalence_margin` in the spec). Scope against method is a "
@@ -418,6 +418,13 @@ def findings_markdown(items: Sequence[Finding], margin: float) -> str:
             parts += ["", "Each comparison:", ""]
         parts += [f.markdown() for f in items]
     return "\n".join(parts)
+
+
+def _family_sizes(items: Sequence[Finding]) -> str:
+    sizes: dict[str, int] = {}
+    for f in items:
+        sizes[f.metric] = sizes.get(f.metric, 0) + len(f.p_values)
+    return ", ".join(f"`{m}` {n}" for m, n in sizes.items() if n)
 
 
 def verdict_matrix_markdown(items: Sequence[Finding]) -> list[str]:

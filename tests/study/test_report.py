@@ -353,7 +353,7 @@ def test_findings_verdicts_follow_the_numbers(report):
     tally = {r[0]: r[1] for r in table_rows(section(md, "Findings"))}
     assert tally["global_batch vs micro_batch, purity"] == "holds 1, not shown 1"
     assert tally["micro_batch vs sequence, purity"] == "does not hold 1"
-    assert "All 6 p-values below are adjusted together (Holm)" in md
+    assert "Holm-adjusted within each metric (one family per metric, `purity` 6 p-values)" in md
     assert "margin ±0.01" in md
 
 
@@ -625,6 +625,9 @@ def test_lift_verdicts_per_layer_table_and_lift_findings(store, tmp_path):
     last_line = finding_line(md, "global_batch vs micro_batch", "cmi_lift/layer1")
     assert f"difference {2 * diffs.mean():.3f}" in last_line
     assert not [ln for ln in section(md, "Findings").splitlines() if "cmi_lift/layer0" in ln]
+    # one Holm family per metric: each metric's comparisons are adjusted among themselves
+    families = re.search(r"one family per metric, (.*?) p-values", md).group(1)
+    assert families.split(", ")[0].startswith("`purity` ") and "`cmi_lift/layer1` " in families
     # the verdict matrix: one row per comparison, one column per metric
     matrix = section(md, "Findings")
     header_line = next(ln for ln in matrix.splitlines() if ln.startswith("| claim | setting"))
