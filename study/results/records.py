@@ -131,6 +131,8 @@ class StudyRuns:
     """Empty when the reference ran in this experiment, else where it was found."""
     equivalence_margin: float = 0.01
     """``report.equivalence_margin`` of the newest study spec (the spec's default without one)."""
+    objective: str = ""
+    """The newest study spec's (first) objective metric; empty without a spec."""
 
     @property
     def reference(self) -> RunRecord | None:
@@ -206,6 +208,7 @@ def load_study_runs(client: Any, experiment: str, tracking_uri: str) -> StudyRun
     spec = _study_spec(client, study.studies[0].run_id) if study.studies else None
     if spec is not None:
         study.equivalence_margin = spec.report.equivalence_margin
+        study.objective = spec.objective.metrics[0]
     return study
 
 

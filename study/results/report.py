@@ -101,7 +101,7 @@ def write_report(
         old.unlink(missing_ok=True)
 
     ranked, ranked_note = _ranked_trials(runs, include_stopped_early)
-    by, ascending = _ranking_metric(ranked)
+    by, ascending = _ranking_metric(ranked, runs.objective)
     ranked.sort(key=lambda r: _sort_value(r, by, ascending))
     # statistics count each distinct config once (a repeated config with the same seed is the
     # same measurement); the leaderboard and the Pareto plot still show every run
@@ -145,8 +145,11 @@ def _ranked_trials(runs: StudyRuns, include_stopped_early: bool) -> tuple[list[R
         + (f"; left out: {skipped} stopped early by the scheduler." if skipped else "."))
 
 
-def _ranking_metric(ranked: Sequence[RunRecord]) -> tuple[str, bool]:
-    """``gap_purity`` ascending; ``purity`` descending when no trial has a gap (no reference)."""
+def _ranking_metric(ranked: Sequence[RunRecord], objective: str = "") -> tuple[str, bool]:
+    """The study's objective in its direction when the trials report it; else ``gap_purity``
+    ascending, or ``purity`` descending when no trial has a gap (no reference)."""
+    if objective and any(math.isfinite(r.metric(objective)) for r in ranked):
+        return objective, naming.metric_mode(objective) == "min"
     if any(math.isfinite(r.metric(naming.GAP_PURITY)) for r in ranked):
         return naming.GAP_PURITY, True
     return naming.PURITY, False

@@ -478,6 +478,23 @@ def test_reused_reference_is_found_by_the_parent_runs_tag(store, tmp_path):
     assert "`reference-tagged`" in md and "reused from experiment 'tagged_first'" in md
 
 
+def test_leaderboard_ranks_by_the_studys_objective(store, tmp_path):
+    """A study spec whose objective the trials report: the leaderboard ranks by it, in its
+    direction, not by gap_purity."""
+    from study.spec import spec_from_dict
+
+    spec = spec_from_dict({"name": "by_objective", "search": {"train.seed": {"choice": [0, 1, 2]}},
+                           "objective": {"metric": "cmi_lift"}, "sampler": {"type": "grid"}})
+    exp, parent = store.experiment("by_objective", spec_yaml=spec.to_yaml())
+    for seed, (p, lift) in enumerate([(0.9, 0.01), (0.5, 0.03), (0.7, 0.02)]):
+        store.run(exp, parent, f"o{seed}", naming.ROLE_TRIAL, trial_params("lbl", "global_batch", 0, seed),
+                  {**trial_metrics("lbl", p, seed, 0), "cmi_lift": lift})
+    board = section(write_report("by_objective", out_dir=tmp_path, tracking_uri=store.uri).read_text(),
+                    "Leaderboard")
+    assert "by `cmi_lift` (descending)" in board
+    assert [r[1] for r in table_rows(board)] == ["o1", "o2", "o0"]
+
+
 def test_without_reference_trials_rank_by_purity(store, tmp_path):
     path = write_report("noref", out_dir=tmp_path, tracking_uri=store.uri)
     md = path.read_text()
