@@ -256,7 +256,8 @@ def leaderboard_markdown(ranked: Sequence[RunRecord], reference: RunRecord | Non
         rows.append([str(i), r.name, r.method, r.scope, capacity_label(r.capacity),
                      r.domains_per_micro_batch, r.seed, *[_metric_cell(r, m) for m in LEADERBOARD_METRICS]])
     order = "ascending" if ascending else "descending"
-    why = "" if by == naming.GAP_PURITY else " (no trial has `gap_purity`: no reference run)"
+    why = {naming.GAP_PURITY: "", naming.PURITY: " (no trial has `gap_purity`: no reference run)"}.get(
+        by, " (the study's objective)")
     parts = [
         "## Leaderboard",
         "",

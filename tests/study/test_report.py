@@ -491,7 +491,7 @@ def test_leaderboard_ranks_by_the_studys_objective(store, tmp_path):
                   {**trial_metrics("lbl", p, seed, 0), "cmi_lift": lift})
     board = section(write_report("by_objective", out_dir=tmp_path, tracking_uri=store.uri).read_text(),
                     "Leaderboard")
-    assert "by `cmi_lift` (descending)" in board
+    assert "by `cmi_lift` (descending) (the study's objective)" in board
     assert [r[1] for r in table_rows(board)] == ["o1", "o2", "o0"]
 
 
