@@ -44,13 +44,22 @@ def _hashes(runs: StudyRuns) -> str:
     return ", ".join(f"`{h}`" for h in runs.mix_hashes) or "not recorded"
 
 
+def compare_metrics(this: StudyRuns) -> tuple[str, ...]:
+    """Purity, and the study's objective when it is another metric the trials report."""
+    objective = this.objective
+    if objective and objective != COMPARE_METRIC and any(
+            math.isfinite(r.metric(objective)) for r in this.full_length_trials):
+        return (COMPARE_METRIC, objective)
+    return (COMPARE_METRIC,)
+
+
 def compare_markdown(this: StudyRuns, other: StudyRuns, metric: str = COMPARE_METRIC) -> str:
     """The comparison section of ``this`` study's report against ``other``."""
     mine, _ = distinct_configs(this.full_length_trials)
     theirs, _ = distinct_configs(other.full_length_trials)
     a, b = _cell_means(mine, metric), _cell_means(theirs, metric)
     shared = [k for k in a if k in b]
-    title = f"## Against `{other.experiment}`"
+    title = f"## Against `{other.experiment}`" + ("" if metric == COMPARE_METRIC else f", on `{metric}`")
     warning = []
     if this.mix_hashes != other.mix_hashes:
         warning = [
@@ -78,8 +87,9 @@ def compare_markdown(this: StudyRuns, other: StudyRuns, metric: str = COMPARE_ME
     refs = []
     for study in (this, other):
         ref = study.reference
-        refs.append(f"`{study.experiment}` {ref.metric(metric):.3f}" if ref is not None
-                    else f"`{study.experiment}` none")
+        value = ref.metric(metric) if ref is not None else math.nan
+        refs.append(f"`{study.experiment}` {value:.3f}" if math.isfinite(value)
+                    else f"`{study.experiment}` {'none' if ref is None else 'not reported'}")
     header = ["method", "scope", "capacity", "domains/micro-batch", f"{metric} here",
               f"{metric} in {other.experiment}", "difference (95% CI)", "rank here",
               f"rank in {other.experiment}"]

@@ -27,7 +27,7 @@ from pathlib import Path
 from trainables.errors import ConfigError
 
 from study import naming
-from study.results.compare import compare_markdown
+from study.results.compare import compare_markdown, compare_metrics
 from study.results.records import RunRecord, StudyRuns, distinct_configs, load_study_runs
 from study.results.figures import (
     BARS_FILE, CURVES_FILE, EXPERT_CHOICE, FIGURE_FILES, HEATMAPS_FILE, PARETO_FILE, WINDOW_FILE,
@@ -122,7 +122,7 @@ def write_report(
         findings_markdown(findings(independent, runs.reference, finding_metrics(independent),
                                    margin=runs.equivalence_margin),
                           runs.equivalence_margin),
-        *(compare_markdown(runs, other) for other in others),
+        *(compare_markdown(runs, other, metric) for other in others for metric in compare_metrics(runs)),
         failures_markdown(runs.trials),
     ]
     path = out / REPORT_FILE

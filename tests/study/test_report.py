@@ -495,6 +495,28 @@ def test_leaderboard_ranks_by_the_studys_objective(store, tmp_path):
     assert [r[1] for r in table_rows(board)] == ["o1", "o2", "o0"]
 
 
+def test_compare_also_ranks_by_the_studys_objective(store, tmp_path):
+    """--compare ranks the shared cells by purity and again by the study's objective."""
+    from study.spec import spec_from_dict
+
+    spec = spec_from_dict({"name": "obj_a", "search": {"train.seed": {"choice": [0, 1]}},
+                           "objective": {"metric": "cmi_lift"}, "sampler": {"type": "grid"}})
+    lifts = {"obj_a": {"global_batch": 0.05, "micro_batch": 0.01, "sequence": 0.0},
+             "obj_b": {"global_batch": 0.01, "micro_batch": 0.05, "sequence": 0.0}}
+    for name, by_scope in lifts.items():
+        exp, parent = store.experiment(name, spec_yaml=spec.to_yaml())
+        for scope, lift in by_scope.items():
+            for seed in range(2):
+                store.run(exp, parent, f"{name}-{scope}-{seed}", naming.ROLE_TRIAL,
+                          trial_params("lbl", scope, 0.0, seed),
+                          {**trial_metrics("lbl", 0.5, seed, 0.0), "cmi_lift": lift + 0.001 * seed})
+    md = write_report("obj_a", out_dir=tmp_path, tracking_uri=store.uri, compare=["obj_b"]).read_text()
+    on_objective = section(md, "Against `obj_b`, on `cmi_lift`")
+    rows = {r[1]: r for r in table_rows(on_objective)}
+    assert rows["global_batch"][7:] == ["1", "2"] and rows["micro_batch"][7:] == ["2", "1"]
+    assert "Kendall's tau between the two rankings of these 3 cells: **0.33**" in on_objective
+
+
 def test_without_reference_trials_rank_by_purity(store, tmp_path):
     path = write_report("noref", out_dir=tmp_path, tracking_uri=store.uri)
     md = path.read_text()
