@@ -29,8 +29,10 @@ def method_color(method: str):
     from matplotlib import colormaps
 
     palette = colormaps["tab10"].colors
-    order, _ = method_rank(method)
-    return palette[(order + (sum(map(ord, method)) if order == len(METHODS) else 0)) % len(palette)]
+    index, _ = method_rank(method)
+    if method not in METHODS:  # unknown methods: a stable colour of their own
+        index += sum(map(ord, method))
+    return palette[index % len(palette)]
 
 
 def _scope_marker(scope: str) -> str:

@@ -431,6 +431,11 @@ def _family_sizes(items: Sequence[Finding]) -> str:
     return ", ".join(f"`{m}` {n}" for m, n in sizes.items() if n)
 
 
+def _short_verdict(f: Finding) -> str:
+    """The verdict without its parenthesis: "not shown (n=1, no interval)" -> "not shown"."""
+    return f.verdict.split(" (", 1)[0]
+
+
 def verdict_matrix_markdown(items: Sequence[Finding]) -> list[str]:
     """One row per claim and setting, one column per metric: its verdict and difference. A claim
     that holds on raw purity but not on the lift or on ``cmi`` is about how much of the untrained
@@ -440,7 +445,7 @@ def verdict_matrix_markdown(items: Sequence[Finding]) -> list[str]:
     for f in items:
         if f.kind == "effects":
             continue
-        cell = f.verdict.split(" (", 1)[0]
+        cell = _short_verdict(f)
         if f.comparison is not None:
             cell += f" ({f.comparison.estimate.mean:+.3f})"
         rows.setdefault((f.topic, f.context), {})[f.metric] = cell
@@ -457,7 +462,7 @@ def verdict_tally(items: Sequence[Finding]) -> dict[str, dict[str, int]]:
     "not shown")."""
     tally: dict[str, dict[str, int]] = {}
     for f in items:
-        verdict = f.verdict.split(" (", 1)[0]
+        verdict = _short_verdict(f)
         counts = tally.setdefault(f"{f.topic}, {f.metric}", {})
         counts[verdict] = counts.get(verdict, 0) + 1
     return tally
