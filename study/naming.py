@@ -62,10 +62,18 @@ metrics, n[layer, byte, expert, domain] and n[layer, sequence, expert] (trainabl
 SPEC_ARTIFACT = "spec.yaml"
 """Artifact name of the study spec (``StudySpec.to_dict()`` as YAML) on the parent run."""
 
-# -- private Tune config keys ------------------------------------------------------------------
-# The Tune config is the flat trial config plus private keys starting with "_" (see
-# study.run.trial.split_tune_config), which never reach TrialConfig.
-GRID_POINT_PARAM = "_grid_point"
+# -- private parameter names -------------------------------------------------------------------
+# The Tune config is the flat trial config plus the study's context under one private key
+# (study.run.trial_context); names starting with "_" never reach TrialConfig.
+PRIVATE_PREFIX = "_"
+
+
+def trial_params(config) -> dict:
+    """The trial's own dotted keys of a Tune config or a trial's params (private names dropped)."""
+    return {k: v for k, v in config.items() if not k.startswith(PRIVATE_PREFIX)}
+
+
+GRID_POINT_PARAM = PRIVATE_PREFIX + "grid_point"
 """The one Optuna parameter of a grid study: the index into ``space.grid_points(spec)``."""
 
 # -- metrics -----------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from trainables.errors import ConfigError
 from study import naming
 from study.spec import spec_from_dict
 from study.spec.types import StudySpec
+from study.run.trial_context import TrialContext
 
 STATE_FILE = "study.json"
 SEARCH_DIR = "search"
@@ -235,6 +236,7 @@ def spec_base_config(spec: StudySpec) -> TrialConfig:
 def reference_key(spec: StudySpec) -> str:
     """Identity of a reference run: its config and the workers it trained on (the global batch
     of a 2-worker study is twice that of a 1-worker one)."""
+    # "_workers": how the key has always been spelled (a stored study's reference is found by it)
     return naming.config_hash({**reference_flat_config(spec), "_workers": spec.resources.workers})
 
 
@@ -274,7 +276,7 @@ def run_reference(spec: StudySpec, state: dict, available: dict) -> dict[str, fl
     )
     tuner = tune.Tuner(
         _with_resources(trial_function, spec),
-        param_space={**flat, "_config_hash": key, **_worker_constants(spec)},
+        param_space=trial_context(spec, config_hash=key).tune_config(flat),
         tune_config=tune.TuneConfig(num_samples=1),
         run_config=tune.RunConfig(
             name="reference", storage_path=os.path.join(state["storage"], state["name"]),
@@ -324,7 +326,7 @@ def _search(spec: StudySpec, state: dict, available: dict, reference: dict, *, r
     from study.run.checkpoint_repair import repair_missing_checkpoints
     from study.spec.space import define_by_run, make_sampler
     from study.run.tracking import StudyTracker
-    from study.run.trial import EVAL_STEPS_KEY, trial_function
+    from study.run.trial import trial_function
 
     path = os.path.join(state["storage"], state["name"], SEARCH_DIR)
     trainable = _with_resources(trial_function, spec)
@@ -361,14 +363,11 @@ def _search(spec: StudySpec, state: dict, available: dict, reference: dict, *, r
         role=naming.ROLE_TRIAL, spool_path=_spool(state),
         objective=spec.objective.metrics[0], mode=modes[0],
     )
-    constants = {"_reference": reference, "_objective": spec.objective.to_dict(),
-                 "_search_keys": list(spec.search_keys), **_worker_constants(spec)}
-    rungs = spec.asha_rungs()
-    if rungs:
-        constants[EVAL_STEPS_KEY] = rungs
+    context = trial_context(spec, reference=reference, objective=spec.objective.to_dict(),
+                            search_keys=tuple(spec.search_keys), eval_steps=tuple(spec.asha_rungs() or ()))
     tuner = tune.Tuner(
         trainable,
-        param_space=constants,
+        param_space=context.tune_config(),
         tune_config=tune.TuneConfig(
             search_alg=searcher, scheduler=scheduler, num_samples=spec.num_trials,
             max_concurrent_trials=max_concurrent(spec, available),
@@ -413,17 +412,18 @@ def _with_resources(fn, spec: StudySpec):
     r = spec.resources
     if r.workers > 1:
         # Train inside Tune: the trial is only the Train driver; the TorchTrainer's ScalingConfig
-        # reserves the workers (study.run.trial, from the _worker_constants keys)
+        # reserves the workers (study.run.trial, from the trial context's worker fields)
         from study.run.trial import DRIVER_RESOURCES
 
         return tune.with_resources(fn, DRIVER_RESOURCES)
     return tune.with_resources(fn, {"cpu": r.cpu, "gpu": r.gpu})
 
 
-def _worker_constants(spec: StudySpec) -> dict[str, Any]:
-    """Private Tune config keys: data-parallel workers per trial and each worker's share."""
+def trial_context(spec: StudySpec, **fields) -> TrialContext:
+    """The study's context of its trials: data-parallel workers per trial and each worker's
+    share, plus ``fields``."""
     r = spec.resources
-    return {"_workers": r.workers, "_cpu_per_worker": r.cpu, "_gpu_per_worker": r.gpu}
+    return TrialContext(workers=r.workers, cpu_per_worker=r.cpu, gpu_per_worker=r.gpu, **fields)
 
 
 def _largest_node(nodes: list[dict], node_types: list[dict] | None = None) -> dict[str, float]:

@@ -29,6 +29,8 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
 from study import naming
+from study.naming import trial_params
+from study.run.trial_context import TrialContext
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +63,8 @@ def logged_params(tune_config: dict) -> dict:
     not hold stays absent rather than showing an unused default."""
     from trainables.config import TrialConfig
 
-    own = {k: v for k, v in tune_config.items() if not k.startswith("_")}
-    inactive = set(tune_config.get("_search_keys") or ()) - set(own)
+    own = trial_params(tune_config)
+    inactive = set(TrialContext.from_tune_config(tune_config).search_keys) - set(own)
     full = TrialConfig.from_flat(own, check=False).to_flat()
     return {k: v for k, v in full.items() if k not in inactive}
 
@@ -310,7 +312,7 @@ class StudyTracker(Callback):
             self.opened.add(trial.trial_id)
             cfg = logged_params(trial.config)
             self.queue.put(
-                "open", trial=trial.trial_id, role=self.role, config_hash=trial.config.get("_config_hash", ""),
+                "open", trial=trial.trial_id, role=self.role, config_hash=TrialContext.from_tune_config(trial.config).config_hash,
                 params={k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in cfg.items()},
             )
         return trial.trial_id

@@ -1,10 +1,10 @@
 """The thin adapter that runs ``trainables.training.train`` as a Ray Tune function trainable.
 
-The Tune config is the flat trial config (dotted keys) plus private keys starting with ``_``:
-``_reference`` holds the reference router's final metrics, so every report carries
-``gap_loss`` / ``gap_purity`` for the searcher and the scheduler to act on; ``_workers`` > 1
-runs the trial data-parallel on a Ray Train ``TorchTrainer`` (the second half of this module),
-which reports the same result through the same ``result_builder``.
+The Tune config is the flat trial config (dotted keys) plus the study's ``TrialContext``
+(``study.run.trial_context``): its ``reference`` holds the reference router's final metrics, so
+every report carries ``gap_loss`` / ``gap_purity`` for the searcher and the scheduler to act on;
+``workers`` > 1 runs the trial data-parallel on a Ray Train ``TorchTrainer`` (the second half of
+this module), which reports the same result through the same ``result_builder``.
 
 Every report comes with a checkpoint (model, optimizer, data stream), so a paused, preempted or
 crashed trial resumes where it was. The expert x domain table travels in the result as
@@ -12,10 +12,10 @@ crashed trial resumes where it was. The expert x domain table travels in the res
 
 **Data-parallel trials**: the trial runs on a Ray Train ``TorchTrainer`` inside its Tune trial.
 
-``trial_function`` hands a trial to ``data_parallel_trial`` when its private config key
-``_workers`` is above 1. Ray 2.60 (Train V2) runs Train inside Tune this way: the Tune trial is
+``trial_function`` hands a trial to ``data_parallel_trial`` when its context's ``workers`` is
+above 1. Ray 2.60 (Train V2) runs Train inside Tune this way: the Tune trial is
 only the Train driver and reserves next to nothing (``DRIVER_RESOURCES``); the TorchTrainer's
-``ScalingConfig`` reserves the workers (``_cpu_per_worker`` / ``_gpu_per_worker`` each).
+``ScalingConfig`` reserves the workers (the context's ``cpu_per_worker`` / ``gpu_per_worker``).
 
 Every worker runs ``trainables.training.train`` on the torch.distributed group Ray Train set up
 (gloo on CPU; on GPU nccl, with gloo for CPU tensors): its own data stream (the StepSampler's
@@ -52,42 +52,26 @@ import torch.distributed as dist
 from ray import tune
 from ray.train.torch import TorchConfig, TorchTrainer
 
+from study.run.trial_context import TrialContext, split_tune_config
 from trainables.config import TrialConfig
-from trainables.errors import ConfigError
 from trainables.metrics import gaps
 from trainables.scope import DistributedGroup
 from trainables.training import Report, train
 
 
 CHECKPOINT_FILE = "trial_state.pt"
-EVAL_STEPS_KEY = "_eval_steps"
-"""Private config key: steps to evaluate at besides every ``train.eval_every`` (ASHA's rungs)."""
-WORKERS_KEY = "_workers"
-"""Private config key: data-parallel workers of the trial; > 1 runs it as a Ray Train TorchTrainer
-(``data_parallel_trial`` below)."""
-
-
-def split_tune_config(config: dict) -> tuple[TrialConfig, dict]:
-    """Separate the trial config (dotted keys) from the study's private ``_`` keys."""
-    flat = {k: v for k, v in config.items() if not k.startswith("_")}
-    private = {k: v for k, v in config.items() if k.startswith("_")}
-    return TrialConfig.from_flat(flat), private
-
-
-def extra_eval_steps(private: dict) -> frozenset[int]:
-    return frozenset(int(s) for s in private.get(EVAL_STEPS_KEY) or ())
 
 
 def trial_function(config: dict) -> None:
-    if int(config.get(WORKERS_KEY) or 1) > 1:
+    cfg, context = split_tune_config(config)
+    if context.workers > 1:
         data_parallel_trial(config)
         return
-    cfg, private = split_tune_config(config)
     _match_threads_to_cpus(cfg)
-    build_result = result_builder(private)
+    build_result = result_builder(context)
     # only checkpoints Tune handed back for this very trial, from the study's own storage
     resume_state = load_trial_state(tune.get_checkpoint())
-    for report in train(cfg, resume_state=resume_state, extra_eval_steps=extra_eval_steps(private)):
+    for report in train(cfg, resume_state=resume_state, extra_eval_steps=context.eval_steps):
         with tempfile.TemporaryDirectory() as d:
             save_trial_state(report.state(), d)
             tune.report(build_result(report), checkpoint=tune.Checkpoint.from_directory(d))
@@ -105,12 +89,12 @@ def _match_threads_to_cpus(cfg: TrialConfig) -> None:
     torch.set_num_threads(max(1, int(cpus)))
 
 
-def result_builder(private: dict) -> Callable[[Report], dict]:
+def result_builder(context: TrialContext) -> Callable[[Report], dict]:
     """What a trial reports for a training Report, the same on the one-process and the
     data-parallel path: the metrics, the gaps to the reference, the rescored objective values
     and the expert x domain table."""
-    reference = private.get("_reference") or {}
-    scorer = _objective_scorer(private.get("_objective"))
+    reference = context.reference
+    scorer = _objective_scorer(context.objective)
     node_id = ray.get_runtime_context().get_node_id()
 
     def build(report: Report) -> dict:
@@ -158,8 +142,6 @@ def _objective_scorer(objective: dict | None):
 
 
 # -- data-parallel trials ---------------------------------------------------------------------
-CPU_PER_WORKER_KEY = "_cpu_per_worker"
-GPU_PER_WORKER_KEY = "_gpu_per_worker"
 TRAIN_RUN_NAME = "train"
 """The Train run's folder inside the Tune trial's folder; the same on every restart of the
 trial, which is what makes Train restore its latest checkpoint."""
@@ -173,26 +155,9 @@ all-zero request, and any CPU share would keep a 2-CPU node from fitting 2 worke
 little logical memory (the driver is an idle Python process) schedules it without a core."""
 
 
-def worker_settings(config: dict) -> tuple[int, float, float]:
-    """(workers, CPUs per worker, GPUs per worker) from the private keys; ConfigError if bad."""
-    problems = []
-    workers = config.get(WORKERS_KEY, 1)
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        problems.append(f"{WORKERS_KEY}: {workers!r} must be a whole number >= 1")
-    shares = []
-    for key, default in ((CPU_PER_WORKER_KEY, 1.0), (GPU_PER_WORKER_KEY, 0.0)):
-        value = config.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            problems.append(f"{key}: {value!r} must be a number >= 0")
-            value = default
-        shares.append(float(value))
-    if problems:
-        raise ConfigError(problems)
-    return workers, shares[0], shares[1]
-
-
 def data_parallel_trial(config: dict) -> None:
-    """The Tune function body of a trial with ``_workers`` > 1: run it on a TorchTrainer."""
+    """The Tune function body of a trial whose context has ``workers`` > 1: run it on a
+    TorchTrainer."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
     path, filesystem = _tune_trial_storage()
@@ -210,10 +175,12 @@ def fit_data_parallel(
     storage_filesystem=None,
     callbacks: Iterable = (),
 ) -> ray.train.Result:
-    """Train the trial ``config`` (flat keys plus private ``_`` keys) on ``_workers`` Ray Train
-    workers; a run of the same ``name`` on the same storage resumes from its latest checkpoint."""
-    split_tune_config(config)  # a bad trial config fails here, before any worker starts
-    workers, cpu, gpu = worker_settings(config)
+    """Train the Tune config ``config`` (flat keys plus the study's context) on the context's
+    ``workers`` Ray Train workers; a run of the same ``name`` on the same storage resumes from
+    its latest checkpoint."""
+    # a bad trial config fails here, before any worker starts
+    _, context = split_tune_config(config)
+    workers, cpu, gpu = context.workers, float(context.cpu_per_worker), float(context.gpu_per_worker)
     trainer = TorchTrainer(
         train_worker,
         train_loop_config=config,
@@ -237,19 +204,19 @@ def fit_data_parallel(
 
 def train_worker(config: dict) -> None:
     """One Ray Train worker: the training loop on Ray Train's process group."""
-    cfg, private = split_tune_config(config)
-    context = ray.train.get_context()
+    cfg, context = split_tune_config(config)
+    train_context = ray.train.get_context()
     group = DistributedGroup()
-    if group.world_size != context.get_world_size():
+    if group.world_size != train_context.get_world_size():
         # without the process group every worker would silently train alone
         raise RuntimeError(f"torch.distributed spans {group.world_size} workers, Ray Train "
-                           f"started {context.get_world_size()}")
-    rank = context.get_world_rank()
-    build_result = result_builder(private)
+                           f"started {train_context.get_world_size()}")
+    rank = train_context.get_world_rank()
+    build_result = result_builder(context)
     latest = ray.train.get_checkpoint()  # None on a fresh run
     resume_state = own_rank_state(load_trial_state(latest), rank, group.world_size)
     for report in train(cfg, resume_state=resume_state, dist_group=group,
-                        extra_eval_steps=extra_eval_steps(private)):
+                        extra_eval_steps=context.eval_steps):
         state = gather_rank_states(report.state(), group)  # collective: every rank takes part
         if rank != 0:
             # Train waits for every worker's report; the models are identical, rank 0 speaks

@@ -356,12 +356,11 @@ class StudySpec:
 
         ``flat_params`` may be a whole Tune config: private keys (leading ``_``) are ignored.
         """
-        params = {k: v for k, v in flat_params.items() if not k.startswith("_")}
-        return TrialConfig.from_flat({**self.fixed, **params})
+        return TrialConfig.from_flat({**self.fixed, **naming.trial_params(flat_params)})
 
     def reference_config(self, flat_params: Mapping[str, Any] | None = None) -> TrialConfig:
         """The reference-router config for a trial's model and data (its ``router.*`` dropped)."""
-        flat = {**self.fixed, **{k: v for k, v in (flat_params or {}).items() if not k.startswith("_")}}
+        flat = {**self.fixed, **naming.trial_params(flat_params or {})}
         return TrialConfig.from_flat(reference_flat(flat))
 
     @property

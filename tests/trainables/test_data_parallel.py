@@ -22,6 +22,7 @@ from trainables.config import TrialConfig
 from trainables.scope import DistributedGroup
 from trainables.training import run_to_end, train
 from study.run.trial import CHECKPOINT_FILE, load_trial_state, result_builder
+from study.run.trial_context import TrialContext
 
 from tests.trainables.helpers import tiny_config
 
@@ -138,8 +139,8 @@ def ray_two_cpus(monkeypatch):
         ray.shutdown()
 
 
-def _flat(cfg: TrialConfig, **private) -> dict:
-    return {**cfg.to_flat(), **private}
+def _tune_config(cfg: TrialConfig, context) -> dict:
+    return context.tune_config(cfg.to_flat())
 
 
 @pytest.mark.slow
@@ -148,7 +149,7 @@ def test_data_parallel_tune_trial_spans_both_workers(small_mix_config, ray_two_c
 
     from ray import tune
 
-    from study.run.runner import _with_resources, _worker_constants
+    from study.run.runner import _with_resources, trial_context
     from study.spec.types import ResourceSpec
     from study.run.trial import trial_function
 
@@ -156,7 +157,7 @@ def test_data_parallel_tune_trial_spans_both_workers(small_mix_config, ray_two_c
     spec = SimpleNamespace(resources=ResourceSpec(cpu=1, gpu=0, workers=WORKERS))
     tuner = tune.Tuner(
         _with_resources(trial_function, spec),
-        param_space=_flat(cfg, _reference=REFERENCE, **_worker_constants(spec)),
+        param_space=_tune_config(cfg, trial_context(spec, reference=REFERENCE)),
         run_config=tune.RunConfig(name="dp", storage_path=str(tmp_path), verbose=0),
     )
     result = tuner.fit()[0]
@@ -172,7 +173,7 @@ def test_data_parallel_tune_trial_spans_both_workers(small_mix_config, ray_two_c
         cfg.train.micro_batch_size * cfg.train.grad_accum * cfg.data.seq_len)
 
     # the same result as a one-process trial: metric names, gaps to the reference, count table
-    single = result_builder({"_reference": REFERENCE})(run_to_end(cfg))
+    single = result_builder(TrialContext(reference=REFERENCE))(run_to_end(cfg))
     assert set(single) <= set(reported)
     assert reported["gap_loss"] == pytest.approx(reported["val_loss"] - REFERENCE["val_loss"])
     assert reported["gap_purity"] == pytest.approx(REFERENCE["purity"] - reported["purity"])
@@ -196,11 +197,11 @@ def test_data_parallel_run_resumes_every_worker_where_it_stopped(small_mix_confi
     constant = {"train.warmup_steps": 0, "train.min_lr_ratio": 1.0}
     six_steps = _cfg(small_mix_config, **constant, **{"train.steps": 6})
     uninterrupted = _run_gloo_workers(six_steps, tmp_path)
-    workers = {"_workers": WORKERS, "_cpu_per_worker": 1, "_gpu_per_worker": 0}
+    workers = TrialContext(workers=WORKERS, cpu_per_worker=1, gpu_per_worker=0)
 
     def fit(**flat):
         cfg = _cfg(small_mix_config, **constant, **flat)
-        return fit_data_parallel(_flat(cfg, **workers), name="resumed",
+        return fit_data_parallel(_tune_config(cfg, workers), name="resumed",
                                  storage_path=str(tmp_path / "train"))
 
     first = fit(**{"train.steps": 4})
