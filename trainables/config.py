@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from trainables.errors import ConfigError, did_you_mean
+from trainables.scope import SCOPE_NAMES, SCOPES, WindowScope
 
 # Names of the domains trainables.data.sources can build; kept here so validation needs no I/O.
 BUILTIN_DOMAIN_NAMES = (
@@ -24,7 +25,6 @@ BUILTIN_DOMAIN_NAMES = (
 )
 
 METHODS = ("none", "lbl", "eb", "sh", "ba", "ec", "reference")
-SCOPES = ("sequence", "micro_batch", "global_batch", "window")
 SCORE_FUNCTIONS = ("softmax", "sigmoid")
 DROP_POLICIES = ("probs", "position")
 GLOBAL_COUNTS = ("exact", "running")
@@ -204,14 +204,7 @@ class TrialConfig:
 
     def balance_window_tokens(self, world_size: int = 1) -> int:
         """Tokens over which the balancing statistics are taken (logged with every trial)."""
-        seq = self.data.seq_len
-        if self.router.scope == "sequence":
-            return seq
-        if self.router.scope == "micro_batch":
-            return seq * self.train.micro_batch_size
-        if self.router.scope == "window":
-            return seq * self.router.balance_window
-        return seq * self.train.micro_batch_size * self.train.grad_accum * world_size
+        return SCOPES[self.router.scope].tokens(self, world_size)
 
     def parameter_counts(self) -> dict[str, int]:
         """Total and active parameters, computed without building the model."""
@@ -240,7 +233,7 @@ class TrialConfig:
         p: list[str] = []
         d, m, r, t = self.data, self.model, self.router, self.train
         _choice(p, "router.method", r.method, METHODS)
-        _choice(p, "router.scope", r.scope, SCOPES)
+        _choice(p, "router.scope", r.scope, SCOPE_NAMES)
         _choice(p, "router.drop_policy", r.drop_policy, DROP_POLICIES)
         _choice(p, "router.global_counts", r.global_counts, GLOBAL_COUNTS)
         _choice(p, "model.score_fn", m.score_fn, SCORE_FUNCTIONS)
@@ -457,7 +450,7 @@ def step_shares(domains: Sequence[str], weights: Mapping[str, float], units: int
 def _check_balance_window(p: list[str], r: RouterConfig, t: TrainConfig) -> None:
     """scope ``window`` needs LBL and a window that tiles the optimizer step's sequences."""
     step_sequences = t.micro_batch_size * t.grad_accum
-    if r.scope != "window":
+    if r.scope != WindowScope.name:
         if r.balance_window:
             p.append(f"router.balance_window: only used with router.scope: window "
                      f"(got scope {r.scope!r}); leave it 0")

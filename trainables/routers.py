@@ -19,7 +19,8 @@ from torch import nn
 
 from trainables import balancing
 from trainables.config import TrialConfig
-from trainables.scope import DistributedGroup, ScopeCounts
+from trainables.distributed import DistributedGroup, ScopeCounts
+from trainables.scope import scope_of
 
 
 @dataclass
@@ -63,7 +64,9 @@ class Router(nn.Module):
         super().__init__()
         m, r = cfg.model, cfg.router
         self.n_experts, self.top_k, self.score_fn = m.n_experts, m.top_k, m.score_fn
-        self.scope, self.capacity_factor, self.drop_policy = r.scope, r.capacity_factor, r.drop_policy
+        self.scope = scope_of(cfg)
+        self.window_sequences = self.scope.window_sequences(cfg) if self.scope.per_window else 0
+        self.capacity_factor, self.drop_policy = r.capacity_factor, r.drop_policy
         self.z_loss_coef = r.z_loss_coef
         self.gate = nn.Linear(m.d_model, m.n_experts, bias=False)
         nn.init.normal_(self.gate.weight, std=1.0 / math.sqrt(m.d_model))
@@ -118,18 +121,18 @@ class Router(nn.Module):
     def counts_of(self, topk_ids_TK: torch.Tensor) -> torch.Tensor:
         return torch.bincount(topk_ids_TK.reshape(-1), minlength=self.n_experts).float()
 
-    def solve_over_scope(self, solver, x_TE: torch.Tensor, ctx: RoutingContext) -> torch.Tensor:
-        """Apply a per-token solver (rows in, rows out) over the tokens of the scope.
+    def window_tokens(self, ctx: RoutingContext) -> int:
+        """Tokens per window of a per-window scope (``sequence``, ``window``); 0 otherwise."""
+        return self.window_sequences * ctx.seq_len
 
-        sequence: each sequence alone; micro_batch: the forward pass; global_batch: the forward
-        pass (the whole step, see ``solver_based``) gathered over every data-parallel worker.
-        """
-        if self.scope == "sequence":
-            return torch.cat([solver(chunk) for chunk in x_TE.split(ctx.seq_len)])
-        if self.scope == "micro_batch" or self.dist.world_size == 1:
-            return solver(x_TE)
-        all_xE, offset = self.dist.all_gather_cat(x_TE.detach())
-        return solver(all_xE)[offset : offset + x_TE.shape[0]]
+    def solve_over_scope(self, solver, x_TE: torch.Tensor, ctx: RoutingContext) -> torch.Tensor:
+        """Apply a per-token solver (rows in, rows out) over the tokens of the scope
+        (``trainables.scope.Scope.solve``)."""
+        return self.scope.solve(solver, x_TE, self.window_tokens(ctx), self.dist)
+
+    def pooled_counts(self, topk_ids_TK: torch.Tensor) -> torch.Tensor:
+        """Expert counts over the scope's tokens (a pooled scope: micro- or global batch)."""
+        return self.scope.pooled_counts(self.counts_of(topk_ids_TK), self.counts, self.dist)
 
     def post_step(self) -> None:
         """Called once after every optimizer step."""
@@ -146,25 +149,20 @@ class LoadBalancingLossRouter(Router):
     def __init__(self, cfg: TrialConfig):
         super().__init__(cfg)
         self.coef = cfg.router.lbl_coef
-        self.balance_window = cfg.router.balance_window
 
     def select(self, logits_TE, scores_TE, ctx):
         topk_ids_TK = scores_TE.topk(self.top_k, dim=-1).indices
         if not self.training or self.coef == 0:
             return topk_ids_TK, scores_TE.new_zeros(())
         probs_TE = self.probs(scores_TE)
-        if self.scope in ("sequence", "window"):
+        if self.scope.per_window:
             # a window of n sequences is n*L consecutive tokens: the per-sequence loss applies
-            n = self.balance_window if self.scope == "window" else 1
-            W = n * ctx.seq_len
+            W = self.window_tokens(ctx)
             loss = balancing.lbl_loss_per_sequence(
                 probs_TE.view(-1, W, self.n_experts), topk_ids_TK.view(-1, W, self.top_k)
             )
         else:
-            counts_E = self.counts_of(topk_ids_TK)
-            if self.scope == "global_batch":
-                counts_E = self.counts.add(self.dist.all_reduce_sum(counts_E))
-            loss = balancing.lbl_loss(probs_TE, counts_E, self.top_k)
+            loss = balancing.lbl_loss(probs_TE, self.pooled_counts(topk_ids_TK), self.top_k)
         return topk_ids_TK, self.coef * loss
 
 
@@ -183,11 +181,11 @@ class ExpertBiasRouter(Router):
         return topk_ids_TK, scores_TE.new_zeros(())
 
     def _count_load(self, topk_ids_TK, ctx) -> None:
-        if self.scope == "global_batch":
-            self.counts.add(self.dist.all_reduce_sum(self.counts_of(topk_ids_TK)))
+        if self.scope.spans_step:  # the step's counts, updated from after the step
+            self.pooled_counts(topk_ids_TK)
             return
-        if self.scope == "sequence":
-            ids_BLK = topk_ids_TK.view(-1, ctx.seq_len * self.top_k)
+        if self.scope.per_window:
+            ids_BLK = topk_ids_TK.view(-1, self.window_tokens(ctx) * self.top_k)
             load_BE = torch.zeros(ids_BLK.shape[0], self.n_experts, device=ids_BLK.device)
             load_BE.scatter_add_(1, ids_BLK, torch.ones_like(ids_BLK, dtype=load_BE.dtype))
         else:
@@ -199,7 +197,7 @@ class ExpertBiasRouter(Router):
 
     @torch.no_grad()
     def post_step(self) -> None:
-        if self.scope == "global_batch":
+        if self.scope.spans_step:
             delta_E = balancing.expert_bias_update(self.counts.step_counts_E, self.rate)
         else:
             total = self.dist.all_reduce_sum(self.counts.eb_delta_E.detach().float())
@@ -315,10 +313,5 @@ def runs_whole_step_forward(cfg: TrialConfig) -> bool:
     f is then the step's full count vector for every token, where the accumulating buffer
     (``running``, Megatron/Qwen style) gives the step's first micro-batches partial counts.
     """
-    if cfg.router.scope == "window":
-        return True  # a window may span micro-batches
-    if cfg.router.scope != "global_batch":
-        return False
-    if ROUTERS[cfg.router.method].solver_based:
-        return True
-    return cfg.router.method == "lbl" and cfg.router.global_counts == "exact"
+    exact_counts = cfg.router.method == "lbl" and cfg.router.global_counts == "exact"
+    return scope_of(cfg).needs_whole_step(ROUTERS[cfg.router.method].solver_based, exact_counts)

@@ -1,77 +1,149 @@
-"""Balancing scope: which tokens' statistics a balancing method acts on.
+"""Balancing scopes: over which tokens a balancing method takes its statistics.
 
 ``sequence``     each sequence on its own;
+``window``       every ``router.balance_window`` consecutive sequences of the step (LBL only);
 ``micro_batch``  one forward pass on one worker;
 ``global_batch`` everything that goes into one optimizer step: every gradient-accumulation
                  micro-batch and every data-parallel worker.
 
-For count-based methods (LBL, EB) the global scope keeps a per-layer buffer of expert counts
-that accumulates over the step's micro-batches and is all-reduced over the data-parallel group
-(arXiv 2501.11873, Algorithm 1); it resets after every optimizer step. The counts carry no
-gradient, so the global f_i is exact and the loss gradient through the local P_i keeps full
-strength on every worker (no 1/world_size weakening).
+A scope is an object registered by name (``SCOPES``): it knows its token count, how a
+per-token solver runs over its tokens, how expert counts are pooled over it and whether the
+training loop must run the whole step in one forward pass. Routers call it instead of testing
+scope names. Definitions and references: docs/design.md, "Balancing scopes".
+
+This module imports no torch at module level: config validation (``trainables.config``) reads
+the registry, and the spec checks of the CLI stay fast to start.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
 
-import torch
-import torch.distributed as dist
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
+    from trainables.config import TrialConfig
+    from trainables.distributed import DistributedGroup, ScopeCounts
 
-@dataclass
-class DistributedGroup:
-    """The data-parallel group whose counts the global scope all-reduces (None: one worker)."""
-
-    group: object | None = None
-
-    @property
-    def world_size(self) -> int:
-        if not (dist.is_available() and dist.is_initialized()):
-            return 1
-        return dist.get_world_size(self.group)
-
-    def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
-        if self.world_size == 1:
-            return t
-        t = t.clone()
-        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=self.group)
-        return t
-
-    def all_gather_cat(self, t: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """Concatenate t from every worker along dim 0; return it and this worker's offset."""
-        ws = self.world_size
-        if ws == 1:
-            return t, 0
-        sizes = [torch.zeros(1, dtype=torch.long) for _ in range(ws)]
-        dist.all_gather(sizes, torch.tensor([t.shape[0]]), group=self.group)
-        max_n = int(max(s.item() for s in sizes))
-        padded = torch.zeros((max_n, *t.shape[1:]), dtype=t.dtype)
-        padded[: t.shape[0]] = t.detach().cpu()
-        parts = [torch.zeros_like(padded) for _ in range(ws)]
-        dist.all_gather(parts, padded, group=self.group)
-        rank = dist.get_rank(self.group)
-        offset = int(sum(s.item() for s in sizes[:rank]))
-        cat = torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes)])
-        return cat.to(t.device), offset
+Solver = Callable[["torch.Tensor"], "torch.Tensor"]
+"""A per-token solver: rows (tokens) in, the same rows out."""
 
 
-class ScopeCounts:
-    """Per-layer expert counts of the current optimizer step (the global-scope buffer)."""
+class Scope:
+    name = ""
+    per_window = False
+    """Statistics per window of consecutive sequences (``window_sequences`` of them), each
+    window on its own; otherwise pooled over the scope's tokens (``pooled_counts``)."""
+    spans_step = False
+    """Statistics over every micro-batch of the optimizer step and every worker: pooled counts
+    accumulate in the step's buffer, which is reset after every optimizer step."""
 
-    def __init__(self, n_experts: int):
-        self.n_experts = n_experts
-        self.step_counts_E = torch.zeros(n_experts)
-        self.eb_delta_E = torch.zeros(n_experts)
-        self.eb_windows = 0
+    def window_sequences(self, cfg: "TrialConfig") -> int:
+        """Sequences per window (per-window scopes only)."""
+        raise NotImplementedError(f"scope {self.name!r} has no windows")
 
-    def reset(self) -> None:
-        self.step_counts_E.zero_()
-        self.eb_delta_E.zero_()
-        self.eb_windows = 0
+    def tokens(self, cfg: "TrialConfig", world_size: int = 1) -> int:
+        """Tokens whose statistics one balancing decision sees."""
+        raise NotImplementedError
 
-    def add(self, counts_E: torch.Tensor) -> torch.Tensor:
-        """Add this micro-batch's (already all-reduced) counts; return the step's running total."""
-        self.step_counts_E = self.step_counts_E.to(counts_E.device) + counts_E.detach().float()
-        return self.step_counts_E
+    def needs_whole_step(self, solver_based: bool, exact_counts: bool) -> bool:
+        """Whether the training loop runs the optimizer step as one forward pass: a solver over
+        the step's tokens or exact step counts need them all at once; a window may span
+        micro-batches."""
+        return False
+
+    def solve(self, solver: Solver, x_TE: "torch.Tensor", window_tokens: int,
+              group: "DistributedGroup") -> "torch.Tensor":
+        """Apply ``solver`` over the tokens of the scope (rows of ``x_TE``, one forward pass;
+        ``window_tokens``: tokens per window of a per-window scope)."""
+        if self.per_window:
+            import torch
+
+            return torch.cat([solver(chunk) for chunk in x_TE.split(window_tokens)])
+        return solver(x_TE)
+
+    def pooled_counts(self, counts_E: "torch.Tensor", buffer: "ScopeCounts",
+                      group: "DistributedGroup") -> "torch.Tensor":
+        """The scope's expert counts, given this forward pass's (pooled scopes only)."""
+        return counts_E
+
+
+class SequenceScope(Scope):
+    name = "sequence"
+    per_window = True
+
+    def window_sequences(self, cfg):
+        return 1
+
+    def tokens(self, cfg, world_size=1):
+        return cfg.data.seq_len
+
+
+class WindowScope(Scope):
+    """n consecutive sequences: n = 1 is the sequence scope, n = micro_batch_size x grad_accum
+    the step of one worker (the Qwen-style window sweep)."""
+
+    name = "window"
+    per_window = True
+
+    def window_sequences(self, cfg):
+        return cfg.router.balance_window
+
+    def tokens(self, cfg, world_size=1):
+        return cfg.data.seq_len * cfg.router.balance_window
+
+    def needs_whole_step(self, solver_based, exact_counts):
+        return True  # a window may span micro-batches
+
+
+class MicroBatchScope(Scope):
+    name = "micro_batch"
+
+    def tokens(self, cfg, world_size=1):
+        return cfg.data.seq_len * cfg.train.micro_batch_size
+
+
+class GlobalBatchScope(Scope):
+    name = "global_batch"
+    spans_step = True
+
+    def tokens(self, cfg, world_size=1):
+        t = cfg.train
+        return cfg.data.seq_len * t.micro_batch_size * t.grad_accum * world_size
+
+    def needs_whole_step(self, solver_based, exact_counts):
+        return solver_based or exact_counts
+
+    def solve(self, solver, x_TE, window_tokens, group):
+        """The forward pass (the whole step, see ``needs_whole_step``) gathered over every
+        data-parallel worker; each worker keeps its own rows."""
+        if group.world_size == 1:
+            return solver(x_TE)
+        all_xE, offset = group.all_gather_cat(x_TE.detach())
+        return solver(all_xE)[offset : offset + x_TE.shape[0]]
+
+    def pooled_counts(self, counts_E, buffer, group):
+        return buffer.add(group.all_reduce_sum(counts_E))
+
+
+SCOPES: dict[str, Scope] = {s.name: s for s in (SequenceScope(), MicroBatchScope(), GlobalBatchScope(),
+                                                 WindowScope())}
+"""Every scope by name, in display order."""
+SCOPE_NAMES = tuple(SCOPES)
+
+
+def scope_of(cfg: "TrialConfig") -> Scope:
+    return SCOPES[cfg.router.scope]
+
+
+def scope_label(name: str, balance_window: int | None = None) -> str:
+    """A scope as a cell of a results table: ``window n`` per window size, else its name."""
+    if name == WindowScope.name:
+        return f"{name} {balance_window if balance_window is not None else '?'}"
+    return name
+
+
+def parse_scope_label(label: str) -> tuple[str, int | None]:
+    """(scope name, window size or None) of a ``scope_label``."""
+    name, _, size = label.partition(" ")
+    return name, int(size) if size.isdigit() else None

@@ -28,7 +28,7 @@ from trainables.routing_counts import RoutingCounts
 from trainables.specialisation import baseline_metrics, specialisation_metrics
 from trainables.routers import runs_whole_step_forward
 from trainables.runtime import tune_allocator
-from trainables.scope import DistributedGroup
+from trainables.distributed import DistributedGroup
 
 
 class TrainingDiverged(RuntimeError):

@@ -16,6 +16,7 @@ from study.results.records import method_rank, scope_rank
 from study.run.heatmaps import new_figure
 from trainables.config import METHODS
 from trainables.metrics import purity
+from trainables.scope import parse_scope_label
 
 # -- study-level plots of the report (``moe-study report``) -----------------------------------
 _SCOPE_MARKERS = {"sequence": "s", "micro_batch": "o", "global_batch": "^", "window": "P"}
@@ -36,7 +37,7 @@ def method_color(method: str):
 
 
 def _scope_marker(scope: str) -> str:
-    return _SCOPE_MARKERS.get(scope.partition(" ")[0], "D")
+    return _SCOPE_MARKERS.get(parse_scope_label(scope)[0], "D")
 
 
 def _method_scope_legends(ax, methods: Sequence[str], scopes: Sequence[str], extra=()) -> None:
@@ -142,7 +143,7 @@ def learning_curves(
         series = sorted({(c[1], c[2]) for c in mine}, key=lambda k: (scope_rank(k[0]), k))
         used_per_scope: dict[str, int] = {}
         for scope, label in series:
-            colour = _SCOPE_COLOURS.get(scope.partition(" ")[0], "tab:grey")
+            colour = _SCOPE_COLOURS.get(parse_scope_label(scope)[0], "tab:grey")
             style = styles[used_per_scope.get(scope, 0) % len(styles)]
             used_per_scope[scope] = used_per_scope.get(scope, 0) + 1
             by_step: dict[int, list[float]] = {}

@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from trainables.config import METHODS, SCOPES
+from trainables.config import METHODS
+from trainables.scope import SCOPE_NAMES, WindowScope, parse_scope_label, scope_label
 from trainables.errors import ConfigError, did_you_mean
 
 from study import naming
 
 
-WINDOW_SCOPE = "window"
 _PAGE = 1000  # runs per search_runs page (the most a file/sqlite store returns at once)
 
 
@@ -51,15 +51,16 @@ class RunRecord:
     def scope(self) -> str:
         """The balancing scope; ``window n`` for the window scope of n sequences, so every
         window size is a cell of its own."""
-        raw = self.params.get(naming.TAG_SCOPE) or self.tags.get(naming.TAG_SCOPE) or "?"
-        if raw == WINDOW_SCOPE:
-            return f"{WINDOW_SCOPE} {self.balance_window if self.balance_window is not None else '?'}"
-        return raw
+        return scope_label(self._raw_scope or "?", self.balance_window)
+
+    @property
+    def _raw_scope(self) -> str | None:
+        return self.params.get(naming.TAG_SCOPE) or self.tags.get(naming.TAG_SCOPE)
 
     @property
     def balance_window(self) -> int | None:
         """Sequences per balance window (``router.balance_window``) at the window scope, else None."""
-        if (self.params.get(naming.TAG_SCOPE) or self.tags.get(naming.TAG_SCOPE)) != WINDOW_SCOPE:
+        if self._raw_scope != WindowScope.name:
             return None
         try:
             return int(self.params["router.balance_window"])
@@ -333,8 +334,8 @@ def method_rank(method: str) -> tuple[int, str]:
 
 
 def scope_rank(scope: str) -> tuple[int, int, str]:
-    """Scopes in SCOPES order, window sizes in numeric order, unknown scopes last."""
-    name, _, size = scope.partition(" ")
-    if name in SCOPES:
-        return (SCOPES.index(name), int(size) if size.isdigit() else 0, scope)
-    return (len(SCOPES), 0, scope)
+    """Scopes in registry order, window sizes in numeric order, unknown scopes last."""
+    name, size = parse_scope_label(scope)
+    if name in SCOPE_NAMES:
+        return (SCOPE_NAMES.index(name), size or 0, scope)
+    return (len(SCOPE_NAMES), 0, scope)

@@ -21,7 +21,7 @@ Every worker runs ``trainables.training.train`` on the torch.distributed group R
 (gloo on CPU; on GPU nccl, with gloo for CPU tensors): its own data stream (the StepSampler's
 rank), the same seeded initialisation, gradients averaged after every step, and the
 ``global_batch`` scope's expert counts all-reduced over all workers
-(``trainables.scope.DistributedGroup``). Every worker reports at every evaluation point (Train
+(``trainables.distributed.DistributedGroup``). Every worker reports at every evaluation point (Train
 waits for all of them); rank 0's report, built by the same ``result_builder`` as the one-process
 trial, is what Tune sees, through ``TuneReportCallback``.
 
@@ -55,7 +55,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from study.run.trial_context import TrialContext, split_tune_config
 from trainables.config import TrialConfig
 from trainables.metrics import gaps
-from trainables.scope import DistributedGroup
+from trainables.distributed import DistributedGroup
 from trainables.training import Report, train
 
 

@@ -19,7 +19,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from trainables.config import TrialConfig
-from trainables.scope import DistributedGroup
+from trainables.distributed import DistributedGroup
 from trainables.training import run_to_end, train
 from study.run.trial import CHECKPOINT_FILE, load_trial_state, result_builder
 from study.run.trial_context import TrialContext

@@ -11,7 +11,7 @@ import torch.multiprocessing as mp
 
 from trainables import balancing
 from trainables.routers import RoutingContext, build_router
-from trainables.scope import DistributedGroup
+from trainables.distributed import DistributedGroup
 
 from tests.trainables.helpers import tiny_config
 
