@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import types
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union, get_args, get_origin, get_type_hints
@@ -337,7 +338,7 @@ def flatten(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     for key, value in nested.items():
         key = str(key)
         full = f"{prefix}{key}"
-        if not prefix and "." not in key and isinstance(value, dict) and key in _SECTIONS:
+        if not prefix and "." not in key and isinstance(value, dict) and key in SECTIONS:
             flat.update(flatten(value, prefix=f"{key}."))
         else:
             flat[full] = value
@@ -355,7 +356,61 @@ def flat_field_types() -> dict[str, Any]:
     return types
 
 
-_SECTIONS = {"data", "model", "router", "train"}
+SECTIONS = tuple(f.name for f in dataclasses.fields(TrialConfig))
+"""The trial config's section names (``data``, ``model``, ...): the first part of a dotted key."""
+
+
+def read_fields(cls: type, raw: Mapping[str, Any], path: str, problems: list[str]) -> Any:
+    """A dataclass ``cls`` from a YAML mapping with the typed reader of ``TrialConfig.from_flat``
+    (``_coerce``): every unknown key (with a hint) and every ill-typed value is a problem named
+    ``<path>.<key>`` and leaves the field at its default. A field's metadata may bound it:
+    ``min`` (inclusive), ``above`` (exclusive), ``below`` (exclusive) and ``also`` (literal
+    values accepted besides the type, e.g. ``"auto"``)."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = get_type_hints(cls)
+    values = {}
+    for key, value in raw.items():
+        f = fields.get(key)
+        if f is None:
+            names = tuple(fields)
+            hint = did_you_mean(str(key), names, otherwise=f" (known: {', '.join(names)})")
+            problems.append(f"{path}.{key}: unknown key{hint}")
+            continue
+        meta = f.metadata
+        if value in meta.get("also", ()) and not isinstance(value, bool):
+            values[key] = value
+            continue
+        typ = hints[key]
+        if meta.get("also"):  # the literals are the field's only strings: "auto", not "many"
+            typ = Union[tuple(a for a in get_args(typ) if a is not str) or (typ,)]
+        coerced, err = _coerce(value, typ)
+        if not err and coerced is not None and not isinstance(coerced, bool) and isinstance(coerced, (int, float)):
+            if ("min" in meta and coerced < meta["min"]) or ("above" in meta and not coerced > meta["above"]) \
+                    or ("below" in meta and not coerced < meta["below"]):
+                err = "out of range"
+        if not err and meta.get("nonempty") and coerced == "":
+            err = "empty"
+        if err:
+            problems.append(f"{path}.{key}: expected {_expectation(hints[key], meta)} (got {value!r})")
+            continue
+        # a whole number for a float field stays as written (1, not 1.0): a spec's content hash
+        # is taken over its values, and a stored study must still match it
+        keep = isinstance(value, int) and not isinstance(value, bool) and isinstance(coerced, float)
+        values[key] = value if keep else coerced
+    return cls(**values)
+
+
+def _expectation(typ: Any, meta: Mapping[str, Any]) -> str:
+    """What a field accepts, in words: ``an integer >= 1 or 'auto'``."""
+    args = [a for a in get_args(typ) if a is not type(None)] or [typ]
+    words = {bool: "true or false", int: "an integer", float: "a number",
+             str: "a non-empty string" if meta.get("nonempty") else "a string"}
+    kinds = [a for a in args if a in words and not (a is str and meta.get("also"))]
+    text = words[kinds[0]] if kinds else "a value"
+    bounds = [f">= {meta['min']}" if "min" in meta else "", f"> {meta['above']}" if "above" in meta else "",
+              f"< {meta['below']}" if "below" in meta else ""]
+    text = " ".join([text, " and ".join(b for b in bounds if b)]).strip()
+    return " or ".join([text, *(repr(v) for v in meta.get("also", ()))])
 
 
 def _unknown_key_message(key: str, known: dict[str, Any]) -> str:
@@ -371,7 +426,12 @@ def _choice(problems: list[str], key: str, value: Any, allowed: tuple[str, ...])
 def _coerce(value: Any, typ: Any) -> tuple[Any, str]:
     """Return (value, "") or (None, error). Accepts ints for floats, strings for nothing else."""
     origin = get_origin(typ)
-    if origin is Union:
+    if origin in (Union, types.UnionType) and type(None) in get_args(typ):
+        if value is None:  # an optional field: null is its unset value
+            return None, ""
+        rest = [a for a in get_args(typ) if a is not type(None)]
+        return _coerce(value, rest[0] if len(rest) == 1 else Union[tuple(rest)])
+    if origin in (Union, types.UnionType):
         for alt in get_args(typ):
             v, err = _coerce(value, alt)
             if not err:

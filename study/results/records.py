@@ -222,7 +222,7 @@ def unknown_experiment(client: Any, experiment: str, uri: str) -> str:
 
 def _reused_references(client: Any, studies: Iterable[RunRecord]) -> tuple[list[RunRecord], str]:
     """Reference runs of other experiments that a study here reused (by config hash)."""
-    hashes = sorted({h for h in (_reference_hash(client, s.run_id) for s in studies) if h})
+    hashes = sorted({h for s in studies for h in _reference_hashes(client, s.run_id)})
     if not hashes:
         return [], ""
     exp_ids = [e.experiment_id for e in client.search_experiments(max_results=1000)]
@@ -242,19 +242,17 @@ def _reused_references(client: Any, studies: Iterable[RunRecord]) -> tuple[list[
     return found, f"reused from experiment {source!r}"
 
 
-def _reference_hash(client: Any, parent_run_id: str) -> str | None:
+def _reference_hashes(client: Any, parent_run_id: str) -> list[str]:
     """Config hash of the reference run a study used: the parent run's tag, or for a study run
-    before the tag existed, recomputed from its spec artifact."""
+    before the tag existed, the keys its spec artifact may have been given then."""
     tag = client.get_run(parent_run_id).data.tags.get(naming.TAG_REFERENCE_KEY)
     if tag:
-        return tag
-    from study.run.runner import reference_key
-
+        return [tag]
     spec = _study_spec(client, parent_run_id)
     try:
-        return reference_key(spec) if spec is not None else None
+        return spec.reference_keys_before_tags() if spec is not None else []
     except Exception:  # noqa: BLE001 - an old spec: the report goes on without
-        return None
+        return []
 
 
 def _study_spec(client: Any, parent_run_id: str):

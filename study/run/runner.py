@@ -125,7 +125,7 @@ def run_study(
     parent_run_id = tracking.start_parent_run(
         tracking_uri, experiment_id, name, spec.to_dict(),
         tags={naming.TAG_SPEC_HASH: spec.content_hash(),
-              **({naming.TAG_REFERENCE_KEY: reference_key(spec)} if spec.reference.enabled else {}),
+              **({naming.TAG_REFERENCE_KEY: spec.reference_key()} if spec.reference.enabled else {}),
               naming.TAG_SEARCH_KEYS: ",".join(spec.search_keys),
               naming.TAG_MIX_HASH: mix_hash},
     )
@@ -233,28 +233,6 @@ def spec_base_config(spec: StudySpec) -> TrialConfig:
     return spec.base_config()
 
 
-def reference_key(spec: StudySpec) -> str:
-    """Identity of a reference run: its config and the workers it trained on (the global batch
-    of a 2-worker study is twice that of a 1-worker one)."""
-    # "_workers": how the key has always been spelled (a stored study's reference is found by it)
-    return naming.config_hash({**reference_flat_config(spec), "_workers": spec.resources.workers})
-
-
-def reference_flat_config(spec: StudySpec) -> dict[str, Any]:
-    """The reference router on the study's model and data (router settings back to default),
-    as the settings that differ from the defaults: a field added to the trial config later (at
-    its default) leaves the key, and the reuse of finished reference runs, unchanged."""
-    defaults = TrialConfig().to_flat()
-    flat = spec.reference_config().to_flat()
-    return {k: v for k, v in flat.items() if v != defaults.get(k, object()) or k in ALWAYS_KEYED}
-
-
-ALWAYS_KEYED = frozenset({"data.step_composition"})
-"""Settings whose default changed (``data.step_composition`` went from ``independent`` to
-``domain_complete``): always part of the key, so a reference run trained under the old default
-(whose key omits the setting) is never reused for a study under the new one."""
-
-
 def run_reference(spec: StudySpec, state: dict, available: dict) -> dict[str, float]:
     """Reuse a finished reference run with the same config from MLflow, or run it now."""
     from ray import tune
@@ -263,7 +241,7 @@ def run_reference(spec: StudySpec, state: dict, available: dict) -> dict[str, fl
     from study.run.trial import trial_function
 
     flat = spec.reference_config().to_flat()
-    key = reference_key(spec)
+    key = spec.reference_key()
     if spec.reference.reuse:
         found = _find_reference(state["tracking_uri"], key)
         if found is not None:

@@ -12,7 +12,7 @@ import math
 import re
 from typing import Any, Mapping
 
-from trainables.config import TrialConfig, flat_field_types, flatten
+from trainables.config import SECTIONS, TrialConfig, flat_field_types, flatten, read_fields
 from trainables.errors import ConfigError, did_you_mean
 from study import naming
 from study.spec.types import (
@@ -33,7 +33,6 @@ SAMPLER_OPTIONS = {
     "grid": ("seed",),
 }
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-SECTIONS = ("data", "model", "router", "train")
 
 
 class Problems(list):
@@ -462,93 +461,36 @@ def parse_scheduler(raw: Any, problems: Problems) -> SchedulerSpec:
 
 
 def parse_budget(raw: Any, problems: Problems) -> BudgetSpec:
-    if not isinstance(raw, dict):
-        problems.add("budget", f"expected a mapping such as {{trials: 16, time_s: 900}} (got {_kind(raw)})")
-        return BudgetSpec()
-    check_keys(problems, raw, ("trials", "time_s"), "budget")
-    b = BudgetSpec()
-    if raw.get("trials") is not None:
-        b.trials = _int_option(raw["trials"], "budget.trials", problems, minimum=1)
-    t = raw.get("time_s")
-    if t is not None:
-        if not _is_number(t) or not t > 0:
-            problems.add("budget.time_s", f"expected a number of seconds > 0 (got {t!r})")
-        else:
-            b.time_s = t
-    return b
+    return _plain_section(BudgetSpec, raw, "budget", "{trials: 16, time_s: 900}", problems)
 
 
 def parse_resources(raw: Any, problems: Problems) -> ResourceSpec:
-    if not isinstance(raw, dict):
-        problems.add("resources", f"expected a mapping such as {{cpu: 1, gpu: 0}} (got {_kind(raw)})")
-        return ResourceSpec()
-    check_keys(problems, raw, ("cpu", "gpu", "workers", "max_concurrent"), "resources")
-    r = ResourceSpec()
-    if "cpu" in raw:
-        if not _is_number(raw["cpu"]) or not raw["cpu"] > 0:
-            problems.add("resources.cpu", f"expected a number > 0 (got {raw['cpu']!r})")
-        else:
-            r.cpu = raw["cpu"]
-    if "gpu" in raw:
-        g = raw["gpu"]
-        if not _is_number(g) or g < 0:
-            problems.add("resources.gpu", f"expected a number >= 0 (got {g!r})")
-        elif g > 1 and not float(g).is_integer():
-            problems.add("resources.gpu", f"a fraction of a GPU must be below 1; above 1 use whole GPUs (got {g})")
-        else:
-            r.gpu = g
-    if "workers" in raw:
-        r.workers = _int_option(raw["workers"], "resources.workers", problems, minimum=1) or 1
-    if "max_concurrent" in raw:
-        mc = raw["max_concurrent"]
-        if mc != "auto":
-            mc = _int_option(mc, "resources.max_concurrent", problems, minimum=1, hint=" or 'auto'")
-        r.max_concurrent = mc if mc is not None else "auto"
+    r = _plain_section(ResourceSpec, raw, "resources", "{cpu: 1, gpu: 0}", problems)
+    if r.gpu > 1 and not float(r.gpu).is_integer():
+        problems.add("resources.gpu", f"a fraction of a GPU must be below 1; above 1 use whole GPUs (got {r.gpu})")
+        r.gpu = ResourceSpec().gpu
     return r
 
 
 def parse_reference(raw: Any, problems: Problems) -> ReferenceSpec:
-    if not isinstance(raw, dict):
-        problems.add("reference", f"expected a mapping such as {{reuse: true}} (got {_kind(raw)})")
-        return ReferenceSpec()
-    check_keys(problems, raw, ("enabled", "reuse"), "reference")
-    r = ReferenceSpec()
-    for key in ("enabled", "reuse"):
-        if key in raw:
-            if isinstance(raw[key], bool):
-                setattr(r, key, raw[key])
-            else:
-                problems.add(f"reference.{key}", f"expected true or false (got {raw[key]!r})")
-    return r
+    return _plain_section(ReferenceSpec, raw, "reference", "{reuse: true}", problems)
 
 
 def parse_tracking(raw: Any, problems: Problems) -> TrackingSpec:
-    if not isinstance(raw, dict):
-        problems.add("tracking", f"expected a mapping such as {{uri: null, experiment: null}} (got {_kind(raw)})")
-        return TrackingSpec()
-    check_keys(problems, raw, ("uri", "experiment"), "tracking")
-    t = TrackingSpec()
-    for key in ("uri", "experiment"):
-        v = raw.get(key)
-        if v is not None and not (isinstance(v, str) and v):
-            problems.add(f"tracking.{key}", f"expected a non-empty string or null (got {v!r})")
-        else:
-            setattr(t, key, v)
-    return t
+    return _plain_section(TrackingSpec, raw, "tracking", "{uri: null, experiment: null}", problems)
 
 
 def parse_report(raw: Any, problems: Problems) -> ReportSpec:
+    return _plain_section(ReportSpec, raw, "report", "{equivalence_margin: 0.01}", problems)
+
+
+def _plain_section(cls: type, raw: Any, path: str, example: str, problems: Problems) -> Any:
+    """A section whose keys are its dataclass's fields, read by the trial config's typed reader
+    (``trainables.config.read_fields``: types, bounds in the field metadata, unknown keys)."""
     if not isinstance(raw, dict):
-        problems.add("report", f"expected a mapping such as {{equivalence_margin: 0.01}} (got {_kind(raw)})")
-        return ReportSpec()
-    check_keys(problems, raw, ("equivalence_margin",), "report")
-    r = ReportSpec()
-    margin = raw.get("equivalence_margin", r.equivalence_margin)
-    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 < margin < 1:
-        problems.add("report.equivalence_margin", f"expected a number in (0, 1) (got {margin!r})")
-    else:
-        r.equivalence_margin = float(margin)
-    return r
+        problems.add(path, f"expected a mapping such as {example} (got {_kind(raw)})")
+        return cls()
+    return read_fields(cls, raw, path, problems)
 
 
 # -- small helpers -----------------------------------------------------------------------------------

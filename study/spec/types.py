@@ -204,9 +204,9 @@ class SchedulerSpec:
 
 @dataclass
 class BudgetSpec:
-    trials: int | None = None
+    trials: int | None = field(default=None, metadata={"min": 1})
     """Tune ``num_samples``; a grid study defaults to the grid size."""
-    time_s: float | None = None
+    time_s: float | None = field(default=None, metadata={"above": 0})
     """Wall-clock limit of the whole study (Tune ``time_budget_s``); none when unset."""
 
     def to_dict(self) -> dict[str, Any]:
@@ -215,13 +215,13 @@ class BudgetSpec:
 
 @dataclass
 class ResourceSpec:
-    cpu: float = 1
+    cpu: float = field(default=1, metadata={"above": 0})
     """CPUs per worker."""
-    gpu: float = 0
+    gpu: float = field(default=0, metadata={"min": 0})
     """GPUs per worker; fractional values share a device (no memory isolation)."""
-    workers: int = 1
+    workers: int = field(default=1, metadata={"min": 1})
     """Data-parallel workers per trial; > 1 runs the trial as a TorchTrainer."""
-    max_concurrent: int | str = "auto"
+    max_concurrent: int | str = field(default="auto", metadata={"min": 1, "also": ("auto",)})
     """Trials running at once; ``auto`` lets the runner derive it from the cluster."""
 
     def per_trial(self) -> dict[str, float]:
@@ -245,9 +245,9 @@ class ReferenceSpec:
 
 @dataclass
 class TrackingSpec:
-    uri: str | None = None
+    uri: str | None = field(default=None, metadata={"nonempty": True})
     """MLflow tracking URI; CLI ``--tracking-uri`` overrides it; default ``./mlflow.db``."""
-    experiment: str | None = None
+    experiment: str | None = field(default=None, metadata={"nonempty": True})
     """MLflow experiment name; default the study name."""
 
     def to_dict(self) -> dict[str, Any]:
@@ -256,7 +256,7 @@ class TrackingSpec:
 
 @dataclass
 class ReportSpec:
-    equivalence_margin: float = 0.01
+    equivalence_margin: float = field(default=0.01, metadata={"above": 0, "below": 1})
     """"No difference" is claimed only when a paired equivalence test (TOST) shows the
     difference within ±this, in the metric's own units (purity, CMI)."""
 
@@ -395,6 +395,29 @@ class StudySpec:
             d["exclude"] = [{k: list(v) for k, v in rule.items()} for rule in self.exclude]
         return d
 
+    # -- the reference run's identity --------------------------------------------------------
+    def reference_flat_config(self) -> dict[str, Any]:
+        """The reference router on the study's model and data (router settings back to default),
+        as the settings that differ from the defaults: a field added to the trial config later
+        (at its default) leaves the key, and the reuse of finished reference runs, unchanged."""
+        defaults = TrialConfig().to_flat()
+        flat = self.reference_config().to_flat()
+        return {k: v for k, v in flat.items() if v != defaults.get(k, object()) or k in ALWAYS_KEYED}
+
+    def reference_key(self) -> str:
+        """Identity of a reference run: its config and the workers it trained on (the global
+        batch of a 2-worker study is twice that of a 1-worker one). The runner tags it on the
+        parent run (``naming.TAG_REFERENCE_KEY``) and on the reference run."""
+        return _reference_hash(self.reference_flat_config(), self.resources.workers)
+
+    def reference_keys_before_tags(self) -> list[str]:
+        """Keys a study run before the parent-run tag existed may have used: today's, and the
+        one formed before ``ALWAYS_KEYED`` (settings at their default were left out)."""
+        flat = self.reference_flat_config()
+        defaults = TrialConfig().to_flat()
+        old = {k: v for k, v in flat.items() if not (k in ALWAYS_KEYED and v == defaults.get(k))}
+        return list(dict.fromkeys([self.reference_key(), _reference_hash(old, self.resources.workers)]))
+
     def content_hash(self) -> str:
         """Hash of what the study runs: everything but its name, description, tracking and
         report settings."""
@@ -403,6 +426,17 @@ class StudySpec:
             d.pop(key)
         text = json.dumps(d, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+ALWAYS_KEYED = frozenset({"data.step_composition"})
+"""Settings whose default changed (``data.step_composition`` went from ``independent`` to
+``domain_complete``): always part of the reference key, so a reference run trained under the old
+default (whose key omits the setting) is never reused for a study under the new one."""
+
+
+def _reference_hash(flat: Mapping[str, Any], workers: int) -> str:
+    # "_workers": how the key has always been spelled (stored studies' references are found by it)
+    return naming.config_hash({**flat, "_workers": workers})
 
 
 # -- helpers shared by the parser, the checks and the Optuna space ------------------------------

@@ -147,14 +147,14 @@ def store(tmp_path_factory):
 
 def _reused_reference_study(s: Store) -> None:
     """``second`` reused the reference run of ``first`` (same reference config hash)."""
-    from study.run.runner import reference_key
     from study.spec import load_spec
 
     spec = load_spec(REPO / "search_spaces" / "smoke.yaml")
     first_exp, first_parent = s.experiment("first")
+    # keyed as before ALWAYS_KEYED: the key a study from before the parent-run tag looked for
     s.run(first_exp, first_parent, "reference-first", naming.ROLE_REFERENCE,
           {"router.method": "reference"}, {"purity": 0.97, "val_loss": 2.1},
-          tags={naming.TAG_CONFIG_HASH: reference_key(spec)})
+          tags={naming.TAG_CONFIG_HASH: spec.reference_keys_before_tags()[-1]})
     exp, parent = s.experiment("second", spec_yaml=spec.to_yaml())
     for seed, p in enumerate([0.4, 0.5]):
         s.run(exp, parent, f"t{seed}", naming.ROLE_TRIAL, trial_params("lbl", "global_batch", 0, seed),
@@ -456,7 +456,8 @@ def test_unknown_or_empty_experiment_is_a_config_error(store, tmp_path):
 
 
 def test_reused_reference_is_found_in_another_experiment(store, tmp_path):
-    """A study that reused a reference run finds it by its spec's reference config hash."""
+    """A study from before the parent-run tag that reused a reference run finds it by the key
+    its spec was given then."""
     md = write_report("second", out_dir=tmp_path, tracking_uri=store.uri).read_text()
     assert "`reference-first`" in md and "reused from experiment 'first'" in md
     assert "**reference-first (reference, upper bound)**" in md

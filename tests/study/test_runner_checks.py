@@ -49,18 +49,17 @@ def test_a_spec_whose_fixed_part_alone_is_invalid_still_runs():
     (window 0) is no valid trial, every trial is (load_spec checked them all)."""
     from pathlib import Path
 
-    from study.run.runner import reference_key, spec_base_config
+    from study.run.runner import spec_base_config
 
     spec = load_spec(Path(SMOKE).parent / "balance_window.yaml")
     base = spec_base_config(spec)
     assert base.router.scope == "window" and base.router.balance_window == 0
-    assert reference_key(spec)  # the reference config drops router.* and is valid
+    assert spec.reference_key()  # the reference config drops router.* and is valid
 
 
 def test_reference_key_ignores_settings_at_their_default():
     """A reference run stays reusable when the trial config gains a field (at its default), or
     when a spec spells out a default value."""
-    from study.run.runner import reference_key
     from study.spec import spec_from_dict
 
     base = {"search": {"router.scope": {"choice": ["micro_batch", "global_batch"]}},
@@ -69,25 +68,29 @@ def test_reference_key_ignores_settings_at_their_default():
     spelled = spec_from_dict({**base, "name": "b", "fixed": {"train.micro_batch_size": 4,
                                                              "router.balance_window": 0}})
     other = spec_from_dict({**base, "name": "c", "fixed": {"train.steps": 50}})
-    assert reference_key(plain) == reference_key(spelled) != reference_key(other)
+    assert plain.reference_key() == spelled.reference_key() != other.reference_key()
 
 
 def test_reference_key_names_the_step_composition_whose_default_changed():
     """A reference run of the old default (independent steps; its key omits the composition)
     must not be reused for a study on the new default (domain-complete steps), nor the reverse."""
-    from study.run import runner
+    from study import naming
     from study.spec import spec_from_dict
 
     base = {"search": {"router.scope": {"choice": ["micro_batch", "global_batch"]}},
             "objective": {"metric": "purity"}, "sampler": {"type": "grid"}}
     new_default = spec_from_dict({**base, "name": "a"})
     independent = spec_from_dict({**base, "name": "b", "fixed": {"data.step_composition": "independent"}})
-    flat = runner.reference_flat_config(new_default)
+    flat = new_default.reference_flat_config()
     assert flat["data.step_composition"] == "domain_complete"
-    old_key = runner.naming.config_hash({**{k: v for k, v in flat.items() if k != "data.step_composition"},
-                                         "_workers": 1})  # how the key was formed before
-    keys = {runner.reference_key(new_default), runner.reference_key(independent), old_key}
+    old_key = naming.config_hash({**{k: v for k, v in flat.items() if k != "data.step_composition"},
+                                  "_workers": 1})  # how the key was formed before
+    keys = {new_default.reference_key(), independent.reference_key(), old_key}
     assert len(keys) == 3
+    # a study run before the parent-run tag is looked up under both (the report's fallback)
+    assert new_default.reference_keys_before_tags() == [new_default.reference_key(), old_key]
+    # a spec that set the composition away from today's default was keyed with it then too
+    assert independent.reference_keys_before_tags() == [independent.reference_key()]
 
 
 @pytest.mark.parametrize("grace, rf", [(75, 3), (75, 4), (25, 3), (30, 2.5)])

@@ -433,6 +433,33 @@ def test_resources_nobody_can_satisfy():
     spec_from_dict(spec)  # no cluster given: nothing to check against
 
 
+def test_plain_sections_are_read_by_the_typed_reader():
+    """budget, resources, reference, tracking and report: one reader for types, bounds, literals
+    and unknown keys, every problem named by its key path."""
+    problems = problems_of(edited(
+        budget={"trials": 2.5, "time_s": -1, "trails": 3},
+        resources={"max_concurrent": "many", "cpu": True},
+        tracking={"uri": "", "experiment": 7},
+        reference={"enabled": 1},
+    ))
+    for expected in (
+        "budget.trials: expected an integer >= 1 (got 2.5)",
+        "budget.time_s: expected a number > 0 (got -1)",
+        "budget.trails: unknown key; did you mean 'trials'?",
+        "resources.max_concurrent: expected an integer >= 1 or 'auto' (got 'many')",
+        "resources.cpu: expected a number > 0 (got True)",
+        "tracking.uri: expected a non-empty string (got '')",
+        "tracking.experiment: expected a non-empty string (got 7)",
+        "reference.enabled: expected true or false (got 1)",
+    ):
+        assert expected in problems, (expected, problems)
+    spec = spec_from_dict(edited(budget={"trials": 4.0, "time_s": None}, resources={"cpu": 2, "max_concurrent": "auto"}))
+    assert spec.budget.trials == 4 and isinstance(spec.budget.trials, int)  # a whole float reads as int
+    assert spec.budget.time_s is None  # null: unset
+    assert spec.resources.cpu == 2 and isinstance(spec.resources.cpu, int)  # as written: the hash sees 2
+    assert spec.resources.max_concurrent == "auto"
+
+
 def test_bad_resource_values():
     problems = problems_of(edited(resources={"cpu": 0, "gpu": 1.5, "workers": 0}))
     assert "resources.cpu: expected a number > 0 (got 0)" in problems
@@ -577,5 +604,5 @@ def test_objective_on_lift_and_cmi_and_the_report_margin():
     margin = spec_from_dict(edited(report={"equivalence_margin": 0.02}))
     assert margin.report.equivalence_margin == 0.02
     assert margin.content_hash() == spec_from_dict(edited()).content_hash()
-    with pytest.raises(ConfigError, match=r"report\.equivalence_margin: expected a number in \(0, 1\)"):
+    with pytest.raises(ConfigError, match=r"report\.equivalence_margin: expected a number > 0 and < 1 \(got 0\)"):
         spec_from_dict(edited(report={"equivalence_margin": 0}))
