@@ -21,6 +21,8 @@ from trainables.metric_names import (  # noqa: F401 - the metric vocabulary, re-
     INIT_SUFFIX, LAYER_METRIC_NAMES, LIFT_METRIC_NAMES, LIFT_SUFFIX, LOAD_ENTROPY, MAX_VIO, NMI,
     NMI_DOMAIN, PURITY, REFERENCE_AGREEMENT, SHARED_COVERAGE, SHARED_PURITY,
     SPECIALISATION_METRIC_NAMES, TRAIN_LOSS, VAL_LOSS, baseline_names,
+    BALANCE_WINDOW_TOKENS, ELAPSED_S, GLOBAL_COUNTS_TOTAL, INIT_EVAL_S, LR, STEP, TOKENS, TOKENS_PER_S,
+    TRAIN_S,
 )
 
 # -- run tags ----------------------------------------------------------------------------------
@@ -79,11 +81,6 @@ GRID_POINT_PARAM = PRIVATE_PREFIX + "grid_point"
 # -- metrics -----------------------------------------------------------------------------------
 # Metric names are spelled in trainables.metric_names (next to the code that computes them);
 # this module adds each one's direction and the names of the run itself.
-TOKENS_PER_S = "tokens_per_s"
-STEP = "step"
-"""Optimizer steps done, in every report: the scheduler's time attribute (``grace_period``)."""
-INIT_EVAL_S = "init_eval_s"
-"""Seconds of the step-0 evaluation (the baseline's cost)."""
 
 LAYER_METRICS = (*LAYER_METRIC_NAMES, *SPECIALISATION_METRIC_NAMES, *AUXILIARY_METRIC_NAMES)
 """Routing metrics reported per MoE layer as ``<name>/layer<i>`` (i from 0) and as their mean."""

@@ -10,6 +10,20 @@ from __future__ import annotations
 VAL_LOSS = "val_loss"
 TRAIN_LOSS = "train_loss"
 
+# the run's progress, in every report of trainables.training
+STEP = "step"
+"""Optimizer steps done: the scheduler's time attribute (``grace_period``)."""
+LR = "lr"
+TOKENS = "tokens"
+TOKENS_PER_S = "tokens_per_s"
+ELAPSED_S, TRAIN_S = "elapsed_s", "train_s"
+INIT_EVAL_S = "init_eval_s"
+"""Seconds of the step-0 evaluation (the baseline's cost)."""
+BALANCE_WINDOW_TOKENS = "balance_window_tokens"
+"""Tokens whose statistics one balancing decision sees (``trainables.scope.Scope.tokens``)."""
+GLOBAL_COUNTS_TOTAL = "global_counts_total"
+"""Assignments in the global scope's step buffer at the report (a diagnostic; 0: not kept)."""
+
 # routing metrics of trainables.metrics, per layer and as their mean
 PURITY = "purity"
 NMI = "nmi"

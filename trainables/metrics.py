@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from trainables import metric_names as names
 from trainables.metric_names import GAPS as _GAPS
 from trainables.metric_names import LAYER_METRIC_NAMES  # noqa: F401 - the names computed here
 
@@ -218,13 +219,13 @@ def layer_metrics(
     """All routing metrics of one MoE layer, keyed by their user-facing names."""
     n_ED = _table(n_ED)
     return {
-        "purity": purity(n_ED),
-        "nmi": nmi(n_ED),
-        "reference_agreement": reference_agreement(n_ED, experts_per_group),
-        "load_entropy": load_entropy(n_ED),
-        "max_vio": max_vio(n_ED),
-        "dead_expert_fraction": dead_expert_fraction(n_ED, dead_threshold),
-        "dropped_fraction": dropped_fraction(dropped, n_ED.sum()),
+        names.PURITY: purity(n_ED),
+        names.NMI: nmi(n_ED),
+        names.REFERENCE_AGREEMENT: reference_agreement(n_ED, experts_per_group),
+        names.LOAD_ENTROPY: load_entropy(n_ED),
+        names.MAX_VIO: max_vio(n_ED),
+        names.DEAD_EXPERT_FRACTION: dead_expert_fraction(n_ED, dead_threshold),
+        names.DROPPED_FRACTION: dropped_fraction(dropped, n_ED.sum()),
     }
 
 

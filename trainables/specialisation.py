@@ -34,6 +34,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from trainables import metric_names as names
 from trainables.metric_names import (  # noqa: F401 - the names these functions report under
     AUXILIARY_METRIC_NAMES, LIFT_METRIC_NAMES, SPECIALISATION_METRIC_NAMES, baseline_names,
 )
@@ -176,12 +177,12 @@ def layer_specialisation(n_XED, n_QE, domain_Q: Sequence[int]) -> dict[str, floa
     shared, coverage = shared_token_purity(n_XED)
     excess, _, null_sd = excess_purity(n_QE, domain_Q, n_XED.shape[2])
     return {
-        "cmi": normalised_cmi(n_XED),
-        "shared_purity": shared,
-        "excess_purity": excess,
-        "nmi_domain": domain_nmi(n_XED.sum(axis=0)),
-        "shared_coverage": coverage,
-        "excess_purity_null_sd": null_sd,
+        names.CMI: normalised_cmi(n_XED),
+        names.SHARED_PURITY: shared,
+        names.EXCESS_PURITY: excess,
+        names.NMI_DOMAIN: domain_nmi(n_XED.sum(axis=0)),
+        names.SHARED_COVERAGE: coverage,
+        names.EXCESS_PURITY_NULL_SD: null_sd,
     }
 
 

@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from trainables import metric_names as names
 from trainables import metrics as routing_metrics_mod
 from trainables.config import TrialConfig
 from trainables.data.loader import MicroBatch, StepSampler, eval_batches
@@ -121,8 +122,8 @@ def evaluate(
         loss_sum.index_add_(0, mb.domains, per_tok.sum(1).double().cpu())
         tok_count.index_add_(0, mb.domains, torch.full((tokens.shape[0],), per_tok.shape[1], dtype=torch.float64))
     per_domain = (loss_sum / tok_count.clamp_min(1)).tolist()
-    out = {f"val_loss/{d}": v for d, v in zip(domains, per_domain)}
-    out["val_loss"] = float(np.mean(per_domain))
+    out = {f"{names.VAL_LOSS}/{d}": v for d, v in zip(domains, per_domain)}
+    out[names.VAL_LOSS] = float(np.mean(per_domain))
     count_table, raw = None, None
     if layers:
         count_table = np.stack([layer.stats.n_ED.numpy() for layer in layers])
@@ -251,19 +252,19 @@ def train(
             val, count_table, raw = evaluate(model, val_batches, cfg, domains, device)
             val.update(baseline_metrics(val, init_metrics))
             elapsed = time.perf_counter() - t0
-            val.update(
-                train_loss=float(np.mean(train_losses)),  # since the previous report
-                lr=lr,
-                step=step + 1,
-                tokens=(step + 1) * tokens_per_step,
-                balance_window_tokens=window,
-                elapsed_s=elapsed,
-                train_s=elapsed - paused_s,
-                tokens_per_s=(step + 1 - start_step) * tokens_per_step / max(elapsed, 1e-9),
-                init_eval_s=init_eval_s,
-            )
+            val.update({
+                names.TRAIN_LOSS: float(np.mean(train_losses)),  # since the previous report
+                names.LR: lr,
+                names.STEP: step + 1,
+                names.TOKENS: (step + 1) * tokens_per_step,
+                names.BALANCE_WINDOW_TOKENS: window,
+                names.ELAPSED_S: elapsed,
+                names.TRAIN_S: elapsed - paused_s,
+                names.TOKENS_PER_S: (step + 1 - start_step) * tokens_per_step / max(elapsed, 1e-9),
+                names.INIT_EVAL_S: init_eval_s,
+            })
             if window_counts > 0:
-                val["global_counts_total"] = window_counts
+                val[names.GLOBAL_COUNTS_TOTAL] = window_counts
             paused_at = time.perf_counter()
             yield Report(step + 1, val, domains, count_table, done,
                          checkpoint_state(step + 1, val, count_table), mix.content_hash, raw)
@@ -391,9 +392,9 @@ def train_main(cfg: TrialConfig, json_out: bool = False, out_dir: str | None = N
         last = report
         m = report.metrics
         print(
-            f"step {report.step}/{cfg.train.steps}  val_loss {m['val_loss']:.4f}  "
-            f"purity {m.get('purity', float('nan')):.3f}  load_entropy "
-            f"{m.get('load_entropy', float('nan')):.3f}  {m['tokens_per_s']:.0f} tok/s",
+            f"step {report.step}/{cfg.train.steps}  val_loss {m[names.VAL_LOSS]:.4f}  "
+            f"purity {m.get(names.PURITY, float('nan')):.3f}  load_entropy "
+            f"{m.get(names.LOAD_ENTROPY, float('nan')):.3f}  {m[names.TOKENS_PER_S]:.0f} tok/s",
             file=sys.stderr, flush=True,
         )
     assert last is not None

@@ -12,6 +12,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from study import naming
 from study.results.records import method_rank, scope_rank
 from study.run.heatmaps import new_figure
 from trainables.config import METHODS
@@ -116,7 +117,7 @@ def pareto_plot(
 def learning_curves(
     curves: Sequence[tuple[str, str, str, Sequence[int], Sequence[float]]],
     *,
-    metric: str = "purity",
+    metric: str = naming.PURITY,
     reference: float | None = None,
     title: str | None = None,
 ) -> Figure:
@@ -170,7 +171,7 @@ def learning_curves(
 def interval_bars(
     bars: Sequence[tuple[str, str, float, float | None, int]],
     *,
-    ylabel: str = "purity",
+    ylabel: str = naming.PURITY,
     reference: float | None = None,
     title: str | None = None,
 ) -> Figure:
@@ -207,7 +208,7 @@ def interval_bars(
 def window_curve(
     series: Mapping[str, Sequence[tuple[int, float, float | None, int]]],
     *,
-    ylabel: str = "purity",
+    ylabel: str = naming.PURITY,
     reference: float | None = None,
     step_sequences: int | None = None,
     title: str | None = None,

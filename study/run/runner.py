@@ -270,8 +270,8 @@ def run_reference(spec: StudySpec, state: dict, available: dict) -> dict[str, fl
     if result.error is not None:
         raise StudyFailed(f"the reference-router trial failed: {result.error}")
     metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    print(f"[{state['name']}] reference: val_loss {metrics.get('val_loss', float('nan')):.4f} "
-          f"purity {metrics.get('purity', float('nan')):.3f}", flush=True)
+    print(f"[{state['name']}] reference: val_loss {metrics.get(naming.VAL_LOSS, float('nan')):.4f} "
+          f"purity {metrics.get(naming.PURITY, float('nan')):.3f}", flush=True)
     return {k: metrics[k] for k in (naming.VAL_LOSS, naming.PURITY, naming.NMI, naming.REFERENCE_AGREEMENT)
             if k in metrics}
 

@@ -42,7 +42,7 @@ TUNE_AUTO_KEYS = {
 }
 
 # keys of a Tune result that are not metrics
-_SKIP_RESULT_KEYS = {"step", "count_table", "domains", "done", "training_iteration", "trial_id", "node_id",
+_SKIP_RESULT_KEYS = {naming.STEP, "count_table", "domains", "done", "training_iteration", "trial_id", "node_id",
                      "mix_hash", "routing_counts"}
 
 
@@ -368,7 +368,7 @@ class StudyTracker(Callback):
         key = self._run_for(trial)
         if trial.trial_id not in self.final:  # Tune updates last_result after this call
             self._log_restored_result(trial, key)
-        step = int(result.get("step", result.get("training_iteration", 0)))
+        step = int(result.get(naming.STEP, result.get("training_iteration", 0)))
         self.queue.put(
             "batch", trial=key, metrics=metric_items(result), ts=int(time.time() * 1000), step=step
         )
@@ -384,7 +384,7 @@ class StudyTracker(Callback):
             self.queue.put("count_table", trial=key, table=table, domains=list(domains))
         if result.get("routing_counts") and domains:
             self.queue.put("routing_counts", trial=key, table=result["routing_counts"], domains=list(domains))
-        stopped_early = int(result.get("step", 0)) < int(trial.config.get("train.steps", 0))
+        stopped_early = int(result.get(naming.STEP, 0)) < int(trial.config.get("train.steps", 0))
         self.queue.put(
             "batch", trial=key, metrics={}, ts=0, step=0,
             tags={naming.TAG_STOPPED_EARLY: str(stopped_early).lower(), **_result_tags(result)},
@@ -430,9 +430,9 @@ class StudyTracker(Callback):
         """
         restored = trial.last_result or {}
         metrics = metric_items(restored)
-        if metrics and "step" in restored:  # skipped on delivery if the run has that step
+        if metrics and naming.STEP in restored:  # skipped on delivery if the run has that step
             self.queue.put("batch", trial=key, metrics=metrics, ts=int(time.time() * 1000),
-                           step=int(restored["step"]))
+                           step=int(restored[naming.STEP]))
         return restored
 
     def _deliver_before_returning(self, handle: dict) -> None:

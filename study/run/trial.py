@@ -52,6 +52,7 @@ import torch.distributed as dist
 from ray import tune
 from ray.train.torch import TorchConfig, TorchTrainer
 
+from study import naming
 from study.run.trial_context import TrialContext, split_tune_config
 from trainables.config import TrialConfig
 from trainables.metrics import gaps
@@ -220,7 +221,7 @@ def train_worker(config: dict) -> None:
         state = gather_rank_states(report.state(), group)  # collective: every rank takes part
         if rank != 0:
             # Train waits for every worker's report; the models are identical, rank 0 speaks
-            ray.train.report({"step": report.step})
+            ray.train.report({naming.STEP: report.step})
             continue
         with tempfile.TemporaryDirectory() as d:
             save_trial_state(state, d)
