@@ -78,3 +78,43 @@ GAPS = (
     (GAP_REFERENCE_AGREEMENT, REFERENCE_AGREEMENT, -1),
 )
 GAP_METRIC_NAMES = tuple(gap for gap, _, _ in GAPS)
+
+
+DEFINITIONS = {
+    VAL_LOSS: "mean next-byte cross-entropy (nats) over the domains' evaluation text",
+    PURITY: "share of routed slots that went to their expert's majority domain (reference 1)",
+    NMI: "mutual information of expert and domain over sqrt(H(expert) H(domain))",
+    REFERENCE_AGREEMENT: "share of slots inside their domain's reference expert group, after "
+                         "matching experts to groups optimally (reference 1)",
+    LOAD_ENTROPY: "entropy of the experts' load over log E (1: every expert equally used)",
+    MAX_VIO: "(largest expert load - 1/E) / (1/E) (0: perfectly balanced)",
+    DEAD_EXPERT_FRACTION: "share of experts with less than a tenth of an even load",
+    DROPPED_FRACTION: "share of the router's chosen slots dropped by expert capacity",
+    CMI: "domain information in the routing beyond the current byte, I(E; D | byte), "
+         "bias-corrected and normalised (reference 1, a router that sees only the byte ~0)",
+    SHARED_PURITY: "purity over the slots of byte values no domain owns (context, not the byte)",
+    EXCESS_PURITY: "per-sequence purity minus its mean under shuffled domain labels (chance removed)",
+    NMI_DOMAIN: "I(expert; domain) / H(domain) (reference 1)",
+    GAP_LOSS: "val_loss minus the reference router's (lower is better)",
+    GAP_PURITY: "the reference router's purity minus this run's (lower is better)",
+    TOKENS_PER_S: "training tokens per second of the trial",
+    TRAIN_S: "seconds the trial trained (reporting and checkpoints excluded)",
+}
+"""One line per metric, for reports and tables; ``docs/design.md`` ("Metrics") has the formulas.
+Derived names are defined by their parts: ``<name>_init`` is the untrained router's value (same
+seed, same evaluation set), ``<name>_lift`` the final value minus it, ``<name>/layer<i>`` the
+value of MoE layer i (from 0), the plain name the mean over layers."""
+
+
+def definition(name: str) -> str:
+    """One line defining ``name``, derived names included (``cmi_lift/layer1``)."""
+    base, _, layer = name.partition("/")
+    where = f"; MoE layer {layer.removeprefix('layer')}" if layer else ""
+    for suffix, what in ((LIFT_SUFFIX, "what training added to {}: the final value minus the "
+                                       "same trial's untrained (step-0) value"),
+                         (INIT_SUFFIX, "{} of the untrained (step-0) router")):
+        if base.endswith(suffix) and base[: -len(suffix)] in DEFINITIONS:
+            return what.format(f"`{base[: -len(suffix)]}`") + where
+    if base in DEFINITIONS:
+        return DEFINITIONS[base] + where
+    return ""

@@ -23,7 +23,8 @@ HEATMAPS_FILE = "heatmaps_layer{layer}.png"
 """One file per MoE layer: expert numbers mean nothing across layers, so layers are not summed."""
 MAX_HEATMAP_LAYERS = 8
 CURVES_FILE = "learning_curves.png"
-BARS_FILE = "purity_bars.png"
+BARS_FILE = "cell_bars.png"
+"""Mean of the ranking metric (the study objective, else purity) per cell, with intervals."""
 WINDOW_FILE = "balance_window.png"
 FIGURE_FILES = (PARETO_FILE, CURVES_FILE, BARS_FILE, WINDOW_FILE)
 """The figures every report tries to draw, besides the heatmaps."""
@@ -150,7 +151,11 @@ def _cell_labeller(runs: Sequence[RunRecord], sep: str):
     return label
 
 
-def bars_figure(ranked: Sequence[RunRecord], reference: RunRecord | None, path: Path) -> tuple[str, str]:
+def bars_figure(ranked: Sequence[RunRecord], reference: RunRecord | None, path: Path,
+                metric: str = naming.PURITY) -> tuple[str, str]:
+    """Mean ``metric`` (the study's objective) per cell with its interval. The reference line
+    is drawn only where it leaves the cells' differences readable (purity 1 against cells near
+    0.3 would squash them): otherwise its value goes into the caption."""
     from study.results.plots import interval_bars
     from study.run.heatmaps import save_figure
 
@@ -158,15 +163,24 @@ def bars_figure(ranked: Sequence[RunRecord], reference: RunRecord | None, path: 
     label = _cell_labeller(ranked, sep="\n")
     bars = []
     for key, members in cells.items():
-        est = mean_ci(r.metric(naming.PURITY) for r in members)
+        est = mean_ci(r.metric(metric) for r in members)
         if est is not None:
             bars.append((label(key), key.method, est.mean, est.half_width, est.n))
     if not bars:
-        return "", "no trial logged purity"
-    ref = reference.metric(naming.PURITY) if reference is not None else None
-    save_figure(interval_bars(bars, ylabel=naming.PURITY, reference=ref), path)
-    return ("Mean `purity` per cell with its 95% confidence interval over seeds (no bar for n=1); "
-            "dashed: the reference router."), ""
+        return "", f"no trial logged {metric}"
+    ref = reference.metric(metric) if reference is not None else math.nan
+    highest = max(abs(mean) + (hw or 0.0) for _, _, mean, hw, _ in bars)
+    drawn = math.isfinite(ref) and abs(ref) <= REFERENCE_LINE_REACH * highest
+    save_figure(interval_bars(bars, ylabel=metric, reference=ref if drawn else None), path)
+    note = ("dashed: the reference router." if drawn else
+            f"the reference router's `{metric}` is {ref:.3f}, off this axis so that the cells' "
+            "differences stay visible." if math.isfinite(ref) else "")
+    return (f"Mean `{metric}` per cell with its 95% confidence interval over seeds (no bar for "
+            f"n=1); {note}").rstrip("; "), ""
+
+
+REFERENCE_LINE_REACH = 1.5
+"""The reference line is drawn when it is at most this many times the tallest bar."""
 
 
 def window_series(ranked: Sequence[RunRecord], metric: str = naming.PURITY

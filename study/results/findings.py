@@ -29,6 +29,7 @@ import numpy as np
 from scipy import stats
 
 from study import naming
+from trainables.metric_names import GAPS
 from study.results.paired_stats import holm, paired_difference, tost_paired, two_way_effects
 from study.results.records import RunRecord
 from study.results.stats import CellKey, Estimate, capacity_label, difference_ci, group_cells, layer_count, mean_ci
@@ -42,14 +43,19 @@ DEFAULT_EQUIVALENCE_MARGIN = 0.01
 FINDING_METRICS = (naming.PURITY, naming.lift_of(naming.PURITY), naming.CMI, naming.lift_of(naming.CMI))
 
 
-def finding_metrics(trials: Sequence[RunRecord]) -> tuple[str, ...]:
-    """FINDING_METRICS, plus the last layer's ``cmi_lift`` when the model has several layers: the
+def finding_metrics(trials: Sequence[RunRecord], objective: str = "") -> tuple[str, ...]:
+    """FINDING_METRICS, plus the last layer's ``cmi_lift`` when the model has several layers (the
     first layer's router sees mostly the current byte, so the mean over layers can hide what the
-    last layer learned (docs/calibration.md finds the learned routing there)."""
+    last layer learned: docs/calibration.md finds the learned routing there), plus the study's
+    ``objective`` when the trials report it (a gap is judged on its metric, which ranks alike)."""
     n_layers = layer_count(trials)
-    if n_layers < 2:
-        return FINDING_METRICS
-    return (*FINDING_METRICS, naming.per_layer(naming.lift_of(naming.CMI), n_layers - 1))
+    out = list(FINDING_METRICS)
+    if n_layers >= 2:
+        out.append(naming.per_layer(naming.lift_of(naming.CMI), n_layers - 1))
+    judged = next((metric for gap, metric, _ in GAPS if gap == objective), objective)
+    if judged and judged not in out and any(np.isfinite(t.metric(judged)) for t in trials):
+        out.append(judged)
+    return tuple(out)
 
 
 SCOPE_PAIRS = (("global_batch", "micro_batch"), ("micro_batch", "sequence"))

@@ -134,6 +134,10 @@ class StudyRuns:
     """``report.equivalence_margin`` of the newest study spec (the spec's default without one)."""
     objective: str = ""
     """The newest study spec's (first) objective metric; empty without a spec."""
+    constraints: dict = field(default_factory=dict)
+    """The newest study spec's objective constraints (``{metric: {min/max: bound}}``)."""
+    cpus_per_trial: float | None = None
+    """CPUs one trial held (all its workers), from the newest study spec; None without one."""
 
     @property
     def reference(self) -> RunRecord | None:
@@ -210,6 +214,8 @@ def load_study_runs(client: Any, experiment: str, tracking_uri: str) -> StudyRun
     if spec is not None:
         study.equivalence_margin = spec.report.equivalence_margin
         study.objective = spec.objective.metrics[0]
+        study.constraints = dict(spec.objective.constraints)
+        study.cpus_per_trial = spec.resources.per_trial()["CPU"]
     return study
 
 

@@ -35,6 +35,8 @@ from study.results.figures import (
 )
 from study.results.findings import Finding, finding_metrics, findings
 from study.results.stats import Estimate, capacity_label, cell_estimates, group_cells, layer_count, varying_params
+from study.results.verdict import ranked_cells, verdict_markdown
+from trainables.metric_names import definition
 
 REPORT_FILE = "report.md"
 
@@ -110,24 +112,41 @@ def write_report(
         PARETO_FILE: pareto_figure(ranked, out / PARETO_FILE),
         **heatmap_figures(client, runs.reference, ranked, by, out),
         CURVES_FILE: curves_figure(client, independent, runs.reference, history_cap, out / CURVES_FILE),
-        BARS_FILE: bars_figure(independent, runs.reference, out / BARS_FILE),
+        BARS_FILE: bars_figure(independent, runs.reference, out / BARS_FILE, by),
         WINDOW_FILE: window_figure(independent, out / WINDOW_FILE),
     }
+    judged = finding_metrics(independent, runs.objective)
+    items = findings(independent, runs.reference, judged, margin=runs.equivalence_margin)
+    best_cell = ranked_cells(independent, by, ascending)[:1]
+    histories = _histories(client, best_cell[0][2] if best_cell else [], by)
     sections = [
         header_markdown(runs, uri),
-        leaderboard_markdown(ranked, runs.reference, by, ascending, top, ranked_note),
+        verdict_markdown(independent, runs.reference, items, by, ascending, histories),
+        leaderboard_markdown(ranked, runs.reference, by, ascending, top, ranked_note,
+                             constraints=runs.constraints, cpus_per_trial=runs.cpus_per_trial),
         cell_table_markdown(independent, repeats),
         per_layer_markdown(independent),
         figures_markdown(figures),
-        findings_markdown(findings(independent, runs.reference, finding_metrics(independent),
-                                   margin=runs.equivalence_margin),
-                          runs.equivalence_margin),
+        findings_markdown(items, runs.equivalence_margin, judged),
         *(compare_markdown(runs, other, metric) for other in others for metric in compare_metrics(runs)),
         failures_markdown(runs.trials),
+        metrics_markdown([by, *LEADERBOARD_METRICS, *TABLE_METRICS, *LAYER_TABLE_METRICS,
+                          *judged]),
     ]
     path = out / REPORT_FILE
     path.write_text("\n\n".join(s for s in sections if s).rstrip() + "\n")
     return path
+
+
+def _histories(client, runs: Sequence[RunRecord], metric: str) -> dict[str, list[tuple[int, float]]]:
+    """(step, value) of ``metric`` per run: the learning curve the verdict reads."""
+    out = {}
+    for run in runs:
+        try:
+            out[run.run_id] = [(m.step, m.value) for m in client.get_metric_history(run.run_id, metric)]
+        except Exception:  # noqa: BLE001 - a curve the store cannot give: the verdict goes without
+            out[run.run_id] = []
+    return out
 
 
 # -- which trials are compared ----------------------------------------------------------------
@@ -244,17 +263,24 @@ def _without_credentials(uri: str) -> str:
 
 
 def leaderboard_markdown(ranked: Sequence[RunRecord], reference: RunRecord | None, by: str,
-                         ascending: bool, top: int, note: str) -> str:
-    header = ["#", "run", "method", "scope", "capacity", "domains/micro-batch", "seed",
-              *LEADERBOARD_METRICS]
+                         ascending: bool, top: int, note: str, *, constraints: dict | None = None,
+                         cpus_per_trial: float | None = None) -> str:
+    metrics = [m for m in dict.fromkeys([by, *LEADERBOARD_METRICS])]
+    header = ["#", "run", "method", "scope", "capacity", "domains/micro-batch", "seed", *metrics,
+              "train s", "CPU s"] + (["constraints"] if constraints else [])
     rows = []
     if reference is not None:
         rows.append(["ref", f"**{reference.name} (reference, upper bound)**", "reference", "–",
                      "–", reference.domains_per_micro_batch, reference.seed,
-                     *[_num(_reference_value(reference, m)) for m in LEADERBOARD_METRICS]])
+                     *[_num(_reference_value(reference, m)) for m in metrics],
+                     *_cost_cells(reference, cpus_per_trial)] + (["–"] if constraints else []))
     for i, r in enumerate(ranked[:top], start=1):
         rows.append([str(i), r.name, r.method, r.scope, capacity_label(r.capacity),
-                     r.domains_per_micro_batch, r.seed, *[_metric_cell(r, m) for m in LEADERBOARD_METRICS]])
+                     r.domains_per_micro_batch, r.seed, *[_metric_cell(r, m) for m in metrics],
+                     *_cost_cells(r, cpus_per_trial)]
+                    + ([constraint_cell(r, constraints)] if constraints else []))
+    header, rows, same = drop_constant_columns(header, rows, SETTING_COLUMNS, skip_rows=1 if reference else 0)
+    header, rows = drop_empty_columns(header, rows, metrics, skip_rows=1 if reference else 0)
     order = "ascending" if ascending else "descending"
     why = {naming.GAP_PURITY: "", naming.PURITY: " (no trial has `gap_purity`: no reference run)"}.get(
         by, " (the study's objective)")
@@ -263,13 +289,75 @@ def leaderboard_markdown(ranked: Sequence[RunRecord], reference: RunRecord | Non
         "",
         f"Top {min(top, len(ranked))} of {len(ranked)} trials by `{by}` ({order}){why}. {note} "
         "The reference row on top is the reference router: each domain sent to its own experts, "
-        "the upper bound of purity; it is not a trial and is not ranked.",
+        "the upper bound of purity; it is not a trial and is not ranked. *train s*: seconds the "
+        "trial trained; *CPU s*: its wall seconds times the CPUs it held"
+        + (f"; *constraints*: the spec's objective constraints "
+           f"({', '.join(f'`{m}` {_bound_text(b)}' for m, b in constraints.items())}) at the last step"
+           if constraints else "") + ".",
         "",
         _table(header, rows),
     ]
+    if same:
+        parts += ["", "The same in every trial: " + "; ".join(same) + "."]
     if any(r.method == EXPERT_CHOICE for r in ranked[:top]):
         parts += ["", EC_NOTE]
     return "\n".join(parts)
+
+
+SETTING_COLUMNS = ("capacity", "domains/micro-batch", "seed", "constraints")
+"""Columns left out of a table when every trial has the same value (named under the table)."""
+
+
+def drop_constant_columns(header: Sequence[str], rows: Sequence[Sequence[str]], droppable: Sequence[str],
+                          skip_rows: int = 0) -> tuple[list[str], list[list[str]], list[str]]:
+    """Leave out the ``droppable`` columns whose value is the same in every row (from
+    ``skip_rows`` on: the reference row does not count); return what was left out as
+    ``column value`` texts."""
+    body = rows[skip_rows:]
+    drop = [i for i, name in enumerate(header)
+            if name in droppable and body and len({row[i] for row in body}) == 1]
+    same = [f"{header[i]} {body[0][i]}" for i in drop]
+    keep = [i for i in range(len(header)) if i not in drop]
+    return [header[i] for i in keep], [[row[i] for i in keep] for row in rows], same
+
+
+def drop_empty_columns(header: Sequence[str], rows: Sequence[Sequence[str]], droppable: Sequence[str],
+                       skip_rows: int = 0) -> tuple[list[str], list[list[str]]]:
+    """Leave out the ``droppable`` columns no trial row has a value in (metrics the runs did not
+    log, e.g. a study from before the metric existed)."""
+    body = rows[skip_rows:]
+    keep = [i for i, name in enumerate(header)
+            if name not in droppable or not body or any(row[i] != "–" for row in body)]
+    return [header[i] for i in keep], [[row[i] for i in keep] for row in rows]
+
+
+def _cost_cells(run: RunRecord, cpus_per_trial: float | None) -> list[str]:
+    train_s, elapsed = run.metric(naming.TRAIN_S), run.metric(naming.ELAPSED_S)
+    cpu_s = elapsed * cpus_per_trial if cpus_per_trial and math.isfinite(elapsed) else math.nan
+    return [_whole(train_s), _whole(cpu_s)]
+
+
+def _whole(v: float) -> str:
+    return "–" if not math.isfinite(v) else f"{v:.0f}"
+
+
+def _bound_text(bound: dict) -> str:
+    return " and ".join(f">= {bound['min']:g}" if k == "min" else f"<= {bound['max']:g}"
+                        for k in bound if k in ("min", "max"))
+
+
+def constraint_cell(run: RunRecord, constraints: dict) -> str:
+    """``met``, or which constraint the run's final metrics miss and by how much."""
+    missed = []
+    for metric, bound in constraints.items():
+        value = run.metric(metric)
+        if not math.isfinite(value):
+            continue
+        if "min" in bound and value < bound["min"]:
+            missed.append(f"`{metric}` {value:.3f} < {bound['min']:g}")
+        if "max" in bound and value > bound["max"]:
+            missed.append(f"`{metric}` {value:.3f} > {bound['max']:g}")
+    return "missed: " + ", ".join(missed) if missed else "met"
 
 
 def _reference_value(reference: RunRecord, metric: str) -> float:
@@ -387,13 +475,13 @@ def figures_markdown(figures: dict[str, tuple[str, str]]) -> str:
     return "\n".join(parts)
 
 
-def findings_markdown(items: Sequence[Finding], margin: float) -> str:
+def findings_markdown(items: Sequence[Finding], margin: float, metrics: Sequence[str] = ()) -> str:
+    judged = ", ".join(f"`{m}`" for m in metrics) or f"`{naming.PURITY}`"
     parts = [
         "## Findings",
         "",
-        f"Computed from the full-length trials, for `{naming.PURITY}`, `{PURITY_LIFT}`, "
-        f"`{naming.CMI}` and `{CMI_LIFT}` (and the last layer's `{CMI_LIFT}`) where the runs have "
-        "them: raw purity includes what the untrained router already had, the lift is what "
+        f"Computed from the full-length trials, for {judged} where the runs have "
+        "them (the last layer's and the study objective's included): raw purity includes what the untrained router already had, the lift is what "
         "training added to it, and `cmi` is the part of domain routing the current byte does not "
         "explain. Arms share seeds (same "
         "initialisation and data), so differences are paired by seed (mean and 95% t-interval of "
@@ -466,6 +554,17 @@ def verdict_tally(items: Sequence[Finding]) -> dict[str, dict[str, int]]:
         counts = tally.setdefault(f"{f.topic}, {f.metric}", {})
         counts[verdict] = counts.get(verdict, 0) + 1
     return tally
+
+
+def metrics_markdown(shown: Sequence[str]) -> str:
+    """One line defining each metric the report shows."""
+    lines = [f"- `{m}`: {definition(m)}" for m in dict.fromkeys(shown) if definition(m)]
+    if not lines:
+        return ""
+    return "\n".join(["## Metrics in this report", "",
+                      "One line each; the formulas, and the literature they come from, are in the "
+                      "moe-routing-study repository's `docs/design.md` (section Metrics) and "
+                      "`docs/metrics.md`.", "", *lines])
 
 
 def failures_markdown(trials: Sequence[RunRecord], limit: int = 10) -> str:

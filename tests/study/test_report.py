@@ -265,7 +265,8 @@ def test_leaderboard_ranks_full_length_trials_by_gap_purity_under_the_reference(
     board = section(md, "Leaderboard")
     rows = table_rows(board)
     assert rows[0][0] == "ref" and "reference, upper bound" in rows[0][1]
-    assert rows[0][-2:] == ["0.000", "0.000"]  # the reference's own gaps
+    head = [c.strip() for c in board.splitlines()[4].strip("|").split("|")]
+    assert [rows[0][head.index(g)] for g in ("gap_loss", "gap_purity")] == ["0.000", "0.000"]  # its own gaps
     expected = [name for name, p in sorted(full_length_trials(), key=lambda t: (REF_PURITY - t[1], t[0]))]
     assert [r[1] for r in rows[1:]] == expected[:20]
     assert "trial-stopped" not in board and "trial-failed" not in board
@@ -526,7 +527,7 @@ def test_without_reference_trials_rank_by_purity(store, tmp_path):
     assert "by `purity` (descending)" in board
     assert [r[1] for r in table_rows(board)] == ["t1", "t2", "t0"]
     assert "pareto.png not drawn" in md and not (path.parent / "pareto.png").exists()
-    assert (path.parent / "purity_bars.png").stat().st_size > 1000
+    assert (path.parent / "cell_bars.png").stat().st_size > 1000
 
 
 def test_report_data_loads_without_ray():
@@ -698,3 +699,71 @@ def test_report_says_which_step_composition_and_domains_a_study_used(store, tmp_
     assert "- domains (`data.domains`): ['english', 'german', 'spanish', 'python', 'c', 'json']" in md
     old = write_report("paper_like", out_dir=tmp_path / "old", tracking_uri=store.uri).read_text()
     assert "`independent (not logged)`" in old
+
+
+def test_report_opens_with_a_verdict_and_shows_cost_constraints_and_definitions(store, tmp_path):
+    """The verdict names the best cell with its interval, the paired scope comparison on the
+    objective, and its learning curve; the leaderboard shows time, CPU seconds (wall x the
+    spec's CPUs per trial) and whether each trial met the constraints; settings that never vary
+    leave the table; every metric shown is defined."""
+    from mlflow.entities import Metric
+
+    from study.spec import spec_from_dict
+
+    objective = "cmi_lift/layer1"
+    spec = spec_from_dict({"name": "verdict", "search": {"train.seed": {"choice": [0, 1, 2]},
+                                                         "router.scope": {"choice": ["micro_batch", "global_batch"]}},
+                           "objective": {"metric": objective, "constraints": {"load_entropy": {"min": 0.905}}},
+                           "sampler": {"type": "grid"}, "resources": {"cpu": 2}})
+    exp, parent = store.experiment("verdict", spec_yaml=spec.to_yaml())
+    lifts = {"global_batch": [0.08, 0.07, 0.09], "micro_batch": [0.02, 0.03, 0.01]}
+    for scope, values in lifts.items():
+        for seed, lift in enumerate(values):
+            metrics = {**trial_metrics("lbl", 0.5, seed, 0), objective: lift,
+                       "train_s": 60.0 + seed, "elapsed_s": 70.0 + seed}
+            run_id = store.run(exp, parent, f"v-{scope}-{seed}", naming.ROLE_TRIAL,
+                               trial_params("lbl", scope, 0, seed), metrics)
+            # the objective's curve: half at step 10, all of it at 20 and at the last step
+            store.client.log_batch(run_id, metrics=[Metric(objective, lift * f, 0, step) for step, f in
+                                                    ((10, 0.5), (20, 1.0))])
+    md = write_report("verdict", out_dir=tmp_path, tracking_uri=store.uri).read_text()
+    verdict = section(md, "Verdict")
+    best = stats.t.ppf(0.975, 2) * stats.sem(lifts["global_batch"])
+    assert f"`lbl` at `global_batch`, +0.080 ± {best:.3f} (n=3)" in verdict
+    diffs = [g - m for g, m in zip(lifts["global_batch"], lifts["micro_batch"])]  # 0.06 each
+    assert f"difference {sum(diffs) / 3:+.3f}" in verdict and "**holds**" in verdict
+    assert "its interval lies above 0: training added" in verdict
+    assert f"rose, flat at the end, from +0.040 at step 10 to +0.080 at step {STEPS}" in verdict
+
+    board = section(md, "Leaderboard")
+    head = [c.strip() for c in board.splitlines()[4].strip("|").split("|")]
+    rows = {r[1]: r for r in table_rows(board)}
+    seed2 = rows["v-global_batch-2"]
+    assert seed2[head.index("train s")] == "62" and seed2[head.index("CPU s")] == "144"  # 72 s x 2 CPUs
+    assert rows["v-global_batch-0"][head.index("constraints")] == "missed: `load_entropy` 0.900 < 0.905"
+    assert seed2[head.index("constraints")] == "met"  # load_entropy 0.92
+    assert "capacity" not in head and "The same in every trial: capacity dropless" in board
+    assert "purity_lift" not in head  # no trial logged it: no empty column
+
+    defined = section(md, "Metrics in this report")
+    assert f"- `{objective}`: what training added to `cmi`" in defined and "MoE layer 1" in defined
+    assert "- `load_entropy`: " in defined
+
+
+def test_cell_bars_leave_out_a_reference_that_would_squash_the_differences(tmp_path):
+    from study.results.figures import bars_figure
+    from study.results.records import RunRecord
+
+    def run(name, scope, seed, purity, role="trial"):
+        return RunRecord(run_id=name, name=name, role=role, status="FINISHED", parent_id=None,
+                         params={"router.method": "lbl", "router.scope": scope, "train.seed": str(seed)},
+                         metrics={"purity": purity})
+
+    trials = [run(f"{s}{k}", s, k, p + 0.01 * k) for s, p in (("micro_batch", 0.2), ("global_batch", 0.3))
+              for k in range(3)]
+    caption, _ = bars_figure(trials, run("ref", "", 0, 1.0, "reference"), tmp_path / "a.png")
+    assert "reference router's `purity` is 1.000, off this axis" in caption  # 1.0 > 1.5 x 0.32
+    caption, _ = bars_figure(trials, run("ref", "", 0, 0.4, "reference"), tmp_path / "b.png")
+    assert "dashed: the reference router" in caption
+    caption, missing = bars_figure(trials, None, tmp_path / "c.png", metric="cmi_lift")
+    assert caption == "" and missing == "no trial logged cmi_lift"

@@ -1,0 +1,147 @@
+"""The report's opening verdict: which setting is best, by how much, whether the difference is
+real and what the learning curves say, in four lines computed from the tables and findings.
+
+It claims nothing the findings do not: "real" is a finding's verdict (paired over seeds,
+Holm-adjusted), and a best cell with a single run is called best only "as measured".
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+from study import naming
+from study.results.findings import DOES_NOT_HOLD, HOLDS, Finding
+from study.results.records import RunRecord
+from trainables.metric_names import GAPS
+from study.results.stats import CellKey, Estimate, capacity_label, group_cells, mean_ci
+
+History = Mapping[str, Sequence[tuple[int, float]]]
+"""(step, value) points of the ranking metric per run id."""
+FLAT_SHARE = 0.1
+"""The curve is "flat" at the end when its last interval moved it by less than this share of
+its whole change from the first evaluation."""
+
+
+def cell_name(key: CellKey) -> str:
+    extra = f" (capacity {capacity_label(key.capacity)})" if key.capacity else ""
+    return f"`{key.method}` at `{key.scope}`{extra}"
+
+
+def ranked_cells(trials: Sequence[RunRecord], by: str, ascending: bool
+                 ) -> list[tuple[CellKey, Estimate, list[RunRecord]]]:
+    """Cells with an estimate of ``by``, best first."""
+    out = []
+    for key, members in group_cells(trials).items():
+        est = mean_ci(r.metric(by) for r in members)
+        if est is not None:
+            out.append((key, est, members))
+    out.sort(key=lambda c: c[1].mean if ascending else -c[1].mean)
+    return out
+
+
+def _estimate_text(e: Estimate) -> str:
+    if e.half_width is None:
+        return f"{e.mean:+.3f} (one run)"
+    return f"{e.mean:+.3f} ± {e.half_width:.3f} (n={e.n})"
+
+
+def best_line(cells, by: str) -> str:
+    key, est, _ = cells[0]
+    line = f"- **Best setting** by `{by}`: {cell_name(key)}, {_estimate_text(est)}"
+    if len(cells) > 1:
+        next_key, next_est, _ = cells[1]
+        line += (f"; next {cell_name(next_key)}, {_estimate_text(next_est)}; "
+                 f"{len(cells)} settings in all")
+    return line + "."
+
+
+def finding_metric(by: str) -> str:
+    """The metric whose findings judge a ranking by ``by``: a gap to the reference ranks exactly
+    as its metric does (the reference value is one constant)."""
+    return next((metric for gap, metric, _ in GAPS if gap == by), by)
+
+
+def real_line(items: Sequence[Finding], by: str) -> str:
+    """Whether the differences on the ranking metric are shown, from the findings on it."""
+    judged = finding_metric(by)
+    on_metric = [f for f in items if f.metric == judged and f.comparison is not None]
+    name = f"`{judged}`" + (f" (which `{by}` ranks by)" if judged != by else "")
+    if not on_metric:
+        return (f"- **Is it real?** No comparison on {name} could be made (it needs one method at two "
+                "scopes, or capacity twins, over shared seeds): the ranking above is as measured.")
+    called = [f for f in on_metric if f.verdict.startswith((HOLDS, DOES_NOT_HOLD))]
+    counts = (f"holds {sum(f.verdict.startswith(HOLDS) for f in on_metric)}, "
+              f"does not hold {sum(f.verdict.startswith(DOES_NOT_HOLD) for f in on_metric)}, "
+              f"not shown {len(on_metric) - len(called)}")
+    strongest = min(called or on_metric, key=_adjusted_p)
+    e = strongest.comparison.estimate
+    interval = f"[{e.low:+.3f}, {e.high:+.3f}]" if e.half_width is not None else "(no interval)"
+    p = _adjusted_p(strongest)
+    p_text = f", Holm p = {p:.2g}" if math.isfinite(p) else ""
+    context = f" ({strongest.context})" if strongest.context else ""
+    return (f"- **Is it real?** Of {len(on_metric)} comparisons on {name}: {counts}. Clearest: "
+            f"{strongest.topic}{context}, difference {e.mean:+.3f} {interval}{p_text}: "
+            f"**{strongest.verdict}**.")
+
+
+def _adjusted_p(f: Finding) -> float:
+    shown = [p for p in f.p_adjusted if p is not None]
+    return shown[0] if shown else math.inf
+
+
+def baseline_line(cells, by: str, reference: RunRecord | None) -> str:
+    """The best cell against its baselines: its own untrained router (the lift) and the
+    reference router (the upper bound)."""
+    key, est, members = cells[0]
+    parts = []
+    if naming.LIFT_SUFFIX in by:
+        if est.half_width is None:
+            parts.append(f"one run, so whether training added to `{by.replace(naming.LIFT_SUFFIX, '')}` "
+                         "is not shown")
+        elif est.low > 0:
+            parts.append("its interval lies above 0: training added what the untrained router lacked")
+        else:
+            parts.append("its interval reaches 0: training is not shown to have added anything")
+    purity = mean_ci(r.metric(naming.PURITY) for r in members)
+    if reference is not None and purity is not None and math.isfinite(reference.metric(naming.PURITY)):
+        parts.append(f"purity {purity.mean:.3f} against the reference router's "
+                     f"{reference.metric(naming.PURITY):.3f} (each domain on its own experts)")
+    if not parts:
+        return ""
+    return f"- **Against its baselines**, {cell_name(key)}: " + "; ".join(parts) + "."
+
+
+def curve_line(cells, by: str, histories: History) -> str:
+    """What the best cell's learning curve of ``by`` did: rose, fell, still moving at the end."""
+    key, _, members = cells[0]
+    by_step: dict[int, list[float]] = {}
+    for run in members:
+        for step, value in histories.get(run.run_id, ()):
+            if math.isfinite(value):
+                by_step.setdefault(int(step), []).append(value)
+    steps = sorted(s for s in by_step if s > 0)
+    if len(steps) < 2:
+        return ""
+    mean = {s: sum(by_step[s]) / len(by_step[s]) for s in steps}
+    first, before_last, last = mean[steps[0]], mean[steps[-2]], mean[steps[-1]]
+    whole, end = last - first, last - before_last
+    if abs(whole) < 1e-12:
+        shape = "did not move"
+    else:
+        shape = "rose" if whole > 0 else "fell"
+        moving = abs(end) >= FLAT_SHARE * abs(whole)
+        shape += (f", still moving at the end ({end:+.3f} over the last {steps[-1] - steps[-2]} steps): "
+                  "more steps may change the ranking") if moving else ", flat at the end"
+    return (f"- **Learning curve** of {cell_name(key)}: `{by}` {shape}, from {first:+.3f} at step "
+            f"{steps[0]} to {last:+.3f} at step {steps[-1]} (mean over its runs).")
+
+
+def verdict_markdown(trials: Sequence[RunRecord], reference: RunRecord | None, items: Sequence[Finding],
+                     by: str, ascending: bool, histories: History) -> str:
+    cells = ranked_cells(trials, by, ascending)
+    if not cells:
+        return ""
+    lines = [best_line(cells, by), real_line(items, by), baseline_line(cells, by, reference),
+             curve_line(cells, by, histories)]
+    return "\n".join(["## Verdict", "", *(line for line in lines if line)])
