@@ -89,3 +89,11 @@ def test_every_router_uses_the_scope_object():
     cfg = tiny_config(**{"router.method": "lbl", "router.scope": "window", "router.balance_window": 2})
     router = ROUTERS["lbl"](cfg)
     assert router.scope is SCOPES["window"] and router.window_sequences == 2
+
+
+def test_the_router_registry_and_the_config_vocabulary_name_the_same_methods():
+    """config.METHODS (torch-free, for validation) and routers.ROUTERS (the classes) must agree:
+    a method added to one only would validate and then fail to build, or never validate."""
+    from trainables.config import METHODS
+
+    assert tuple(ROUTERS) == METHODS
