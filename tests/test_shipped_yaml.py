@@ -45,6 +45,15 @@ def test_trial_counts_in_comments_are_true(path):
         assert int(claimed[-1]) == load_spec(path).num_trials
 
 
+def test_the_spec_docs_table_states_each_specs_trial_count():
+    """docs/spec.md's table of shipped specs says how many trials each runs: it must be true."""
+    table = (REPO / "docs" / "spec.md").read_text()
+    stated = dict(re.findall(r"^\| `(\w+)\.yaml` \|.*\| (\d+) trials", table, flags=re.M))
+    assert set(stated) == {p.stem for p in SPECS}  # every shipped spec is in the table
+    for name, count in stated.items():
+        assert load_spec(REPO / "search_spaces" / f"{name}.yaml").num_trials == int(count), name
+
+
 def test_grid_specs_cover_the_paper_axes():
     small = load_spec(REPO / "search_spaces" / "paper_small.yaml")
     points = grid_points(small)
