@@ -20,7 +20,7 @@ import yaml
 from trainables.config import TrialConfig, flatten
 from trainables.errors import ConfigError
 from study.spec.checks import check_spec
-from study.spec.overrides import apply_overrides
+from study.spec.overrides import apply_overrides, overridden_paths
 from study.spec.parse import Problems, parse_spec
 from study.spec.types import (
     BudgetSpec, Objective, ReferenceSpec, ResourceSpec, SamplerSpec, SchedulerSpec, SearchParam,
@@ -44,8 +44,24 @@ def load_spec(path: str | Path, cluster_resources: Mapping[str, float] | None = 
     """
     path = Path(path)
     raw = read_yaml(path, what="study spec")
-    raw = apply_overrides(raw, [parse_set(s) for s in sets])
-    return spec_from_dict(raw, default_name=path.stem, source=str(path), cluster_resources=cluster_resources)
+    assignments = list(sets)
+    parsed = [parse_set(s) for s in assignments]
+    raw = apply_overrides(raw, parsed)
+    try:
+        return spec_from_dict(raw, default_name=path.stem, source=str(path), cluster_resources=cluster_resources)
+    except ConfigError as err:
+        raise ConfigError(_blame_overrides(err.problems, str(path), zip(assignments, parsed))) from None
+
+
+def _blame_overrides(problems: Iterable[str], source: str, overrides) -> list[str]:
+    """A problem in a key that ``--set`` gave is the ``--set``'s, not the file's."""
+    paths = [(text, path) for text, (key, _) in overrides for path in overridden_paths(key)]
+    out = []
+    for problem in problems:
+        rest = problem.removeprefix(f"{source}: ")
+        blamed = next((text for text, path in paths if rest == path or rest.startswith((path + ":", path + "."))), None)
+        out.append(f"--set {blamed}: {rest}" if blamed else problem)
+    return out
 
 
 def spec_from_dict(

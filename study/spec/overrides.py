@@ -3,8 +3,12 @@
 ``--set model.d_model=256`` adds (or replaces) a fixed value: the usual way to rerun a study at
 another model size. Setting a *searched* key fixes it: the key leaves ``search`` and the grid
 shrinks (``--set train.seed=0``); a list for a searched choice keeps only those choices
-(``--set "train.seed=[0, 1]"``). ``exclude`` rules follow: a rule that can no longer match is
-dropped, and a fixed key is taken out of the rules that still can.
+(``--set "train.seed=[0, 1]"``), and a list for any other key searches it over those values
+(``--set "train.seed=[0, 1, 2]"`` on a spec that fixes the seed: three seeds, paired). Keys of
+the spec's other sections reach them: ``--set budget.trials=4``, ``--set sampler.type=random``,
+``--set objective.constraints.load_entropy.min=0.8``, ``--set name=quick_lr``. ``exclude`` rules
+follow: a rule that can no longer match is dropped, and a fixed key is taken out of the rules
+that still can. A problem the checks then find in an overridden key is blamed on its ``--set``.
 """
 
 from __future__ import annotations
@@ -12,9 +16,12 @@ from __future__ import annotations
 import copy
 from typing import Any, Iterable
 
-from trainables.config import flatten
+from typing import get_origin
+
+from trainables.config import flat_field_types, flatten
 from trainables.errors import ConfigError
 
+from study.spec.parse import SAMPLER_OPTIONS, SCHEDULER_OPTIONS
 from study.spec.types import value_in
 
 
@@ -29,8 +36,20 @@ def apply_overrides(raw: Any, sets: Iterable[tuple[str, Any]]) -> Any:
     exclude = out.get("exclude") if isinstance(out.get("exclude"), list) else []
     problems: list[str] = []
     for key, value in sets:
+        head, _, rest = key.partition(".")
+        if key in TOP_LEVEL_VALUES or head in SPEC_SECTIONS:
+            problem = _set_in_section(out, head, rest, value)
+            if problem:
+                problems.append(f"--set {key}: {problem}")
+            continue
         body = search.get(key)
         choices = body.get("choice") if isinstance(body, dict) else None
+        if isinstance(value, list) and choices is None and not _list_valued(key):
+            # a list for a scalar key: search it over those values (a condition stays)
+            when = body.get("when") if isinstance(body, dict) else None
+            search[key] = {"choice": value, **({"when": when} if when is not None else {})}
+            fixed.pop(key, None)
+            continue
         if isinstance(value, list) and isinstance(choices, list):
             missing = [v for v in value if not value_in(v, choices)]
             if missing or not value:
@@ -52,6 +71,58 @@ def apply_overrides(raw: Any, sets: Iterable[tuple[str, Any]]) -> Any:
     if "exclude" in out or exclude:
         out["exclude"] = exclude
     return out
+
+
+SPEC_SECTIONS = ("objective", "sampler", "scheduler", "budget", "resources", "reference", "tracking",
+                 "report")
+"""Sections of a spec other than ``fixed`` / ``search`` / ``exclude`` that ``--set`` reaches."""
+TOP_LEVEL_VALUES = ("name", "description")
+TYPE_OPTIONS = {"sampler": SAMPLER_OPTIONS, "scheduler": SCHEDULER_OPTIONS}
+"""Options each sampler / scheduler type uses: ``--set sampler.type=...`` drops the others."""
+
+
+def overridden_paths(key: str) -> tuple[str, ...]:
+    """Where the checks report a problem with the override of ``key`` (its key paths)."""
+    if key in TOP_LEVEL_VALUES or key.partition(".")[0] in SPEC_SECTIONS:
+        return (key,)
+    return (f"fixed.{key}", f"search.{key}")
+
+
+def _set_in_section(out: dict, head: str, rest: str, value: Any) -> str:
+    """Set ``head.rest`` (``rest`` may be dotted) in the raw spec; a problem, or ""."""
+    if not rest:
+        out[head] = value
+        return ""
+    section = out.get(head)
+    if isinstance(section, str):  # the short forms ``sampler: grid``, ``objective: purity``
+        section = {"metric" if head == "objective" else "type": section}
+    if section is None:
+        section = {}
+    if not isinstance(section, dict):
+        return f"the spec's {head} is not a mapping"
+    out[head] = section = copy.deepcopy(section)
+    *parents, leaf = rest.split(".")
+    node = section
+    for part in parents:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            return f"{head}.{part} is not a mapping"
+        node = child
+    node[leaf] = value
+    if head in TYPE_OPTIONS and rest == "type":
+        # another sampler or scheduler: the old one's options would be refused as unused
+        used = TYPE_OPTIONS[head].get(value, ())
+        for option in [k for k in section if k != "type" and k not in used]:
+            del section[option]
+    return ""
+
+
+def _list_valued(key: str) -> bool:
+    """Whether the trial-config field takes a list (``data.domains``): a list is its value, not
+    choices to search."""
+    return get_origin(flat_field_types().get(key)) is list
 
 
 def _narrow_rules(rules: list, key: str, kept: list, *, drop_key: bool = False) -> list:

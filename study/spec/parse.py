@@ -32,6 +32,7 @@ SAMPLER_OPTIONS = {
     "nsga2": ("seed", "population_size"),
     "grid": ("seed",),
 }
+SCHEDULER_OPTIONS = {"fifo": (), "asha": ("grace_period", "reduction_factor")}
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 

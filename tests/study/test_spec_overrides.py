@@ -62,3 +62,39 @@ def test_cli_validate_takes_set_and_exits_2_on_a_bad_one():
     assert "trials: 20 (grid)" in ok.stdout
     bad = subprocess.run([*cmd, "--set", "router.lbl_coef=abc"], capture_output=True, text=True, cwd=REPO)
     assert bad.returncode == 2 and "router.lbl_coef" in bad.stderr
+
+
+QUICK = REPO / "search_spaces" / "quick.yaml"
+SMOKE = REPO / "search_spaces" / "smoke.yaml"
+
+
+def test_set_reaches_every_section_of_a_spec():
+    spec = load_spec(SMOKE, sets=["budget.trials=3", "sampler.type=random", "scheduler.type=fifo",
+                                  "objective.constraints.load_entropy.min=0.8", "name=smoke_random",
+                                  "report.equivalence_margin=0.02", "resources.max_concurrent=1"])
+    assert (spec.num_trials, spec.sampler.type, spec.scheduler.type, spec.name) == (3, "random", "fifo", "smoke_random")
+    assert spec.objective.constraints == {"load_entropy": {"min": 0.8}}
+    assert spec.report.equivalence_margin == 0.02 and spec.resources.max_concurrent == 1
+    metric = load_spec(QUICK, sets=["objective.metric=purity"]).objective
+    assert metric.metrics == ["purity"] and metric.constraints  # the rest of the section stays
+
+
+def test_a_list_makes_a_fixed_key_searched_but_not_a_list_valued_one():
+    base = load_spec(QUICK, sets=["train.seed=0"])
+    assert base.num_trials == 4 and "train.seed" not in base.search_keys
+    seeds = load_spec(QUICK, sets=["train.seed=0", "train.lr=[0.001, 0.002]"])
+    assert "train.lr" in seeds.search_keys and seeds.num_trials == 8  # a grid over the new choices
+    domains = load_spec(QUICK, sets=["data.domains=[english, german, chinese, python, c, json]"])
+    assert "data.domains" not in domains.search_keys  # a list is this field's value
+
+
+@pytest.mark.parametrize("sets, expected", [
+    (["budget.trials=-1"], "--set budget.trials=-1: budget.trials: expected an integer >= 1 (got -1)"),
+    (["sampler.type=randm"], "--set sampler.type=randm: sampler.type: unknown value 'randm'"),
+    (["model.d_model=-1"], "--set model.d_model=-1: fixed.model.d_model: must be >= 1"),
+    (["objective.metric=purity_lyft"], "--set objective.metric=purity_lyft: objective.metric"),
+])
+def test_a_problem_in_an_overridden_key_blames_the_set_argument(sets, expected):
+    with pytest.raises(ConfigError) as err:
+        load_spec(SMOKE, sets=sets)
+    assert any(p.startswith(expected) for p in err.value.problems), err.value.problems
