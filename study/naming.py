@@ -52,6 +52,9 @@ TAG_REFERENCE_KEY = "moe_study.reference_key"
 reused one), so the results side finds a reused reference without recomputing the key."""
 TAG_SEARCH_KEYS = "moe_study.search_keys"
 """Comma-separated searched keys, on the parent run: ``best`` shows these params as columns."""
+TAG_REJECTED_WRITES = "moe_study.rejected_writes"
+"""How many writes (metrics, params, tags, artifacts) MLflow refused for this run (a 4xx such as
+INVALID_PARAMETER_VALUE); each is kept in ``mlflow-rejected.jsonl`` in the study's folder."""
 TAG_PARENT_RUN = "mlflow.parentRunId"
 TAG_METHOD = "router.method"
 TAG_SCOPE = "router.scope"
@@ -172,6 +175,21 @@ def config_hash(flat: Mapping[str, Any]) -> str:
     """A short stable hash of a flat trial config (key order does not matter)."""
     text = json.dumps({k: flat[k] for k in sorted(flat)}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def filter_literal(value: Any) -> str:
+    """``value`` as a string literal in an MLflow filter (``search_runs``).
+
+    MLflow's filter parser has no escape sequences: a literal is the text between two single or
+    two double quotes. So the quote the value does not contain is used, and a value holding both
+    kinds cannot be written at all (ValueError): look such a run up another way.
+    """
+    text = str(value)
+    if "'" not in text:
+        return f"'{text}'"
+    if '"' not in text:
+        return f'"{text}"'
+    raise ValueError(f"{text!r} holds both kinds of quote: no MLflow filter can match it")
 
 
 def default_tracking_uri() -> str:

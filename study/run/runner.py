@@ -155,13 +155,20 @@ def resume_study(name: str, *, tracking_uri: str | None = None, address: str | N
 
     from study.run.tracking import StudyTracker
 
-    delivered = StudyTracker(  # writes an earlier driver could not deliver
+    replay = StudyTracker(  # writes an earlier driver could not deliver
         tracking_uri=state["tracking_uri"], experiment_id=state["experiment_id"],
         parent_run_id=state["parent_run_id"], study_name=name, spool_path=_spool(state),
         progress=False,
-    ).queue.replay_spool()
+    ).queue
+    delivered = replay.replay_spool()  # the number that reached MLflow, not the number tried
     if delivered:
         print(f"[{name}] delivered {delivered} spooled MLflow writes", flush=True)
+    if replay.rejected:
+        print(f"[{name}] MLflow refused {replay.rejected} spooled writes; they are set aside in "
+              f"{replay.rejected_path}", flush=True)
+    if _spool(state).exists():
+        print(f"[{name}] MLflow failed during the replay: the writes not yet delivered stay in "
+              f"{_spool(state)}", flush=True)
     MlflowClient(state["tracking_uri"]).update_run(state["parent_run_id"], status="RUNNING")
     return _execute(spec, state, state_path, address=address, restore=True, on_success=on_success)
 
@@ -286,7 +293,7 @@ def _find_reference(tracking_uri: str, key: str) -> tuple[str, dict] | None:
     runs = client.search_runs(
         exps,
         filter_string=f"tags.{naming.TAG_ROLE} = '{naming.ROLE_REFERENCE}' AND "
-        f"tags.{naming.TAG_CONFIG_HASH} = '{key}' AND attributes.status = 'FINISHED'",
+        f"tags.{naming.TAG_CONFIG_HASH} = {naming.filter_literal(key)} AND attributes.status = 'FINISHED'",
         max_results=1,
     )
     if not runs:
@@ -449,7 +456,7 @@ def _write_state(path: Path, state: dict) -> None:
 def _close_open_children(client, state: dict, status: str) -> None:
     runs = client.search_runs(
         [state["experiment_id"]],
-        filter_string=f"tags.{naming.TAG_PARENT_RUN} = '{state['parent_run_id']}' "
+        filter_string=f"tags.{naming.TAG_PARENT_RUN} = {naming.filter_literal(state['parent_run_id'])} "
         "AND attributes.status = 'RUNNING'",
         max_results=1000,
     )
