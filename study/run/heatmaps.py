@@ -95,6 +95,20 @@ def routing_heatmap(n_ED, domains: Sequence[str], title: str) -> Figure:
     return fig
 
 
+def layer_heatmaps(n_LED, domains: Sequence[str]) -> Figure:
+    """One run's routing, one panel per MoE layer, each titled with that layer's purity (the
+    run's ``purity/layer<i>``) and the figure with their mean (the run's ``purity``). Layers are
+    never pooled: expert 3 of layer 0 and expert 3 of layer 1 are different experts."""
+    n_LED = as_numpy(n_LED)
+    if n_LED.ndim != 3:
+        raise ValueError(f"expected a layer x expert x domain table [L, E, D], got shape {n_LED.shape}")
+    fig = heatmaps_side_by_side([(f"layer {i}", n_LED[i]) for i in range(n_LED.shape[0])], domains)
+    layer_purities = [purity(n_ED) for n_ED in n_LED]
+    if all(np.isfinite(layer_purities)):
+        fig.suptitle(f"purity {np.mean(layer_purities):.3f} (mean over layers)")
+    return fig
+
+
 def heatmaps_side_by_side(
     tables: Sequence[tuple[str, object]], domains: Sequence[str]
 ) -> Figure:

@@ -537,10 +537,9 @@ def render_routing_artifacts(kind: str, table: list, domains: list[str], folder:
         from trainables.count_table import write_count_table
 
         return str(write_count_table(os.path.join(d, naming.COUNT_TABLE_FILE), n_LED, domains))
-    from study.run.heatmaps import routing_heatmap, save_figure
+    from study.run.heatmaps import layer_heatmaps, save_figure
 
-    return str(save_figure(routing_heatmap(n_LED.sum(axis=0), domains, title="all layers"),
-                           os.path.join(d, HEATMAP_FILE)))
+    return str(save_figure(layer_heatmaps(n_LED, domains), os.path.join(d, HEATMAP_FILE)))
 
 
 class StudyTracker(Callback):

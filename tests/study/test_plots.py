@@ -94,3 +94,22 @@ def _pyplot_has_figures() -> bool:
     import matplotlib.pyplot as plt
 
     return bool(plt.get_fignums())
+
+
+def test_a_runs_heatmap_titles_match_its_logged_purities():
+    """One panel per layer, never pooled across layers (expert 3 of layer 0 is not expert 3 of
+    layer 1): each panel's purity is the run's purity/layer<i>, the figure's their mean, the
+    run's purity."""
+    from study.run.heatmaps import layer_heatmaps
+    from trainables.metrics import purity, routing_metrics
+
+    layer0 = specialised_table()
+    layer1 = layer0[::-1, [1, 2, 0]] * 0.5 + 1.0  # other experts, other domains, less pure
+    n_LED = np.stack([layer0, layer1])
+    logged = routing_metrics(n_LED)
+    fig = layer_heatmaps(n_LED, DOMAINS)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles == [f"layer {i}\npurity {logged[f'purity/layer{i}']:.3f}" for i in range(2)]
+    assert fig._suptitle.get_text() == f"purity {logged['purity']:.3f} (mean over layers)"
+    pooled = purity(n_LED.sum(axis=0))
+    assert f"{pooled:.3f}" != f"{logged['purity']:.3f}"  # what the pooled title used to say
