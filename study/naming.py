@@ -58,6 +58,12 @@ INVALID_PARAMETER_VALUE); each is kept in ``mlflow-rejected.jsonl`` in the study
 TAG_PARENT_RUN = "mlflow.parentRunId"
 TAG_METHOD = "router.method"
 TAG_SCOPE = "router.scope"
+"""Read-only: runs logged before the method and scope were params alone carried them as tags
+too (the same names); readers take the param first."""
+TAG_CODE_VERSION = "moe_study.version"
+TAG_GIT_COMMIT = "moe_study.git_commit"
+TAG_TORCH_VERSION = "moe_study.torch_version"
+"""Provenance on every run (``study.run.mlflow_layout.provenance_tags``)."""
 
 COUNT_TABLE_FILE = "count_table.parquet"
 """Artifact of a trial run: its final n[layer, expert, domain] as Parquet."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -119,10 +120,11 @@ def run_study(
     check_tracking(tracking_uri)
     mix_hash = _build_data_once(base)
 
-    from study.run import tracking
+    from study.run import mlflow_layout
 
-    experiment_id = tracking.ensure_experiment(tracking_uri, spec.experiment_name if spec.tracking.experiment else name)
-    parent_run_id = tracking.start_parent_run(
+    experiment_id = mlflow_layout.ensure_experiment(
+        tracking_uri, spec.experiment_name if spec.tracking.experiment else name, spec.description)
+    parent_run_id = mlflow_layout.start_parent_run(
         tracking_uri, experiment_id, name, spec.to_dict(),
         tags={naming.TAG_SPEC_HASH: spec.content_hash(),
               **({naming.TAG_REFERENCE_KEY: spec.reference_key()} if spec.reference.enabled else {}),
@@ -183,6 +185,7 @@ def _execute(spec: StudySpec, state: dict, state_path: Path, *, address: str | N
     _fail_tracking_requests_fast()
     name = state["name"]
     client = MlflowClient(state["tracking_uri"])
+    started_at = time.monotonic()
     started_ray = not ray.is_initialized()
     if started_ray and address is not None:
         ray.init(address=address, log_to_driver=True, configure_logging=False)  # join a cluster
@@ -224,6 +227,11 @@ def _execute(spec: StudySpec, state: dict, state_path: Path, *, address: str | N
                 # a child still RUNNING here did not complete (interrupted, or cut by the
                 # study's time budget): never FINISHED, so no report ranks it as full-length
                 _close_open_children(client, state, "KILLED")
+                from study.run.mlflow_layout import log_study_outcome
+
+                log_study_outcome(state["tracking_uri"], state["experiment_id"], state["parent_run_id"],
+                                  spec.objective.metrics[0], spec.objective.modes[0],
+                                  time.monotonic() - started_at)
                 client.set_terminated(state["parent_run_id"], status=status)
             except Exception as exc:  # noqa: BLE001 - tracking down: nothing is lost, say so
                 print(f"[{name}] could not close the MLflow runs ({exc}); "

@@ -36,6 +36,8 @@ from ray.tune import Callback
 
 from study import naming
 from study.naming import trial_params
+from study.run.mlflow_layout import provenance_tags, run_name
+from trainables.metric_names import GAPS
 from study.run.trial_context import TrialContext
 
 log = logging.getLogger(__name__)
@@ -304,6 +306,9 @@ class _DeliveryQueue:
             if "path" not in kw or not os.path.isfile(kw["path"]):  # (gone: drawn again)
                 kw["path"] = self._render(op, kw)
             c.log_artifact(run_id, kw["path"])
+            preview = Path(kw["path"]).with_suffix(".csv")
+            if op == "count_table" and preview.is_file():
+                c.log_artifact(run_id, str(preview))
             self._remove_drawn(kw["path"])
         elif op == "terminate":
             c.set_terminated(run_id, status=kw["status"])
@@ -534,9 +539,12 @@ def render_routing_artifacts(kind: str, table: list, domains: list[str], folder:
                                         RoutingCounts.from_sparse(table), domains))
     n_LED = np.asarray(table)
     if kind == "count_table":
+        from study.run.mlflow_layout import count_table_csv
         from trainables.count_table import write_count_table
 
-        return str(write_count_table(os.path.join(d, naming.COUNT_TABLE_FILE), n_LED, domains))
+        path = write_count_table(os.path.join(d, naming.COUNT_TABLE_FILE), n_LED, domains)
+        count_table_csv(n_LED, domains, Path(path).with_suffix(".csv"))  # previewable in the UI
+        return str(path)
     from study.run.heatmaps import layer_heatmaps, save_figure
 
     return str(save_figure(layer_heatmaps(n_LED, domains), os.path.join(d, HEATMAP_FILE)))
@@ -629,12 +637,11 @@ class StudyTracker(Callback):
             params, role = open_kw["params"], open_kw.get("role", self.role)
             tags = {
                 naming.TAG_PARENT_RUN: self.parent_run_id,
-                "mlflow.runName": f"{role}-{trial_id}",
+                "mlflow.runName": run_name(role, params),
                 naming.TAG_ROLE: role,
                 naming.TAG_STUDY: self.study_name,
                 naming.TAG_TRIAL_ID: trial_id,
-                naming.TAG_METHOD: params.get("router.method", ""),
-                naming.TAG_SCOPE: params.get("router.scope", ""),
+                **provenance_tags(),
             }
             if open_kw.get("config_hash"):
                 tags[naming.TAG_CONFIG_HASH] = open_kw["config_hash"]
@@ -656,9 +663,10 @@ class StudyTracker(Callback):
         if trial.trial_id not in self.final:  # Tune updates last_result after this call
             self._log_restored_result(trial, key)
         step = int(result.get(naming.STEP, result.get("training_iteration", 0)))
-        self.queue.put(
-            "batch", trial=key, metrics=metric_items(result), ts=int(time.time() * 1000), step=step
-        )
+        metrics = metric_items(result)
+        if self.role == naming.ROLE_REFERENCE:  # its gaps to itself: 0, in the same columns
+            metrics.update({gap: 0.0 for gap, metric, _ in GAPS if metric in metrics})
+        self.queue.put("batch", trial=key, metrics=metrics, ts=int(time.time() * 1000), step=step)
         self.final[trial.trial_id] = result
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -773,41 +781,12 @@ def _trial_error_text(trial) -> str:
     return "trial failed"
 
 
-def ensure_experiment(tracking_uri: str, name: str) -> str:
-    """Create (once, in the driver, before trials start) or fetch the study's experiment."""
-    client = MlflowClient(tracking_uri)
-    exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        if exp.lifecycle_stage == "deleted":
-            client.restore_experiment(exp.experiment_id)
-        return exp.experiment_id
-    return client.create_experiment(name)
-
-
 def check_tracking_reachable(tracking_uri: str) -> None:
     """Fail fast, before any trial runs, when the tracking server does not answer."""
     MlflowClient(tracking_uri).search_experiments(max_results=1)
 
 
-def start_parent_run(tracking_uri: str, experiment_id: str, study_name: str, spec_dict: dict,
-                     tags: dict[str, Any]) -> str:
-    client = MlflowClient(tracking_uri)
-    run = client.create_run(
-        experiment_id,
-        tags={naming.TAG_ROLE: naming.ROLE_STUDY, naming.TAG_STUDY: study_name,
-              "mlflow.runName": f"study-{study_name}", **{k: str(v) for k, v in tags.items()}},
-    )
-    with tempfile.TemporaryDirectory() as d:
-        import yaml
-
-        p = os.path.join(d, "spec.yaml")
-        with open(p, "w") as f:
-            yaml.safe_dump(spec_dict, f, sort_keys=False)
-        client.log_artifact(run.info.run_id, p)
-    return run.info.run_id
-
-
 __all__ = [
-    "StudyTracker", "ensure_experiment", "start_parent_run", "check_tracking_reachable",
+    "StudyTracker", "check_tracking_reachable",
     "metric_items", "mlflow",
 ]

@@ -45,6 +45,7 @@ def _runs(uri: str):
 
 
 def test_study_writes_parent_run_and_nested_trial_runs_with_gaps(smoke_study, tmp_path):
+    from study.spec import load_spec
     from trainables.routing_counts import read_routing_counts
     from trainables.specialisation import specialisation_metrics
 
@@ -68,7 +69,9 @@ def test_study_writes_parent_run_and_nested_trial_runs_with_gaps(smoke_study, tm
     for run in trials:
         m, p = run.data.metrics, run.data.params
         assert run.info.status == "FINISHED"
-        assert p["router.method"] in ("lbl", "eb") and run.data.tags["router.method"] == p["router.method"]
+        assert p["router.method"] in ("lbl", "eb") and "router.method" not in run.data.tags  # once: a param
+        # named by its settings in the MLflow UI
+        assert run.data.tags["mlflow.runName"] == f"{p['router.method']}-{p['router.scope']}-s{p['train.seed']}"
         assert p["router.scope"] in ("micro_batch", "global_batch")
         # a conditional param exists only where its condition holds
         assert ("router.lbl_coef" in p) == (p["router.method"] == "lbl")
@@ -101,9 +104,26 @@ def test_study_writes_parent_run_and_nested_trial_runs_with_gaps(smoke_study, tm
             assert again["cmi"] == pytest.approx(m["cmi"]) and len(domains) == counts.n_LXED.shape[3]
             assert again["excess_purity/layer0"] == pytest.approx(m["excess_purity/layer0"])
     assert "finished: 4 trials done, 0 failed" in stdout
+    # what the MLflow UI shows without clicking: the runs view, the spec's search settings and the
+    # study's outcome on the parent, the reference's zero gaps, provenance on every run
+    exp = client.get_experiment_by_name("smoke")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert exp.tags["mlflow.note.content"] == load_spec(SMOKE).description
+    parent = client.get_run(parent_id).data
+    assert parent.params["sampler.type"] == "tpe" and parent.params["budget.trials"] == "4"
+    full = [t for t in trials if t.data.tags[naming.TAG_STOPPED_EARLY] == "false"]
+    assert parent.metrics["trials_finished"] == len(full) and parent.metrics["trials_failed"] == 0
+    assert parent.metrics["trials_stopped_early"] == 4 - len(full) and parent.metrics["study_wall_s"] > 0
+    objective = load_spec(SMOKE).objective
+    best = [t.data.metrics[objective.metrics[0]] for t in full]
+    assert parent.metrics[f"best_{objective.metrics[0]}"] == (min(best) if objective.modes[0] == "min" else max(best))
+    assert ref["gap_purity"] == 0.0 and ref["gap_loss"] == 0.0
+    assert refs[0].data.tags["mlflow.runName"] == "reference-s0"
+    for run in [parents[0], *refs, *trials]:
+        assert run.data.tags[naming.TAG_TORCH_VERSION] and run.data.tags[naming.TAG_CODE_VERSION]
+        assert run.data.tags[naming.TAG_GIT_COMMIT]
     # every run names the text it trained on: the study's mix, as built from its base config
     from study.run.runner import spec_base_config
-    from study.spec import load_spec
     from trainables.data import build_mix
 
     mix_hash = build_mix(spec_base_config(load_spec(SMOKE)).data).content_hash

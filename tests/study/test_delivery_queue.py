@@ -6,6 +6,8 @@ blocks, writes that fail) that a tracking server outage would cause.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import json
 import threading
 
@@ -102,8 +104,11 @@ def test_routing_figures_are_drawn_by_the_delivery_thread(store, tmp_path):
     q.put("count_table", trial="t", table=table, domains=["a", "b", "c"])
     q.put("heatmap", trial="t", table=table, domains=["a", "b", "c"])
     assert q.drain(timeout_s=30)
-    assert sorted(a.path for a in client.list_artifacts(run_id)) == ["count_table.parquet",
-                                                                      "routing_heatmap.png"]
+    assert sorted(a.path for a in client.list_artifacts(run_id)) == [
+        "count_table.csv", "count_table.parquet", "routing_heatmap.png"]
+    # the CSV twin is what MLflow's artifact view previews: one row per (layer, expert)
+    csv = Path(client.download_artifacts(run_id, "count_table.csv", str(tmp_path / "dl"))).read_text()
+    assert csv.splitlines() == ["layer,expert,a,b,c", "0,0,30,1,1", "0,1,1,30,1", "0,2,1,1,30", "0,3,10,10,10"]
 
 
 def test_wait_for_returns_once_that_write_is_delivered(store, tmp_path):

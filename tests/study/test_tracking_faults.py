@@ -240,5 +240,5 @@ def test_spooled_artifacts_live_in_the_study_folder_and_are_removed_once_deliver
     replay = _queue(store.client, store.run_id, study)  # moe-study resume, after a reboot too
     assert replay.replay_spool() == 2
     assert sorted(a.path for a in store.client.list_artifacts(store.run_id)) == [
-        "count_table.parquet", "routing_heatmap.png"]
+        "count_table.csv", "count_table.parquet", "routing_heatmap.png"]
     assert not any(p.exists() or p.parent.exists() for p in paths)  # temp folders removed
