@@ -216,7 +216,7 @@ def header_markdown(runs: StudyRuns, uri: str) -> str:
         f"by the scheduler, {failed} failed"
         + (f", {other} unfinished (running or killed)" if other else ""),
     ]
-    lines += mix_hash_lines(runs) + composition_lines(runs)
+    lines += mix_hash_lines(runs) + composition_lines(runs) + code_lines(runs)
     ref = runs.reference
     if ref is None:
         lines.append("- reference run: none found, so there are no gaps to the upper bound")
@@ -242,6 +242,19 @@ def composition_lines(runs: StudyRuns) -> list[str]:
     if domains:
         lines.insert(0, f"- domains (`data.domains`): {'; '.join(domains)}")
     return lines
+
+
+def code_lines(runs: StudyRuns) -> list[str]:
+    """Which code the study ran on, from its parent runs' provenance tags."""
+    versions = sorted({(s.tags.get(naming.TAG_CODE_VERSION), s.tags.get(naming.TAG_GIT_COMMIT),
+                        s.tags.get(naming.TAG_TORCH_VERSION)) for s in runs.studies} - {(None, None, None)},
+                      key=str)
+    if not versions:
+        return ["- code: not recorded (studies run before provenance tags were)"]
+    text = "; ".join(f"moe-routing-study {v or '?'} (git commit `{c or '?'}`), torch {t or '?'}"
+                     for v, c, t in versions)
+    return [f"- code: {text}" + (" (**the studies of this experiment ran on different code**)"
+                                 if len(versions) > 1 else "")]
 
 
 def mix_hash_lines(runs: StudyRuns) -> list[str]:

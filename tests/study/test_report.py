@@ -767,3 +767,16 @@ def test_cell_bars_leave_out_a_reference_that_would_squash_the_differences(tmp_p
     assert "dashed: the reference router" in caption
     caption, missing = bars_figure(trials, None, tmp_path / "c.png", metric="cmi_lift")
     assert caption == "" and missing == "no trial logged cmi_lift"
+
+
+def test_header_names_the_code_the_study_ran_on(store, tmp_path):
+    exp, parent = store.experiment("with_code")
+    for tag, value in ((naming.TAG_CODE_VERSION, "0.4.0"), (naming.TAG_GIT_COMMIT, "abc123"),
+                       (naming.TAG_TORCH_VERSION, "2.13.0")):
+        store.client.set_tag(parent, tag, value)
+    store.run(exp, parent, "c0", naming.ROLE_TRIAL, trial_params("lbl", "global_batch", 0, 0),
+              trial_metrics("lbl", 0.5, 0, 0))
+    md = write_report("with_code", out_dir=tmp_path, tracking_uri=store.uri).read_text()
+    assert "- code: moe-routing-study 0.4.0 (git commit `abc123`), torch 2.13.0" in md
+    old = write_report("paper_like", out_dir=tmp_path / "old", tracking_uri=store.uri).read_text()
+    assert "- code: not recorded" in old
