@@ -11,9 +11,12 @@ Layout of a study on the storage (local folder by default, ``s3://...`` on a clu
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
 import os
+import secrets
 from pathlib import Path
 from typing import Any, Callable
 
@@ -89,6 +92,63 @@ def max_concurrent(spec: StudySpec, available: dict[str, float]) -> int:
     need = spec.resources.per_trial()
     fits = [available.get(k, 0) / need[k] for k in ("CPU", "GPU") if need[k] > 0]
     return max(1, int(math.floor(min(fits)))) if fits else 1
+
+
+# -- the local Ray cluster --------------------------------------------------------------------
+LOOPBACK = "127.0.0.1"
+# Ray 2.60 turns a node IP of 127.0.0.1 into the machine's network address (and its servers then
+# listen on every interface) unless multi-node clusters are off, as they are on macOS by default.
+# Read when ray is imported; the module constant is what ray.init consults afterwards.
+_MULTI_NODE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@contextlib.contextmanager
+def local_ray(**init_kwargs):
+    """A Ray cluster of this machine alone, for the block: started, then shut down.
+
+    Every Ray process listens on 127.0.0.1 only (node IP, GCS, raylet, agents, workers and the
+    dashboard if there is one), and Ray's token authentication is on. The token is the one in
+    ``RAY_AUTH_TOKEN`` / ``RAY_AUTH_TOKEN_PATH`` if set, else a random one made for this process
+    and kept only in its environment (Ray's processes inherit it; nothing is written to disk).
+    ``RAY_AUTH_MODE=disabled`` is ignored. The authentication settings stay in this process's
+    environment afterwards (Ray caches them per process); the loopback setting is put back.
+    Raises StudyFailed if Ray came up on another address anyway.
+    """
+    import ray
+    from ray._private import ray_constants
+
+    saved = (os.environ.get(_MULTI_NODE_ENV), ray_constants.ENABLE_RAY_CLUSTER)
+    os.environ[_MULTI_NODE_ENV] = "0"  # Ray's processes, started below, read it at import
+    ray_constants.ENABLE_RAY_CLUSTER = False  # this process imported ray already
+    # unset, Ray 2.60 turns token authentication on for a new local cluster and refreshes the
+    # setting it caches per process (set here, a cached "disabled" would stay in this process
+    # while Ray's own processes demand a token)
+    os.environ.pop("RAY_AUTH_MODE", None)
+    if not (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")):
+        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    # Ray's notice "set RAY_AUTH_MODE=disabled to opt out" does not hold for a study's Ray
+    notice = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    level = notice.level
+    notice.setLevel(logging.ERROR)
+    try:
+        ray.init(_node_ip_address=LOOPBACK, dashboard_host=LOOPBACK, **init_kwargs)
+    finally:
+        notice.setLevel(level)
+        if saved[0] is None:
+            os.environ.pop(_MULTI_NODE_ENV, None)
+        else:
+            os.environ[_MULTI_NODE_ENV] = saved[0]
+        ray_constants.ENABLE_RAY_CLUSTER = saved[1]
+    try:
+        node_ip = ray.util.get_node_ip_address()
+        if node_ip != LOOPBACK or os.environ.get("RAY_AUTH_MODE") != "token":
+            raise StudyFailed(f"the local Ray cluster came up on {node_ip} with authentication "
+                              f"{os.environ.get('RAY_AUTH_MODE', 'disabled')}; a study's own Ray "
+                              f"must be on {LOOPBACK} with token authentication (Ray "
+                              f"{ray.__version__}: the project is tested with 2.60.0)")
+        yield
+    finally:
+        ray.shutdown()
 
 
 # -- the study --------------------------------------------------------------------------------
@@ -171,19 +231,22 @@ def _execute(spec: StudySpec, state: dict, state_path: Path, *, address: str | N
     import ray
     from mlflow.tracking import MlflowClient
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     _fail_tracking_requests_fast()
     name = state["name"]
     client = MlflowClient(state["tracking_uri"])
-    started_ray = not ray.is_initialized()
-    if started_ray and address is not None:
+    ray_session = contextlib.ExitStack()
+    if ray.is_initialized():
+        pass  # the caller's Ray: it stays up
+    elif address is not None:
         ray.init(address=address, log_to_driver=True, configure_logging=False)  # join a cluster
-    elif started_ray:
+        ray_session.callback(ray.shutdown)
+    else:
         # data-parallel trials need the dashboard: Ray Train frees a dead trial's workers
-        # through a cleanup actor that uses it (it binds to loopback all the same)
-        ray.init(include_dashboard=None if spec.resources.workers > 1 else False,
-                 dashboard_host="127.0.0.1", log_to_driver=True, configure_logging=False)
+        # through a cleanup actor that uses it (on loopback like the rest)
+        ray_session.enter_context(local_ray(
+            include_dashboard=None if spec.resources.workers > 1 else False,
+            log_to_driver=True, configure_logging=False))
     status, code = "FAILED", 1
     try:
         if address is not None:
@@ -210,8 +273,7 @@ def _execute(spec: StudySpec, state: dict, state_path: Path, *, address: str | N
         print(f"[{name}] interrupted; continue with: moe-study resume {name}", flush=True)
         status, code = "KILLED", EXIT_INTERRUPTED
     finally:
-        if started_ray:
-            ray.shutdown()
+        ray_session.close()
         if status != "RUNNING":  # RUNNING: tracking is down, resume closes the runs later
             try:
                 # a child still RUNNING here did not complete (interrupted, or cut by the
