@@ -5,8 +5,10 @@ tracking reachable, data sources, resources), start or join Ray, open the MLflow
 the study's parent run, run (or reuse) the reference-router trial, then the Optuna search with
 ASHA. ``resume_study(name)`` continues an interrupted study from its Tune experiment state.
 
-Layout of a study on the storage (local folder by default, ``s3://...`` on a cluster):
-``<storage>/<name>/study.json`` (what resume needs) and ``<storage>/<name>/search`` (Tune).
+Layout of a study on the storage (local folder by default, ``s3://...`` on a cluster; any URI
+``pyarrow.fs`` opens, ``study.run.storage``): ``<storage>/<name>/study.json`` (what resume needs),
+``<storage>/<name>/mlflow-spool.jsonl`` (undelivered MLflow writes) and
+``<storage>/<name>/{reference,search}`` (Tune).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from trainables.errors import ConfigError
 from study import naming
 from study.spec import spec_from_dict
 from study.spec.types import StudySpec
+from study.run import storage as study_storage
+from study.run.storage import StorageFile
 from study.run.trial_context import TrialContext
 
 STATE_FILE = "study.json"
@@ -39,15 +43,16 @@ class StudyFailed(RuntimeError):
 
 # -- locations -------------------------------------------------------------------------------
 def storage_root(storage: str | None) -> str:
-    root = storage or os.environ.get("MOE_STUDY_STORAGE") or "runs"
-    return root if "://" in root else os.path.abspath(root)
+    """``--storage``, else $MOE_STUDY_STORAGE, else ./runs: a local folder (made absolute) or a
+    URI (``s3://bucket/prefix``); ConfigError if pyarrow cannot open the URI."""
+    root = study_storage.resolve_root(storage or os.environ.get("MOE_STUDY_STORAGE") or "runs")
+    if study_storage.is_uri(root):
+        study_storage.filesystem(root)
+    return root
 
 
-def _state_path(root: str, name: str) -> Path:
-    if "://" in root:
-        raise ConfigError(f"--storage {root}: remote storage is supported for Tune only; "
-                          "keep the study state local (a shared NFS path works on clusters)")
-    return Path(root) / name / STATE_FILE
+def _state_path(root: str, name: str) -> StorageFile:
+    return StorageFile(root, f"{name}/{STATE_FILE}")
 
 
 # -- pre-flight checks ------------------------------------------------------------------------
@@ -194,7 +199,6 @@ def run_study(
         "experiment_id": experiment_id, "parent_run_id": parent_run_id, "storage": root,
         "reference": None,
     }
-    state_path.parent.mkdir(parents=True, exist_ok=True)
     _write_state(state_path, state)
     print(f"[{name}] MLflow experiment {experiment_id}, parent run {parent_run_id}", flush=True)
     return _execute(spec, state, state_path, address=address, restore=False, on_success=on_success)
@@ -226,7 +230,7 @@ def resume_study(name: str, *, tracking_uri: str | None = None, address: str | N
     return _execute(spec, state, state_path, address=address, restore=True, on_success=on_success)
 
 
-def _execute(spec: StudySpec, state: dict, state_path: Path, *, address: str | None, restore: bool,
+def _execute(spec: StudySpec, state: dict, state_path: StorageFile, *, address: str | None, restore: bool,
              on_success: OnSuccess | None = None) -> int:
     import ray
     from mlflow.tracking import MlflowClient
@@ -314,12 +318,13 @@ def run_reference(spec: StudySpec, state: dict, available: dict) -> dict[str, fl
         parent_run_id=state["parent_run_id"], study_name=state["name"],
         role=naming.ROLE_REFERENCE, spool_path=_spool(state),
     )
+    storage_path, storage_filesystem = study_storage.tune_location(state["storage"], state["name"])
     tuner = tune.Tuner(
         _with_resources(trial_function, spec),
         param_space=trial_context(spec, config_hash=key).tune_config(flat),
         tune_config=tune.TuneConfig(num_samples=1),
         run_config=tune.RunConfig(
-            name="reference", storage_path=os.path.join(state["storage"], state["name"]),
+            name="reference", storage_path=storage_path, storage_filesystem=storage_filesystem,
             callbacks=[tracker], verbose=0,
             failure_config=tune.FailureConfig(max_failures=2),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
@@ -368,15 +373,17 @@ def _search(spec: StudySpec, state: dict, available: dict, reference: dict, *, r
     from study.run.tracking import StudyTracker
     from study.run.trial import trial_function
 
-    path = os.path.join(state["storage"], state["name"], SEARCH_DIR)
+    storage_path, storage_filesystem = study_storage.tune_location(state["storage"], state["name"])
+    path = study_storage.tune_location(state["storage"], state["name"], SEARCH_DIR)[0]
     trainable = _with_resources(trial_function, spec)
-    if restore and tune.Tuner.can_restore(path):
-        for fix in repair_missing_checkpoints(path):
+    if restore and tune.Tuner.can_restore(path, storage_filesystem=storage_filesystem):
+        for fix in repair_missing_checkpoints(path, storage_filesystem):
             print(f"[{state['name']}] checkpoint {os.path.basename(fix.missing)} of "
                   f"{fix.trial_dir.name} was gone (ray-project/ray#27790): "
                   + (f"resuming from {os.path.basename(fix.moved_from)}" if fix.moved_from
                      else "no other checkpoint, the trial cannot resume"), flush=True)
-        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False)
+        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False,
+                                   storage_filesystem=storage_filesystem)
         return fit_noting_interrupt(tuner)
     metrics, modes = spec.search_metrics, spec.objective.modes
     multi = len(metrics) > 1
@@ -416,7 +423,7 @@ def _search(spec: StudySpec, state: dict, available: dict, reference: dict, *, r
             reuse_actors=spec.resources.workers == 1,
         ),
         run_config=tune.RunConfig(
-            name=SEARCH_DIR, storage_path=os.path.join(state["storage"], state["name"]),
+            name=SEARCH_DIR, storage_path=storage_path, storage_filesystem=storage_filesystem,
             callbacks=[tracker], verbose=1,
             failure_config=tune.FailureConfig(max_failures=2),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
@@ -498,14 +505,13 @@ def _build_data_once(cfg: TrialConfig) -> str:
     return build_mix(cfg.data).content_hash
 
 
-def _spool(state: dict) -> Path:
-    return Path(state["storage"]) / state["name"] / "mlflow-spool.jsonl"
+def _spool(state: dict) -> StorageFile:
+    return StorageFile(state["storage"], f"{state['name']}/mlflow-spool.jsonl")
 
 
-def _write_state(path: Path, state: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=2, default=str))
-    tmp.replace(path)  # atomic: a killed driver leaves the old or the new state, never half
+def _write_state(path: StorageFile, state: dict) -> None:
+    # atomic: a killed driver leaves the old or the new state, never half
+    path.write_text(json.dumps(state, indent=2, default=str))
 
 
 def _close_open_children(client, state: dict, status: str) -> None:

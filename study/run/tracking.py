@@ -30,6 +30,7 @@ from ray.tune import Callback
 
 from study import naming
 from study.naming import trial_params
+from study.run.storage import StorageFile, as_storage_file
 from study.run.trial_context import TrialContext
 
 log = logging.getLogger(__name__)
@@ -81,9 +82,10 @@ class _DeliveryQueue:
 
     RETRY_S = 1.0
 
-    def __init__(self, client: MlflowClient, spool_path: Path | None, resolve=None, render=None):
+    def __init__(self, client: MlflowClient, spool_path: StorageFile | Path | None, resolve=None,
+                 render=None):
         self.client = client
-        self.spool_path = spool_path
+        self.spool_path = as_storage_file(spool_path)  # local or on the study's remote storage
         self.resolve = resolve  # trial id -> MLflow run id, opening the run when needed
         self.render = render  # (kind, count table, domains) -> path of the artifact file to log
         self.pending: list[tuple[str, dict]] = []
@@ -217,10 +219,9 @@ class _DeliveryQueue:
             pending, self.pending = self.pending, []
         if not pending or self.spool_path is None:
             return
-        self.spool_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.spool_path, "a") as f:
-            for op, kw in pending:  # artifact files stay in their temp dirs until delivered
-                f.write(json.dumps({"op": op, **kw}, default=str) + "\n")
+        # artifact files stay in their temp dirs until delivered
+        self.spool_path.append_text("".join(json.dumps({"op": op, **kw}, default=str) + "\n"
+                                            for op, kw in pending))
         log.warning("%d MLflow writes spooled to %s", len(pending), self.spool_path)
 
     def replay_spool(self) -> int:
@@ -270,7 +271,7 @@ class StudyTracker(Callback):
         parent_run_id: str,
         study_name: str,
         role: str = naming.ROLE_TRIAL,
-        spool_path: Path | None = None,
+        spool_path: StorageFile | Path | None = None,
         objective: str | None = None,
         mode: str = "min",
         progress: bool = True,
