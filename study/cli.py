@@ -57,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     _tracking_args(run)
     run.add_argument("--address", help="Ray cluster address (default: start Ray locally)")
     run.add_argument("--name", help="study / MLflow experiment name (default: the spec's name)")
-    run.add_argument("--storage", help="Ray Tune storage path (shared storage on a cluster)")
+    run.add_argument("--storage", help="where the study keeps its state and Tune's results: a "
+                     "folder or a URI such as s3://bucket/prefix, shared by every node on a "
+                     "cluster (default: $MOE_STUDY_STORAGE, else ./runs)")
     _spec_set_arg(run)
     run.set_defaults(handler=cmd_run)
 
@@ -65,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("name", help="the study's name")
     _tracking_args(resume)
     resume.add_argument("--address", help="Ray cluster address (default: start Ray locally)")
-    resume.add_argument("--storage", help="Ray Tune storage path the study ran with")
+    resume.add_argument("--storage", help="the storage the study ran with (folder or URI; "
+                        "default: $MOE_STUDY_STORAGE, else ./runs)")
     resume.set_defaults(handler=cmd_resume)
 
     best = sub.add_parser("best", help="the best trials of a study, from MLflow")

@@ -9,8 +9,14 @@ Three layers, every problem collected and raised once as ConfigError:
    `ray up` runs. That is private Ray API, pinned with Ray (tests/study/test_cluster_config.py).
 3. This project's safety rules: no ingress rule open to the world, no security group left for
    the launcher to create (it always opens SSH to 0.0.0.0/0), MLflow and the Ray dashboard bound
-   to loopback, no AWS access keys in the file. With `require_edited`, also no EDIT_ME_
-   placeholder left.
+   to loopback, no AWS access keys in the file, Ray's token authentication on (every `ray start`
+   runs with RAY_AUTH_MODE=token, the token file reaches every node through file_mounts, no
+   token written in the config). With `require_edited`, also no EDIT_ME_ placeholder left.
+
+A Kubernetes manifest (deploy/kuberay.yaml: several documents, each with a `kind`) gets the
+KubeRay rules instead (`kuberay_problems`): token authentication through `authOptions`, a
+NetworkPolicy that admits only the cluster's own pods to its Ray pods, the dashboard on loopback,
+no LoadBalancer/NodePort Service, nothing open to the world, no AWS keys.
 
 Not checked offline: the contents of node_config (EC2 RunInstances arguments; AWS rejects bad
 ones at launch) and whether the AMI, security group, bucket and instance profiles exist.
@@ -36,6 +42,9 @@ from trainables.errors import ConfigError, did_you_mean
 PLACEHOLDER = re.compile(r"\bEDIT_ME_[A-Z0-9_]+")
 WORLD_CIDRS = ("0.0.0.0/0", "::/0")
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+# Where Ray 2.60 looks for its token when RAY_AUTH_TOKEN(_PATH) is unset: ~/.ray/auth_token.
+TOKEN_FILE = ".ray/auth_token"
+ENV_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 # Access key ids of long-term (AKIA) and temporary (ASIA) AWS credentials.
 AWS_ACCESS_KEY_ID = re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b")
 # Provider keys the AWS provider of Ray 2.60 reads (beyond the schema's generic ones). The
@@ -55,7 +64,13 @@ def validate_cluster_config(path: str | os.PathLike, *, require_edited: bool = F
     require_edited: also report EDIT_ME_* placeholders still in the file (use before `ray up`;
     the shipped template has them on purpose).
     """
-    problems = cluster_config_problems(load_cluster_config(path), require_edited=require_edited)
+    documents = _load_documents(path)
+    if _is_kubernetes_manifest(documents):
+        problems = kuberay_problems(documents)
+        if require_edited:
+            problems += placeholder_problems({"documents": documents})
+    else:
+        problems = cluster_config_problems(load_cluster_config(path), require_edited=require_edited)
     if problems:
         raise ConfigError([f"{path}: {p}" for p in problems])
 
@@ -74,6 +89,23 @@ def load_cluster_config(path: str | os.PathLike) -> dict[str, Any]:
         kind = type(config).__name__
         raise ConfigError(f"{path}: a cluster config is a YAML mapping, got {kind}")
     return config
+
+
+def _load_documents(path: str | os.PathLike) -> list[Any]:
+    """Every YAML document of the file (ConfigError if unreadable or not YAML)."""
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read cluster config ({e.strerror})") from None
+    try:
+        return [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+
+
+def _is_kubernetes_manifest(documents: list[Any]) -> bool:
+    return bool(documents) and all(isinstance(d, dict) and "kind" in d and "apiVersion" in d
+                                   for d in documents)
 
 
 def cluster_config_problems(config: dict[str, Any], *, require_edited: bool = False) -> list[str]:
@@ -203,7 +235,168 @@ def security_problems(config: dict[str, Any]) -> list[str]:
                     "0.0.0.0/0. Name a group that allows SSH from your IP only")
     for key, command in _commands(config):
         problems += [f"{key}: {p}" for p in _binding_problems(command)]
+    return problems + auth_problems(config)
+
+
+def auth_problems(config: dict[str, Any]) -> list[str]:
+    """Ray's token authentication, on for every node: without it anyone who reaches a node's Ray
+    ports can run code on the cluster.
+
+    Every `ray start` runs with RAY_AUTH_MODE=token (in its own environment assignments or an
+    `export` before it in the same command line); head and worker start commands are given
+    (Ray's default ones start Ray without authentication); the token file reaches every node
+    through file_mounts (~/.ray/auth_token, or the RAY_AUTH_TOKEN_PATH the start commands name);
+    RAY_AUTH_MODE is never set to anything else and no token is written in the config.
+    """
+    problems = []
+    token_paths = set()
+    for list_key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        commands = config.get(list_key)
+        if not any(_subcommand_args(words, "ray", "start") is not None
+                   for command in (commands if isinstance(commands, list) else [])
+                   if isinstance(command, str) for words in _simple_commands(command)):
+            problems.append(f"{list_key}: no `ray start`; Ray's default start commands run Ray "
+                            "without token authentication. Use `RAY_AUTH_MODE=token ray start ...`")
+    for key, command in _commands(config):
+        exported: dict[str, str] = {}
+        for words in _simple_commands(command):
+            env, rest = _assignments(words)
+            if rest[:1] == ["export"]:
+                exported.update(_assignments(rest[1:])[0])
+            if _subcommand_args(words, "ray", "start") is None:
+                continue
+            in_effect = {**exported, **env}
+            if in_effect.get("RAY_AUTH_MODE") != "token":
+                problems.append(f"{key}: `ray start` without token authentication; run it as "
+                                "`RAY_AUTH_MODE=token ray start ...` (docs/cluster.md)")
+            if in_effect.get("RAY_AUTH_TOKEN_PATH"):
+                token_paths.add(in_effect["RAY_AUTH_TOKEN_PATH"])
+    for key, value in _strings(config):
+        for mode in re.findall(r"\bRAY_AUTH_MODE=([^\s;&|'\"]*)", value):
+            if mode != "token":
+                problems.append(f"{key}: RAY_AUTH_MODE={mode} turns Ray's token authentication "
+                                "off; use RAY_AUTH_MODE=token")
+        if re.search(r"\bRAY_AUTH_TOKEN=[^\s$;&|'\"]", value):
+            problems.append(f"{key}: a Ray token written in the config; mount the token file "
+                            f"(~/{TOKEN_FILE}) through file_mounts instead")
+    mounts = config.get("file_mounts") if isinstance(config.get("file_mounts"), dict) else {}
+    if not any(str(remote).endswith("/" + TOKEN_FILE) or str(remote) in token_paths
+               for remote in mounts):
+        problems.append(f"file_mounts: no Ray token file; add `/home/<user>/{TOKEN_FILE}: "
+                        f"~/{TOKEN_FILE}` (made by `ray get-auth-token --generate`, "
+                        "docs/cluster.md) so that every node authenticates with it")
     return problems
+
+
+def kuberay_problems(documents: list[dict[str, Any]]) -> list[str]:
+    """The project's rules for a KubeRay manifest, every problem naming its document and key."""
+    problems = []
+    clusters = [d for d in documents if d.get("kind") == "RayCluster"]
+    if not clusters:
+        return ["no RayCluster in the manifest"]
+    policies = [d for d in documents if d.get("kind") == "NetworkPolicy"]
+    for doc in documents:
+        where = f"{doc.get('kind')} {_name_of(doc)}"
+        for key, value in _strings(doc):
+            if any(cidr in value for cidr in WORLD_CIDRS):
+                problems.append(f"{where}: {key}: {value!r} opens a port to the whole internet")
+            if AWS_ACCESS_KEY_ID.search(value):
+                problems.append(f"{where}: {key}: looks like an AWS access key id; use the "
+                                "service account's IAM role")
+        service_type = (doc.get("spec") or {}).get("type") if doc.get("kind") == "Service" else None
+        if service_type in ("LoadBalancer", "NodePort"):
+            problems.append(f"{where}: spec.type: {service_type} exposes the service outside "
+                            "the cluster; use ClusterIP and `kubectl port-forward`")
+    for cluster in clusters:
+        problems += [f"RayCluster {_name_of(cluster)}: {p}" for p in _ray_cluster_problems(cluster)]
+        name = _name_of(cluster)
+        if not any(_admits_only_own_pods(policy, name) for policy in policies):
+            problems.append(
+                f"RayCluster {name}: no NetworkPolicy admits only the cluster's own pods to its "
+                f"Ray pods; add one selecting `ray.io/cluster: {name}` with ingress from the same "
+                "pod selector only (deploy/kuberay.yaml)")
+    return problems
+
+
+def _ray_cluster_problems(cluster: dict[str, Any]) -> list[str]:
+    spec = cluster.get("spec") if isinstance(cluster.get("spec"), dict) else {}
+    problems = []
+    auth = spec.get("authOptions") if isinstance(spec.get("authOptions"), dict) else {}
+    if auth.get("mode") != "token":
+        problems.append("spec.authOptions: Ray's token authentication is off; set "
+                        "`authOptions: {mode: token}` (KubeRay >= 1.5.1 makes the token Secret)")
+    head = spec.get("headGroupSpec") if isinstance(spec.get("headGroupSpec"), dict) else {}
+    params = head.get("rayStartParams") if isinstance(head.get("rayStartParams"), dict) else {}
+    host = params.get("dashboard-host")
+    if host is not None and host not in LOOPBACK_HOSTS:
+        problems.append(f"spec.headGroupSpec.rayStartParams.dashboard-host: {host!r}; use "
+                        "127.0.0.1 and `kubectl port-forward`")
+    if head.get("serviceType") in ("LoadBalancer", "NodePort"):
+        problems.append(f"spec.headGroupSpec.serviceType: {head['serviceType']} exposes Ray "
+                        "outside the cluster; use ClusterIP")
+    for key, env in _env_entries(spec):
+        if env.get("name") == "RAY_AUTH_MODE" and env.get("value") != "token":
+            problems.append(f"{key}: RAY_AUTH_MODE={env.get('value')} turns Ray's token "
+                            "authentication off")
+        if env.get("name") == "RAY_AUTH_TOKEN" and "value" in env:
+            problems.append(f"{key}: a Ray token written in the manifest; authOptions takes it "
+                            "from a Secret")
+    return problems
+
+
+def _env_entries(node: Any, path: tuple = ("spec",)) -> Iterator[tuple[str, dict]]:
+    """(key path, entry) of every item of every `env` list under node."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "env" and isinstance(value, list):
+                for i, entry in enumerate(value):
+                    if isinstance(entry, dict):
+                        yield _key_path([*path, key, i]), entry
+            else:
+                yield from _env_entries(value, (*path, key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _env_entries(value, (*path, i))
+
+
+def _admits_only_own_pods(policy: dict[str, Any], cluster_name: str) -> bool:
+    """The policy selects the cluster's pods for ingress and admits only pods of the cluster."""
+    own = {"ray.io/cluster": cluster_name}
+    spec = policy.get("spec") if isinstance(policy.get("spec"), dict) else {}
+    selector = spec.get("podSelector") if isinstance(spec.get("podSelector"), dict) else {}
+    labels = selector.get("matchLabels") or {}
+    if labels != own or selector.get("matchExpressions"):
+        return False  # more labels would leave some of the cluster's pods unselected
+    if "Ingress" not in (spec.get("policyTypes") or ["Ingress"]):
+        return False
+    for rule in spec.get("ingress") or []:  # no rule at all: nothing admitted
+        peers = rule.get("from") if isinstance(rule, dict) else None
+        if not peers:
+            return False  # a rule without `from` admits everyone
+        for peer in peers:
+            if not isinstance(peer, dict) or set(peer) != {"podSelector"}:
+                return False  # ipBlock or namespaceSelector admit pods of other clusters
+            peer_selector = peer["podSelector"] if isinstance(peer["podSelector"], dict) else {}
+            peer_labels = peer_selector.get("matchLabels") or {}
+            if peer_labels.get("ray.io/cluster") != cluster_name:
+                return False
+    return True
+
+
+def _name_of(doc: dict[str, Any]) -> str:
+    metadata = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
+    return str(metadata.get("name", "<unnamed>"))
+
+
+def _assignments(words: list[str]) -> tuple[dict[str, str], list[str]]:
+    """The leading NAME=value words of a simple command (as a mapping) and the words after."""
+    env = {}
+    for i, word in enumerate(words):
+        if not ENV_ASSIGNMENT.match(word):
+            return env, words[i:]
+        name, value = word.split("=", 1)
+        env[name] = value
+    return env, []
 
 
 def _binding_problems(command: str) -> list[str]:
@@ -319,12 +512,14 @@ def _key_path(parts) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m study.run.cluster_check cluster.yaml [--require-edited]`: 0 valid, 2 problems."""
+    """`python -m study.run.cluster_check cluster.yaml|deploy/kuberay.yaml [--require-edited]`:
+    0 valid, 2 problems."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m study.run.cluster_check", description=__doc__
                                      .split("\n")[0])
-    parser.add_argument("config", help="Ray cluster launcher YAML, e.g. cluster.yaml")
+    parser.add_argument("config", help="Ray cluster launcher YAML (cluster.yaml) or KubeRay "
+                        "manifest (deploy/kuberay.yaml)")
     parser.add_argument("--require-edited", action="store_true",
                         help="also fail on EDIT_ME_* placeholders (run this before `ray up`)")
     args = parser.parse_args(argv)

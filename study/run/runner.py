@@ -5,15 +5,20 @@ tracking reachable, data sources, resources), start or join Ray, open the MLflow
 the study's parent run, run (or reuse) the reference-router trial, then the Optuna search with
 ASHA. ``resume_study(name)`` continues an interrupted study from its Tune experiment state.
 
-Layout of a study on the storage (local folder by default, ``s3://...`` on a cluster):
-``<storage>/<name>/study.json`` (what resume needs) and ``<storage>/<name>/search`` (Tune).
+Layout of a study on the storage (local folder by default, ``s3://...`` on a cluster; any URI
+``pyarrow.fs`` opens, ``study.run.storage``): ``<storage>/<name>/study.json`` (what resume needs),
+``<storage>/<name>/mlflow-spool.jsonl`` (undelivered MLflow writes) and
+``<storage>/<name>/{reference,search}`` (Tune).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
 import os
+import secrets
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -24,6 +29,8 @@ from trainables.errors import ConfigError
 from study import naming
 from study.spec import spec_from_dict
 from study.spec.types import StudySpec
+from study.run import storage as study_storage
+from study.run.storage import StorageFile
 from study.run.trial_context import TrialContext
 
 STATE_FILE = "study.json"
@@ -37,15 +44,16 @@ class StudyFailed(RuntimeError):
 
 # -- locations -------------------------------------------------------------------------------
 def storage_root(storage: str | None) -> str:
-    root = storage or os.environ.get("MOE_STUDY_STORAGE") or "runs"
-    return root if "://" in root else os.path.abspath(root)
+    """``--storage``, else $MOE_STUDY_STORAGE, else ./runs: a local folder (made absolute) or a
+    URI (``s3://bucket/prefix``); ConfigError if pyarrow cannot open the URI."""
+    root = study_storage.resolve_root(storage or os.environ.get("MOE_STUDY_STORAGE") or "runs")
+    if study_storage.is_uri(root):
+        study_storage.filesystem(root)
+    return root
 
 
-def _state_path(root: str, name: str) -> Path:
-    if "://" in root:
-        raise ConfigError(f"--storage {root}: remote storage is supported for Tune only; "
-                          "keep the study state local (a shared NFS path works on clusters)")
-    return Path(root) / name / STATE_FILE
+def _state_path(root: str, name: str) -> StorageFile:
+    return StorageFile(root, f"{name}/{STATE_FILE}")
 
 
 # -- pre-flight checks ------------------------------------------------------------------------
@@ -92,6 +100,63 @@ def max_concurrent(spec: StudySpec, available: dict[str, float]) -> int:
     return max(1, int(math.floor(min(fits)))) if fits else 1
 
 
+# -- the local Ray cluster --------------------------------------------------------------------
+LOOPBACK = "127.0.0.1"
+# Ray 2.60 turns a node IP of 127.0.0.1 into the machine's network address (and its servers then
+# listen on every interface) unless multi-node clusters are off, as they are on macOS by default.
+# Read when ray is imported; the module constant is what ray.init consults afterwards.
+_MULTI_NODE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@contextlib.contextmanager
+def local_ray(**init_kwargs):
+    """A Ray cluster of this machine alone, for the block: started, then shut down.
+
+    Every Ray process listens on 127.0.0.1 only (node IP, GCS, raylet, agents, workers and the
+    dashboard if there is one), and Ray's token authentication is on. The token is the one in
+    ``RAY_AUTH_TOKEN`` / ``RAY_AUTH_TOKEN_PATH`` if set, else a random one made for this process
+    and kept only in its environment (Ray's processes inherit it; nothing is written to disk).
+    ``RAY_AUTH_MODE=disabled`` is ignored. The authentication settings stay in this process's
+    environment afterwards (Ray caches them per process); the loopback setting is put back.
+    Raises StudyFailed if Ray came up on another address anyway.
+    """
+    import ray
+    from ray._private import ray_constants
+
+    saved = (os.environ.get(_MULTI_NODE_ENV), ray_constants.ENABLE_RAY_CLUSTER)
+    os.environ[_MULTI_NODE_ENV] = "0"  # Ray's processes, started below, read it at import
+    ray_constants.ENABLE_RAY_CLUSTER = False  # this process imported ray already
+    # unset, Ray 2.60 turns token authentication on for a new local cluster and refreshes the
+    # setting it caches per process (set here, a cached "disabled" would stay in this process
+    # while Ray's own processes demand a token)
+    os.environ.pop("RAY_AUTH_MODE", None)
+    if not (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")):
+        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    # Ray's notice "set RAY_AUTH_MODE=disabled to opt out" does not hold for a study's Ray
+    notice = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    level = notice.level
+    notice.setLevel(logging.ERROR)
+    try:
+        ray.init(_node_ip_address=LOOPBACK, dashboard_host=LOOPBACK, **init_kwargs)
+    finally:
+        notice.setLevel(level)
+        if saved[0] is None:
+            os.environ.pop(_MULTI_NODE_ENV, None)
+        else:
+            os.environ[_MULTI_NODE_ENV] = saved[0]
+        ray_constants.ENABLE_RAY_CLUSTER = saved[1]
+    try:
+        node_ip = ray.util.get_node_ip_address()
+        if node_ip != LOOPBACK or os.environ.get("RAY_AUTH_MODE") != "token":
+            raise StudyFailed(f"the local Ray cluster came up on {node_ip} with authentication "
+                              f"{os.environ.get('RAY_AUTH_MODE', 'disabled')}; a study's own Ray "
+                              f"must be on {LOOPBACK} with token authentication (Ray "
+                              f"{ray.__version__}: the project is tested with 2.60.0)")
+        yield
+    finally:
+        ray.shutdown()
+
+
 # -- the study --------------------------------------------------------------------------------
 OnSuccess = Callable[[str, str, str, str], None]
 """Called with (study name, tracking URI, MLflow experiment, objective metric) after a study ends
@@ -136,7 +201,6 @@ def run_study(
         "experiment_id": experiment_id, "parent_run_id": parent_run_id, "storage": root,
         "reference": None,
     }
-    state_path.parent.mkdir(parents=True, exist_ok=True)
     _write_state(state_path, state)
     print(f"[{name}] MLflow experiment {experiment_id}, parent run {parent_run_id}", flush=True)
     return _execute(spec, state, state_path, address=address, restore=False, on_success=on_success)
@@ -175,25 +239,28 @@ def resume_study(name: str, *, tracking_uri: str | None = None, address: str | N
     return _execute(spec, state, state_path, address=address, restore=True, on_success=on_success)
 
 
-def _execute(spec: StudySpec, state: dict, state_path: Path, *, address: str | None, restore: bool,
+def _execute(spec: StudySpec, state: dict, state_path: StorageFile, *, address: str | None, restore: bool,
              on_success: OnSuccess | None = None) -> int:
     import ray
     from mlflow.tracking import MlflowClient
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     _fail_tracking_requests_fast()
     name = state["name"]
     client = MlflowClient(state["tracking_uri"])
     started_at = time.monotonic()
-    started_ray = not ray.is_initialized()
-    if started_ray and address is not None:
+    ray_session = contextlib.ExitStack()
+    if ray.is_initialized():
+        pass  # the caller's Ray: it stays up
+    elif address is not None:
         ray.init(address=address, log_to_driver=True, configure_logging=False)  # join a cluster
-    elif started_ray:
+        ray_session.callback(ray.shutdown)
+    else:
         # data-parallel trials need the dashboard: Ray Train frees a dead trial's workers
-        # through a cleanup actor that uses it (it binds to loopback all the same)
-        ray.init(include_dashboard=None if spec.resources.workers > 1 else False,
-                 dashboard_host="127.0.0.1", log_to_driver=True, configure_logging=False)
+        # through a cleanup actor that uses it (on loopback like the rest)
+        ray_session.enter_context(local_ray(
+            include_dashboard=None if spec.resources.workers > 1 else False,
+            log_to_driver=True, configure_logging=False))
     status, code = "FAILED", 1
     try:
         if address is not None:
@@ -220,8 +287,7 @@ def _execute(spec: StudySpec, state: dict, state_path: Path, *, address: str | N
         print(f"[{name}] interrupted; continue with: moe-study resume {name}", flush=True)
         status, code = "KILLED", EXIT_INTERRUPTED
     finally:
-        if started_ray:
-            ray.shutdown()
+        ray_session.close()
         if status != "RUNNING":  # RUNNING: tracking is down, resume closes the runs later
             try:
                 # a child still RUNNING here did not complete (interrupted, or cut by the
@@ -267,12 +333,13 @@ def run_reference(spec: StudySpec, state: dict, available: dict) -> dict[str, fl
         parent_run_id=state["parent_run_id"], study_name=state["name"],
         role=naming.ROLE_REFERENCE, spool_path=_spool(state),
     )
+    storage_path, storage_filesystem = study_storage.tune_location(state["storage"], state["name"])
     tuner = tune.Tuner(
         _with_resources(trial_function, spec),
         param_space=trial_context(spec, config_hash=key).tune_config(flat),
         tune_config=tune.TuneConfig(num_samples=1),
         run_config=tune.RunConfig(
-            name="reference", storage_path=os.path.join(state["storage"], state["name"]),
+            name="reference", storage_path=storage_path, storage_filesystem=storage_filesystem,
             callbacks=[tracker], verbose=0,
             failure_config=tune.FailureConfig(max_failures=2),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
@@ -321,15 +388,17 @@ def _search(spec: StudySpec, state: dict, available: dict, reference: dict, *, r
     from study.run.tracking import StudyTracker
     from study.run.trial import trial_function
 
-    path = os.path.join(state["storage"], state["name"], SEARCH_DIR)
+    storage_path, storage_filesystem = study_storage.tune_location(state["storage"], state["name"])
+    path = study_storage.tune_location(state["storage"], state["name"], SEARCH_DIR)[0]
     trainable = _with_resources(trial_function, spec)
-    if restore and tune.Tuner.can_restore(path):
-        for fix in repair_missing_checkpoints(path):
+    if restore and tune.Tuner.can_restore(path, storage_filesystem=storage_filesystem):
+        for fix in repair_missing_checkpoints(path, storage_filesystem):
             print(f"[{state['name']}] checkpoint {os.path.basename(fix.missing)} of "
                   f"{fix.trial_dir.name} was gone (ray-project/ray#27790): "
                   + (f"resuming from {os.path.basename(fix.moved_from)}" if fix.moved_from
                      else "no other checkpoint, the trial cannot resume"), flush=True)
-        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False)
+        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False,
+                                   storage_filesystem=storage_filesystem)
         return fit_noting_interrupt(tuner)
     metrics, modes = spec.search_metrics, spec.objective.modes
     multi = len(metrics) > 1
@@ -369,7 +438,7 @@ def _search(spec: StudySpec, state: dict, available: dict, reference: dict, *, r
             reuse_actors=spec.resources.workers == 1,
         ),
         run_config=tune.RunConfig(
-            name=SEARCH_DIR, storage_path=os.path.join(state["storage"], state["name"]),
+            name=SEARCH_DIR, storage_path=storage_path, storage_filesystem=storage_filesystem,
             callbacks=[tracker], verbose=1,
             failure_config=tune.FailureConfig(max_failures=2),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
@@ -451,14 +520,13 @@ def _build_data_once(cfg: TrialConfig) -> str:
     return build_mix(cfg.data).content_hash
 
 
-def _spool(state: dict) -> Path:
-    return Path(state["storage"]) / state["name"] / "mlflow-spool.jsonl"
+def _spool(state: dict) -> StorageFile:
+    return StorageFile(state["storage"], f"{state['name']}/mlflow-spool.jsonl")
 
 
-def _write_state(path: Path, state: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=2, default=str))
-    tmp.replace(path)  # atomic: a killed driver leaves the old or the new state, never half
+def _write_state(path: StorageFile, state: dict) -> None:
+    # atomic: a killed driver leaves the old or the new state, never half
+    path.write_text(json.dumps(state, indent=2, default=str))
 
 
 def _close_open_children(client, state: dict, status: str) -> None:

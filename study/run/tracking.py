@@ -37,6 +37,7 @@ from ray.tune import Callback
 from study import naming
 from study.naming import trial_params
 from study.run.mlflow_layout import provenance_tags, run_name
+from study.run.storage import StorageFile, as_storage_file
 from trainables.metric_names import GAPS
 from study.run.trial_context import TrialContext
 
@@ -94,38 +95,6 @@ def _error_text(exc: BaseException) -> str:
     return text if not code or text.startswith(str(code)) else f"{code}: {text}"
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text``: a temporary beside it, fsynced, renamed over it. A failure
-    (a full disk) leaves ``path`` as it was and no temporary behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    try:  # the rename itself reaches the disk
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
-
-
-def _append_durably(path: Path, lines: list[str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        f.write("".join(line + "\n" for line in lines))
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def metric_items(result: dict) -> dict[str, float]:
     """The numeric metrics of a trial report, without Tune's own bookkeeping keys."""
     out = {}
@@ -166,9 +135,10 @@ class _DeliveryQueue:
 
     RETRY_S = 1.0
 
-    def __init__(self, client: MlflowClient, spool_path: Path | None, resolve=None, render=None):
+    def __init__(self, client: MlflowClient, spool_path: StorageFile | Path | None, resolve=None,
+                 render=None):
         self.client = client
-        self.spool_path = spool_path
+        self.spool_path = as_storage_file(spool_path)  # local or on the study's remote storage
         self.resolve = resolve  # trial id -> MLflow run id, opening the run when needed
         self.render = render  # (kind, count table, domains, folder) -> path of the artifact file to log
         self.pending: list[tuple[str, dict]] = []
@@ -194,12 +164,15 @@ class _DeliveryQueue:
         self._closing = False
 
     @property
-    def rejected_path(self) -> Path | None:
+    def rejected_path(self) -> StorageFile | None:
         return None if self.spool_path is None else self.spool_path.with_name(REJECTED_FILE)
 
     @property
     def artifact_dir(self) -> Path | None:
-        return None if self.spool_path is None else self.spool_path.with_name(ARTIFACT_DIR)
+        """Where artifact files wait for delivery: beside a local spool; on remote storage, the
+        system's temporary folder (a file to upload must be local)."""
+        local = None if self.spool_path is None else self.spool_path.local_path()
+        return None if local is None else local.with_name(ARTIFACT_DIR)
 
     def put(self, op: str, **kwargs) -> dict:
         """Queue a write; returns its arguments, the handle ``wait_for`` takes."""
@@ -396,7 +369,7 @@ class _DeliveryQueue:
         record = {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "op": op,
                   "run_id": run_id, "error": error, **kw}
         try:
-            _append_durably(where, [json.dumps(record, default=str)])
+            where.append_text(json.dumps(record, default=str) + "\n")
         except OSError as exc:
             log.error("could not write the rejected MLflow write to %s (%s): %s", where, exc,
                       json.dumps(record, default=str)[:2000])
@@ -446,7 +419,7 @@ class _DeliveryQueue:
     def spool(self) -> bool:
         """Add what is undelivered to the spool file (after what an earlier driver left there).
 
-        The whole file is rewritten atomically (``_write_atomically``) and the writes leave
+        The whole file is rewritten atomically (``StorageFile.write_text``) and the writes leave
         ``pending`` only once it is on disk: when that fails (a full disk) they stay pending and
         the earlier spool stays as it was. False then."""
         with self._cv:
@@ -459,7 +432,7 @@ class _DeliveryQueue:
         try:
             lines = [json.dumps(rec, default=str) for rec in self._read_spool()]
             lines += [json.dumps({"op": op, **kw}, default=str) for op, kw in pending]
-            _write_atomically(self.spool_path, "".join(line + "\n" for line in lines))
+            self.spool_path.write_text("".join(line + "\n" for line in lines))
         except OSError as exc:
             log.error("could not spool %d undelivered MLflow writes to %s (%s); they stay pending",
                       len(pending), self.spool_path, exc)
@@ -491,8 +464,8 @@ class _DeliveryQueue:
         if bad:
             corrupt = self.spool_path.with_name(self.spool_path.name + ".corrupt")
             try:
-                _append_durably(corrupt, bad)
-                _write_atomically(self.spool_path, "".join(json.dumps(r) + "\n" for r in records))
+                corrupt.append_text("".join(line + "\n" for line in bad))
+                self.spool_path.write_text("".join(json.dumps(r) + "\n" for r in records))
             except OSError as exc:  # the lines stay where they are, and are skipped
                 log.error("could not move unreadable lines of %s to %s: %s", self.spool_path, corrupt, exc)
             else:
@@ -514,7 +487,7 @@ class _DeliveryQueue:
         else:
             rest = self.snapshot()
             try:
-                _write_atomically(self.spool_path, "".join(
+                self.spool_path.write_text("".join(
                     json.dumps({"op": op, **kw}, default=str) + "\n" for op, kw in rest))
                 with self._cv:
                     self.pending = []
@@ -561,7 +534,7 @@ class StudyTracker(Callback):
         parent_run_id: str,
         study_name: str,
         role: str = naming.ROLE_TRIAL,
-        spool_path: Path | None = None,
+        spool_path: StorageFile | Path | None = None,
         objective: str | None = None,
         mode: str = "min",
         progress: bool = True,

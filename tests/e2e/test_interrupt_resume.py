@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 
 
 def _start(args: list[str], cwd: Path) -> subprocess.Popen:
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
         [sys.executable, "-m", "study.cli", *args], cwd=cwd, env=env, text=True,
         stdout=open(cwd / f"{args[0]}-{time.time():.0f}.log", "w"), stderr=subprocess.STDOUT,

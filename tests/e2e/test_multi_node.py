@@ -1,7 +1,10 @@
 """The smoke study on a local Ray cluster of several nodes (head + two workers on this machine):
-trials land on more than one node."""
+trials land on more than one node. The cluster requires Ray's token, as the shipped cluster
+configs do; the study joins it with the token in its environment."""
 
 from __future__ import annotations
+
+import secrets
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -12,8 +15,16 @@ from tests.e2e.test_smoke_study import SMOKE, moe_study
 
 
 @pytest.fixture()
-def three_node_cluster():
+def three_node_cluster(monkeypatch):
     from ray.cluster_utils import Cluster
+
+    from ray._raylet import Config
+
+    # every node, this process and the study's process (it inherits the environment); Ray caches
+    # the mode per process, so this one reloads it (what ray.init does for a new local cluster)
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
+    Config.initialize("")
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     for _ in range(2):
@@ -21,6 +32,8 @@ def three_node_cluster():
     cluster.wait_for_nodes()
     yield cluster
     cluster.shutdown()
+    monkeypatch.undo()
+    Config.initialize("")
 
 
 def test_smoke_study_spreads_trials_over_nodes(tmp_path, three_node_cluster):

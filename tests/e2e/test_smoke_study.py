@@ -21,7 +21,7 @@ SMOKE = ROOT / "search_spaces" / "smoke.yaml"
 
 
 def moe_study(*args: str, cwd: Path, timeout: float = 1200) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.run(
         [sys.executable, "-m", "study.cli", *args], cwd=cwd, env=env,
         capture_output=True, text=True, timeout=timeout,

@@ -31,7 +31,7 @@ def _trial_runs(uri: str, status: str | None = None):
 
 
 def _start_study(tmp_path, uri, *args, drain_s: int = 120):
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "MOE_STUDY_TRACKING_DRAIN_S": str(drain_s)}
+    env = {**os.environ, "MOE_STUDY_TRACKING_DRAIN_S": str(drain_s)}
     return subprocess.Popen(
         [sys.executable, "-m", "study.cli", *args, "--tracking-uri", uri,
          "--storage", str(tmp_path / "runs")],

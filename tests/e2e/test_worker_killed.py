@@ -38,7 +38,7 @@ def _trial_worker_pids(marker: str) -> list[int]:
 def test_killed_trial_worker_is_retried_and_its_run_continued(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     marker = f"MOE_STUDY_TEST_MARKER={tmp_path.name}"
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "MOE_STUDY_TEST_MARKER": tmp_path.name}
+    env = {**os.environ, "MOE_STUDY_TEST_MARKER": tmp_path.name}
     log = open(tmp_path / "run.log", "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "study.cli", "run", str(SPEC), "--tracking-uri", uri,

@@ -53,16 +53,14 @@ def test_the_missing_checkpoint_is_replaced_by_the_newest_for_unfinished_trials_
 
 
 @pytest.fixture
-def ray_one_cpu(monkeypatch):
+def ray_one_cpu():
     import ray
 
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    from study.run.runner import local_ray
+
     assert not ray.is_initialized()
-    ray.init(num_cpus=1, include_dashboard=False, configure_logging=False, log_to_driver=False)
-    try:
+    with local_ray(num_cpus=1, include_dashboard=False, configure_logging=False, log_to_driver=False):
         yield
-    finally:
-        ray.shutdown()
 
 
 @pytest.mark.usefixtures("ray_one_cpu")

@@ -235,13 +235,52 @@ def test_services_bound_beyond_loopback_are_rejected(tmp_path, cluster):
     assert any("ray dashboard bound to '0.0.0.0'" in p for p in problems)
 
 
+def _without_auth(cluster: dict) -> None:
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        cluster[key] = [c.replace("RAY_AUTH_MODE=token ", "") for c in cluster[key]]
+    del cluster["file_mounts"]["/home/ubuntu/.ray/auth_token"]
+
+
+def test_config_without_token_authentication_is_rejected(tmp_path, cluster):
+    _without_auth(cluster)
+    problems = _problems(_write(tmp_path, cluster))
+    assert len(problems) == 3, problems
+    assert any("head_start_ray_commands[2]: `ray start` without token authentication" in p
+               for p in problems)
+    assert any("worker_start_ray_commands[1]: `ray start` without token authentication" in p
+               for p in problems)
+    assert any("file_mounts: no Ray token file" in p for p in problems)
+
+
+def test_auth_turned_off_or_left_to_rays_defaults_or_token_in_the_config(tmp_path, cluster):
+    cluster["setup_commands"].append("echo RAY_AUTH_MODE=disabled >> ~/.moe_study_env")
+    cluster["setup_commands"].append("echo RAY_AUTH_TOKEN=abc123 >> ~/.moe_study_env")
+    del cluster["worker_start_ray_commands"]  # Ray's default: `ray start` without auth
+    problems = _problems(_write(tmp_path, cluster))
+    assert len(problems) == 3, problems
+    assert any("setup_commands[5]: RAY_AUTH_MODE=disabled turns Ray's token authentication off"
+               in p for p in problems)
+    assert any("setup_commands[6]: a Ray token written in the config" in p for p in problems)
+    assert any("worker_start_ray_commands: no `ray start`" in p for p in problems)
+
+
+def test_auth_may_be_exported_and_the_token_file_named(tmp_path, cluster):
+    _without_auth(cluster)
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        cluster[key] = [c.replace("ulimit -n 65536;", "export RAY_AUTH_MODE=token "
+                                  "RAY_AUTH_TOKEN_PATH=/opt/ray-token; ulimit -n 65536;")
+                        for c in cluster[key]]
+    cluster["file_mounts"]["/opt/ray-token"] = "~/.ray/auth_token"
+    validate_cluster_config(_write(tmp_path, cluster))  # no ConfigError
+
+
 def test_aws_access_key_in_config_is_rejected(tmp_path, cluster):
     fake_key_id = "AKIA" + "Q" * 16  # built here so that no key-shaped literal is in the repo
     cluster["setup_commands"].append(f"export AWS_ACCESS_KEY_ID={fake_key_id}")
     cluster["provider"]["aws_credentials"] = {"aws_access_key_id": "x"}
     problems = _problems(_write(tmp_path, cluster))
     assert len(problems) == 2
-    assert any("setup_commands[4]: looks like an AWS access key id" in p for p in problems)
+    assert any("setup_commands[5]: looks like an AWS access key id" in p for p in problems)
     assert any("provider.aws_credentials: credentials in the config" in p for p in problems)
 
 
@@ -330,6 +369,18 @@ def test_ray_dashboard_binds_to_loopback(cluster):
     assert _option(args, "--dashboard-host") == "127.0.0.1"
 
 
+def test_ray_starts_with_token_authentication_on_every_node(cluster):
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        [start] = [c for c in cluster[key] if "ray start" in c]
+        assert "RAY_AUTH_MODE=token ray start" in " ".join(start.split()), key
+    # the token file made on your machine, copied to Ray's default path on every node
+    assert cluster["file_mounts"]["/home/ubuntu/.ray/auth_token"] == "~/.ray/auth_token"
+    assert "chmod 600 ~/.ray/auth_token" in cluster["setup_commands"]
+    # Ray clients on the nodes (the study driver, `ray status`) use it too
+    [env_line] = [c for c in cluster["setup_commands"] if "MOE_STUDY_STORAGE=" in c]
+    assert "RAY_AUTH_MODE=token" in env_line
+
+
 def test_tune_storage_is_on_s3_for_every_node(cluster):
     [line] = [c for c in cluster["setup_commands"] if "MOE_STUDY_STORAGE=" in c]
     assert re.search(r"MOE_STUDY_STORAGE=s3://\S+", line)
@@ -350,7 +401,8 @@ def test_setup_installs_pinned_torch_then_the_synced_project(cluster):
 
 
 def test_file_mounts_carry_what_pip_install_needs(cluster):
-    mounts = cluster["file_mounts"]
+    mounts = {r: local for r, local in cluster["file_mounts"].items()
+              if not r.endswith("/.ray/auth_token")}  # Ray's token: from your home, not the repo
     remote_root = "/home/ubuntu/moe-routing-study"
     assert all(remote.startswith(remote_root + "/") for remote in mounts)
     mounted = {remote[len(remote_root) + 1:] for remote in mounts}
@@ -404,6 +456,63 @@ def test_kuberay_exposes_nothing_and_binds_loopback(kuberay):
     [mlflow] = [c for c in _containers(head) if c["name"] == "mlflow"]
     assert _option(mlflow["command"], "--host") == "127.0.0.1"
     assert not [s for s in _all_strings(kuberay["docs"]) if any(c in s for c in WORLD_CIDRS)]
+
+
+def test_kuberay_turns_token_auth_on_and_admits_only_its_own_pods(kuberay):
+    spec = kuberay["cluster"]["spec"]
+    assert spec["authOptions"] == {"mode": "token"}
+    [policy] = [d for d in kuberay["docs"] if d["kind"] == "NetworkPolicy"]
+    own = {"ray.io/cluster": kuberay["cluster"]["metadata"]["name"]}
+    assert policy["spec"]["podSelector"] == {"matchLabels": own}
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    assert policy["spec"]["ingress"] == [{"from": [{"podSelector": {"matchLabels": own}}]}]
+    validate_cluster_config(KUBERAY_YAML)  # the project's check passes it
+
+
+def _kuberay_problems(tmp_path: Path, docs: list[dict]) -> list[str]:
+    path = tmp_path / "kuberay.yaml"
+    path.write_text(yaml.safe_dump_all(docs))
+    return _problems(path)
+
+
+def test_kuberay_manifest_without_auth_or_network_policy_is_rejected(tmp_path, kuberay):
+    docs = copy.deepcopy(kuberay["docs"])
+    [cluster] = [d for d in docs if d["kind"] == "RayCluster"]
+    del cluster["spec"]["authOptions"]
+    docs = [d for d in docs if d["kind"] != "NetworkPolicy"]
+    problems = _kuberay_problems(tmp_path, docs)
+    assert len(problems) == 2, problems
+    assert any("RayCluster moe-study: spec.authOptions: Ray's token authentication is off" in p
+               for p in problems)
+    assert any("no NetworkPolicy admits only the cluster's own pods" in p for p in problems)
+
+
+@pytest.mark.parametrize("opening", [
+    lambda rule: rule.update({"from": [{"ipBlock": {"cidr": "10.0.0.0/8"}}]}),
+    lambda rule: rule.update({"from": [{"namespaceSelector": {}}]}),
+    lambda rule: rule.pop("from"),  # a rule without `from` admits everyone
+    lambda rule: rule["from"][0]["podSelector"].update({"matchLabels": {"app": "other"}}),
+], ids=["ip-block", "namespace", "everyone", "other-pods"])
+def test_kuberay_network_policy_admitting_more_is_rejected(tmp_path, kuberay, opening):
+    docs = copy.deepcopy(kuberay["docs"])
+    [policy] = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    opening(policy["spec"]["ingress"][0])
+    problems = _kuberay_problems(tmp_path, docs)
+    assert len(problems) == 1 and "no NetworkPolicy admits only" in problems[0], problems
+
+
+def test_kuberay_auth_turned_off_by_hand_or_token_in_the_manifest(tmp_path, kuberay):
+    docs = copy.deepcopy(kuberay["docs"])
+    [cluster] = [d for d in docs if d["kind"] == "RayCluster"]
+    worker = cluster["spec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
+    worker["env"] += [{"name": "RAY_AUTH_MODE", "value": "disabled"},
+                      {"name": "RAY_AUTH_TOKEN", "value": "abc123"}]
+    cluster["spec"]["headGroupSpec"]["rayStartParams"]["dashboard-host"] = "0.0.0.0"
+    problems = _kuberay_problems(tmp_path, docs)
+    assert len(problems) == 3, problems
+    assert any("env[1]: RAY_AUTH_MODE=disabled" in p for p in problems)
+    assert any("env[2]: a Ray token written in the manifest" in p for p in problems)
+    assert any("dashboard-host: '0.0.0.0'" in p for p in problems)
 
 
 def test_kuberay_uses_the_same_storage_as_cluster_yaml(kuberay, cluster):

@@ -127,16 +127,14 @@ def test_a_checkpoint_gives_every_rank_its_own_stream():
 
 # -- Ray Train inside Tune ----------------------------------------------------------------------
 @pytest.fixture
-def ray_two_cpus(monkeypatch):
+def ray_two_cpus():
     ray = pytest.importorskip("ray")
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    from study.run.runner import local_ray
+
     assert not ray.is_initialized()
-    ray.init(num_cpus=WORKERS, include_dashboard=False, configure_logging=False,
-             log_to_driver=False)
-    try:
+    with local_ray(num_cpus=WORKERS, include_dashboard=False, configure_logging=False,
+                   log_to_driver=False):
         yield ray
-    finally:
-        ray.shutdown()
 
 
 def _tune_config(cfg: TrialConfig, context) -> dict:
