@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "folder or a URI such as s3://bucket/prefix, shared by every node on a "
                      "cluster (default: $MOE_STUDY_STORAGE, else ./runs)")
     _spec_set_arg(run)
+    _verbose_arg(run)
     run.set_defaults(handler=cmd_run)
 
     resume = sub.add_parser("resume", help="resume an interrupted study")
@@ -69,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("--address", help="Ray cluster address (default: start Ray locally)")
     resume.add_argument("--storage", help="the storage the study ran with (folder or URI; "
                         "default: $MOE_STUDY_STORAGE, else ./runs)")
+    _verbose_arg(resume)
     resume.set_defaults(handler=cmd_resume)
 
     best = sub.add_parser("best", help="the best trials of a study, from MLflow")
@@ -189,6 +191,11 @@ def describe_spec(spec: Any) -> str:
     return "\n".join(lines)
 
 
+def _verbose_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="also show Ray's, Tune's and Optuna's own output (tables, logs, worker output)")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from study.run.runner import run_study
     from study.spec import load_spec
@@ -201,6 +208,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         name=args.name,
         storage=args.storage,
         on_success=_print_best,
+        verbose=args.verbose,
     ))
 
 
@@ -209,7 +217,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
     return _exit_code(resume_study(
         args.name, tracking_uri=_tracking_uri(args), address=args.address, storage=args.storage,
-        on_success=_print_best,
+        on_success=_print_best, verbose=args.verbose,
     ))
 
 
@@ -222,6 +230,22 @@ def _print_best(name: str, tracking_uri: str, experiment: str, by: str) -> None:
     except ConfigError:
         return
     print(f"[{name}] best by {by}:\n{format_rows(rows, 'table')}", flush=True)
+    print("\n".join(next_commands(name, tracking_uri, experiment)), flush=True)
+
+
+def next_commands(name: str, tracking_uri: str, experiment: str) -> list[str]:
+    """What to run next: the report, and the MLflow UI with the direct address of the runs."""
+    from mlflow.tracking import MlflowClient
+
+    found = MlflowClient(tracking_uri).get_experiment_by_name(experiment)
+    runs_page = f"#/experiments/{found.experiment_id}/runs" if found is not None else ""
+    lines = ["", "next:", f"  moe-study report {experiment} --out report-{name}    # report.md with figures"]
+    if tracking_uri.startswith(("http://", "https://")):
+        lines.append(f"  open {tracking_uri.rstrip('/')}/{runs_page}    # the MLflow UI of this store")
+    else:
+        lines += [f"  mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000",
+                  f"  then open http://127.0.0.1:5000/{runs_page}"]
+    return lines
 
 
 def cmd_best(args: argparse.Namespace) -> int:

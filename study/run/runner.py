@@ -171,8 +171,10 @@ def run_study(
     name: str | None = None,
     storage: str | None = None,
     on_success: OnSuccess | None = None,
+    verbose: bool = False,
 ) -> int:
-    """Run ``spec`` as a new study; ``on_success`` is called once it ends with exit code 0."""
+    """Run ``spec`` as a new study; ``on_success`` is called once it ends with exit code 0.
+    ``verbose`` lets Ray's, Tune's and Optuna's own output through."""
     name = name or spec.name
     root = storage_root(storage)
     state_path = _state_path(root, name)
@@ -203,11 +205,13 @@ def run_study(
     }
     _write_state(state_path, state)
     print(f"[{name}] MLflow experiment {experiment_id}, parent run {parent_run_id}", flush=True)
-    return _execute(spec, state, state_path, address=address, restore=False, on_success=on_success)
+    return _execute(spec, state, state_path, address=address, restore=False, on_success=on_success,
+                    verbose=verbose)
 
 
 def resume_study(name: str, *, tracking_uri: str | None = None, address: str | None = None,
-                 storage: str | None = None, on_success: OnSuccess | None = None) -> int:
+                 storage: str | None = None, on_success: OnSuccess | None = None,
+                 verbose: bool = False) -> int:
     root = storage_root(storage)
     state_path = _state_path(root, name)
     if not state_path.exists():
@@ -224,7 +228,6 @@ def resume_study(name: str, *, tracking_uri: str | None = None, address: str | N
     replay = StudyTracker(  # writes an earlier driver could not deliver
         tracking_uri=state["tracking_uri"], experiment_id=state["experiment_id"],
         parent_run_id=state["parent_run_id"], study_name=name, spool_path=_spool(state),
-        progress=False,
     ).queue
     delivered = replay.replay_spool()  # the number that reached MLflow, not the number tried
     if delivered:
@@ -236,15 +239,19 @@ def resume_study(name: str, *, tracking_uri: str | None = None, address: str | N
         print(f"[{name}] MLflow failed during the replay: the writes not yet delivered stay in "
               f"{_spool(state)}", flush=True)
     MlflowClient(state["tracking_uri"]).update_run(state["parent_run_id"], status="RUNNING")
-    return _execute(spec, state, state_path, address=address, restore=True, on_success=on_success)
+    return _execute(spec, state, state_path, address=address, restore=True, on_success=on_success,
+                    verbose=verbose)
 
 
 def _execute(spec: StudySpec, state: dict, state_path: StorageFile, *, address: str | None, restore: bool,
-             on_success: OnSuccess | None = None) -> int:
+             on_success: OnSuccess | None = None, verbose: bool = False) -> int:
     import ray
     from mlflow.tracking import MlflowClient
 
+    from study.run.console import duration, quiet_libraries
+
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    quiet_libraries(verbose)
     _fail_tracking_requests_fast()
     name = state["name"]
     client = MlflowClient(state["tracking_uri"])
@@ -253,14 +260,14 @@ def _execute(spec: StudySpec, state: dict, state_path: StorageFile, *, address: 
     if ray.is_initialized():
         pass  # the caller's Ray: it stays up
     elif address is not None:
-        ray.init(address=address, log_to_driver=True, configure_logging=False)  # join a cluster
+        ray.init(address=address, log_to_driver=verbose, configure_logging=False)  # join a cluster
         ray_session.callback(ray.shutdown)
     else:
         # data-parallel trials need the dashboard: Ray Train frees a dead trial's workers
         # through a cleanup actor that uses it (on loopback like the rest)
         ray_session.enter_context(local_ray(
             include_dashboard=None if spec.resources.workers > 1 else False,
-            log_to_driver=True, configure_logging=False))
+            log_to_driver=verbose, configure_logging=False))
     status, code = "FAILED", 1
     try:
         if address is not None:
@@ -278,7 +285,8 @@ def _execute(spec: StudySpec, state: dict, state_path: StorageFile, *, address: 
         else:
             errors = grid.num_errors
             status, code = "FINISHED", 0
-            print(f"[{name}] finished: {len(grid) - errors} trials done, {errors} failed", flush=True)
+            print(f"[{name}] finished in {duration(time.monotonic() - started_at)}: "
+                  f"{len(grid) - errors} trials done, {errors} failed", flush=True)
         if _spool(state).exists():
             print(f"[{name}] MLflow was unreachable at the end: undelivered writes are kept in "
                   f"{_spool(state)}; deliver them with: moe-study resume {name}", flush=True)
@@ -340,7 +348,7 @@ def run_reference(spec: StudySpec, state: dict, available: dict) -> dict[str, fl
         tune_config=tune.TuneConfig(num_samples=1),
         run_config=tune.RunConfig(
             name="reference", storage_path=storage_path, storage_filesystem=storage_filesystem,
-            callbacks=[tracker], verbose=0,
+            callbacks=[tracker, *_result_loggers()], verbose=0,
             failure_config=tune.FailureConfig(max_failures=2),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),
@@ -385,6 +393,7 @@ def _search(spec: StudySpec, state: dict, available: dict, reference: dict, *, r
 
     from study.run.checkpoint_repair import repair_missing_checkpoints
     from study.spec.space import define_by_run, make_sampler
+    from study.run.console import StudyConsole, tune_trial_name
     from study.run.tracking import StudyTracker
     from study.run.trial import trial_function
 
@@ -423,8 +432,9 @@ def _search(spec: StudySpec, state: dict, available: dict, reference: dict, *, r
         tracking_uri=state["tracking_uri"], experiment_id=state["experiment_id"],
         parent_run_id=state["parent_run_id"], study_name=state["name"],
         role=naming.ROLE_TRIAL, spool_path=_spool(state),
-        objective=spec.objective.metrics[0], mode=modes[0],
     )
+    console = StudyConsole(study_name=state["name"], total=spec.num_trials, steps=spec.max_steps(),
+                           objective=spec.objective.metrics[0], mode=modes[0])
     context = trial_context(spec, reference=reference, objective=spec.objective.to_dict(),
                             search_keys=tuple(spec.search_keys), eval_steps=tuple(spec.asha_rungs() or ()))
     tuner = tune.Tuner(
@@ -436,15 +446,24 @@ def _search(spec: StudySpec, state: dict, available: dict, reference: dict, *, r
             time_budget_s=spec.budget.time_s,
             # a stopped data-parallel trial's Train workers cannot be reset for reuse
             reuse_actors=spec.resources.workers == 1,
+            trial_name_creator=tune_trial_name, trial_dirname_creator=tune_trial_name,
         ),
         run_config=tune.RunConfig(
             name=SEARCH_DIR, storage_path=storage_path, storage_filesystem=storage_filesystem,
-            callbacks=[tracker], verbose=1,
+            callbacks=[tracker, console, *_result_loggers()], verbose=0,
             failure_config=tune.FailureConfig(max_failures=2),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),
     )
     return fit_noting_interrupt(tuner)
+
+
+def _result_loggers() -> list:
+    """Tune's JSON and CSV result files in each trial's folder (its TensorBoard logger, a
+    default too, is left out: ``console.quiet_libraries``)."""
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    return [JsonLoggerCallback(), CSVLoggerCallback()]
 
 
 def fit_noting_interrupt(tuner) -> tuple[Any, bool]:

@@ -535,9 +535,6 @@ class StudyTracker(Callback):
         study_name: str,
         role: str = naming.ROLE_TRIAL,
         spool_path: StorageFile | Path | None = None,
-        objective: str | None = None,
-        mode: str = "min",
-        progress: bool = True,
     ):
         self.tracking_uri, self.experiment_id = tracking_uri, experiment_id
         self.parent_run_id, self.study_name, self.role = parent_run_id, study_name, role
@@ -546,9 +543,6 @@ class StudyTracker(Callback):
         self.run_ids: dict[str, str] = {}
         self.opened: set[str] = set()
         self.final: dict[str, dict] = {}
-        self.objective, self.mode, self.progress = objective, mode, progress
-        self.counts = {"done": 0, "failed": 0}
-        self.best: tuple[float, str] | None = None
 
     # Tune pickles callbacks into its experiment state (for Tuner.restore); an MLflow client
     # holds connections, so it is rebuilt on unpickling and pending writes travel as data.
@@ -660,20 +654,15 @@ class StudyTracker(Callback):
         self._deliver_before_returning(self.queue.put("terminate", trial=key, status="FINISHED"))
         if table and domains:  # the picture only: drawn after, the report does not need it
             self.queue.put("heatmap", trial=key, table=table, domains=list(domains))
-        self.counts["done"] += 1
-        self._update_best(trial, result)
-        self._print_progress(trials)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         key = self._run_for(trial)
-        error = _trial_error_text(trial)
+        error = trial_error_text(trial)
         self.queue.put(
             "batch", trial=key, metrics={}, ts=0, step=0,
             tags={naming.TAG_ERROR: error[-4000:] or "trial failed"},
         )
         self._deliver_before_returning(self.queue.put("terminate", trial=key, status="FAILED"))
-        self.counts["failed"] += 1
-        self._print_progress(trials)
 
     def on_experiment_end(self, trials, **info):
         self.close()
@@ -713,25 +702,6 @@ class StudyTracker(Callback):
         hold the study up: the write stays queued and is retried, spooled at worst."""
         self.queue.wait_for(handle, timeout_s=float(os.environ.get("MOE_STUDY_TRACKING_WAIT_S", "30")))
 
-    def _update_best(self, trial, result: dict) -> None:
-        if not self.objective or self.objective not in result:
-            return
-        value = float(result[self.objective])
-        better = self.best is None or (value < self.best[0] if self.mode == "min" else value > self.best[0])
-        if better:
-            self.best = (value, trial.trial_id)
-
-    def _print_progress(self, trials) -> None:
-        if not self.progress:
-            return
-        running = sum(1 for t in trials if t.status == "RUNNING")
-        best = f", best {self.objective}={self.best[0]:.4f} ({self.best[1]})" if self.best else ""
-        print(
-            f"[{self.study_name}] {self.role}s: {self.counts['done']} done, {running} running, "
-            f"{self.counts['failed']} failed{best}",
-            flush=True,
-        )
-
 
 def _result_tags(result: dict) -> dict[str, str]:
     """Tags a finished trial's run takes from its last result: where it ran, which text."""
@@ -743,7 +713,7 @@ def _result_tags(result: dict) -> dict[str, str]:
     return tags
 
 
-def _trial_error_text(trial) -> str:
+def trial_error_text(trial) -> str:
     for attr in ("error_msg",):
         msg = getattr(trial, attr, None)
         if msg:

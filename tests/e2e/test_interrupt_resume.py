@@ -80,9 +80,11 @@ def _check_complete(d: Path, uri: str, killed: bool) -> None:
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     # Tune: the experiment state holds exactly the budget, all terminated
     search = d / "runs" / "interrupt" / "search"
-    trial_dirs = [p for p in search.iterdir() if p.is_dir() and p.name.startswith("trial_function")]
+    trial_dirs = [p for p in search.iterdir() if p.is_dir() and (p / "params.json").exists()]
     if killed:  # a forgotten trial's folder stays behind
-        trial_dirs = [p for p in trial_dirs if p.name.split("_")[2] in ids]
+        trial_dirs = [p for p in trial_dirs if any(p.name.endswith("_" + i) for i in ids)]
+    # named by their settings and Tune's id (console.tune_trial_name), not by config keys
+    assert all(len(p.name) < 60 and p.name.split("-")[0] in ("lbl", "eb", "sh", "ba", "none") for p in trial_dirs)
     assert len(trial_dirs) == N_TRIALS
     for p in trial_dirs:
         results = [json.loads(line) for line in (p / "result.json").read_text().splitlines()]

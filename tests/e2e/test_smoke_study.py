@@ -103,7 +103,14 @@ def test_study_writes_parent_run_and_nested_trial_runs_with_gaps(smoke_study, tm
             again = specialisation_metrics(counts.n_LXED, counts.n_LQE, counts.domain_Q)
             assert again["cmi"] == pytest.approx(m["cmi"]) and len(domains) == counts.n_LXED.shape[3]
             assert again["excess_purity/layer0"] == pytest.approx(m["excess_purity/layer0"])
-    assert "finished: 4 trials done, 0 failed" in stdout
+    assert "trials done, 0 failed" in stdout and "] finished in " in stdout
+    # a console a person reads: one line per trial event, no library tables, logs or colours
+    lines = stdout.splitlines()
+    assert len(lines) < 40, stdout
+    for chatter in ("╭", "Trial status", "_objective", "TBX", "snapshotting", "\033[", "View detailed results"):
+        assert chatter not in stdout, chatter
+    assert sum(("] done " in ln) or ("] stopped early " in ln) for ln in lines) == 4
+    assert "next:" in stdout and f"#/experiments/{client.get_experiment_by_name('smoke').experiment_id}/runs" in stdout
     # what the MLflow UI shows without clicking: the runs view, the spec's search settings and the
     # study's outcome on the parent, the reference's zero gaps, provenance on every run
     exp = client.get_experiment_by_name("smoke")

@@ -33,7 +33,7 @@ def test_a_refused_write_is_set_aside_and_an_outage_is_spooled(tmp_path, monkeyp
 
         def tracker():
             return StudyTracker(tracking_uri=server.uri, experiment_id=exp, parent_run_id=parent,
-                                study_name=NAME, progress=False, spool_path=study / "mlflow-spool.jsonl")
+                                study_name=NAME, spool_path=study / "mlflow-spool.jsonl")
 
         trial = SimpleNamespace(trial_id="t1", config={"train.steps": 20, "router.method": "lbl"},
                                 last_result=None, status="RUNNING")

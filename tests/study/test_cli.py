@@ -113,15 +113,16 @@ def test_train_dispatch_contract(tiny_config, monkeypatch, capsys):
 def test_run_dispatch_and_failures(monkeypatch, capsys, tmp_path):
     calls = []
 
-    def run_study(spec, *, tracking_uri, address, name, storage, on_success):
-        calls.append((spec.name, tracking_uri, address, name, storage, on_success))
+    def run_study(spec, *, tracking_uri, address, name, storage, on_success, verbose):
+        calls.append((spec.name, tracking_uri, address, name, storage, on_success, verbose))
         return 0
 
     module = fake_module(monkeypatch, "study.run.runner", run_study=run_study)
     assert main(["run", str(SMOKE), "--tracking-uri", "sqlite:///x.db", "--address", "auto",
                  "--name", "renamed", "--storage", str(tmp_path)]) == 0
     # the command line, not the runner, prints the best trials once the study ended well
-    assert calls == [("smoke", "sqlite:///x.db", "auto", "renamed", str(tmp_path), cli._print_best)]
+    assert calls == [("smoke", "sqlite:///x.db", "auto", "renamed", str(tmp_path), cli._print_best, False)]
+    assert main(["run", str(SMOKE), "-v"]) == 0 and calls[-1][-1] is True  # library output back
 
     module.run_study = lambda spec, **kw: 1  # a study whose trials failed
     assert main(["run", str(SMOKE)]) == 1
@@ -146,7 +147,8 @@ def test_resume_and_report_dispatch(monkeypatch, capsys, tmp_path):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///env.db")
     assert main(["resume", "quick", "--storage", str(tmp_path)]) == 0
     assert seen["resume"] == ("quick", {"tracking_uri": "sqlite:///env.db", "address": None,
-                                        "storage": str(tmp_path), "on_success": cli._print_best})
+                                        "storage": str(tmp_path), "on_success": cli._print_best,
+                                        "verbose": False})
 
     fake_module(monkeypatch, "study.results.report",
                 write_report=lambda exp, out_dir=None, tracking_uri=None, compare=(): (

@@ -36,7 +36,7 @@ def store(tmp_path):
 
     def tracker() -> StudyTracker:
         return StudyTracker(tracking_uri=uri, experiment_id=experiment_id, parent_run_id=parent,
-                            study_name="s", objective="gap_purity", progress=False)
+                            study_name="s")
 
     def trial_run():
         runs = [r for r in client.search_runs([experiment_id]) if r.data.tags.get(naming.TAG_TRIAL_ID) == "t1"]

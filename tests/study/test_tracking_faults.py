@@ -135,7 +135,7 @@ def _trial(trial_id="t1"):
 def test_a_study_name_with_quotes_does_not_break_the_run_lookup(store, tmp_path, name):
     def tracker():
         return StudyTracker(tracking_uri=store.uri, experiment_id=store.exp, parent_run_id=store.run_id,
-                            study_name=name, progress=False, spool_path=tmp_path / "s" / "mlflow-spool.jsonl")
+                            study_name=name, spool_path=tmp_path / "s" / "mlflow-spool.jsonl")
 
     trial, first = _trial(), tracker()
     first.on_trial_result(0, [trial], trial, {"step": 10, "val_loss": 2.0})
