@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
-from trainables.errors import ConfigError, did_you_mean
+from trainables.errors import ConfigError, brief, did_you_mean, name_problem
 from trainables.scope import SCOPE_NAMES, SCOPES, WindowScope
 
 # Names of the domains trainables.data.sources can build; kept here so validation needs no I/O.
@@ -274,20 +274,31 @@ class TrialConfig:
             p.append(f"model.top_k: {m.top_k} is larger than model.n_experts={m.n_experts}")
         if not d.domains:
             p.append("data.domains: at least one domain is needed")
-        if len(set(d.domains)) != len(d.domains):
+        if len(set(map(brief, d.domains))) != len(d.domains):
             p.append(f"data.domains: duplicate names in {d.domains}")
         extra_names = [e.get("name") for e in d.extra if isinstance(e, dict)]
+        bad_names = set()  # a domain name becomes a metric key (val_loss/<name>) and a file name
+        for i, name in enumerate(d.domains):
+            msg = name_problem(name)
+            if msg:
+                p.append(f"data.domains[{i}]: domain name {msg}")
+                bad_names.add(brief(name))
         for i, e in enumerate(d.extra):
             if not isinstance(e, dict) or not e.get("name"):
                 p.append(f"data.extra[{i}]: must be a mapping with a 'name'")
+                continue
+            msg = name_problem(e["name"])
+            if msg:
+                p.append(f"data.extra[{i}].name: domain name {msg}")
+                bad_names.add(brief(e["name"]))
             elif not (e.get("path") or e.get("hf")):
                 p.append(f"data.extra[{i}] ({e['name']}): needs 'path' or 'hf'")
         for name in d.weights:
             if name not in d.domains:
                 p.append(f"data.weights: {name!r} is not one of data.domains {d.domains}")
         for name, w in d.weights.items():
-            if not (isinstance(w, (int, float)) and w > 0):
-                p.append(f"data.weights.{name}: must be > 0 (got {w!r})")
+            if not (isinstance(w, (int, float)) and not isinstance(w, bool) and w > 0 and _finite(w)):
+                p.append(f"data.weights.{name}: must be a finite number > 0 (got {brief(w)})")
         if isinstance(d.domains_per_micro_batch, str):
             if d.domains_per_micro_batch != "random":
                 p.append(
@@ -316,9 +327,9 @@ class TrialConfig:
                     f"model.top_k: {m.top_k} is larger than the reference router's group of "
                     f"{m.n_experts // n_dom} experts per domain"
                 )
-        known_domains = set(BUILTIN_DOMAIN_NAMES) | {n for n in extra_names if n}
+        known_domains = set(BUILTIN_DOMAIN_NAMES) | {n for n in extra_names if isinstance(n, str) and n}
         for name in d.domains:
-            if name not in known_domains:
+            if isinstance(name, str) and name not in known_domains and brief(name) not in bad_names:
                 hint = did_you_mean(name, sorted(known_domains))
                 p.append(
                     f"data.domains: unknown domain {name!r} (not built in and not in data.extra){hint}"
@@ -328,6 +339,14 @@ class TrialConfig:
 
 
 # -- helpers -----------------------------------------------------------------------------------
+def _finite(value: Any) -> bool:
+    """``math.isfinite`` that says False, not OverflowError, for an int too big for a float."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def flatten(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """``{"router": {"method": "lbl"}}`` -> ``{"router.method": "lbl"}``.
 

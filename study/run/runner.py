@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from trainables.config import TrialConfig
-from trainables.errors import ConfigError
+from trainables.errors import ConfigError, brief, name_problem
 
 from study import naming
 from study.spec import spec_from_dict
@@ -38,6 +38,14 @@ class StudyFailed(RuntimeError):
 def storage_root(storage: str | None) -> str:
     root = storage or os.environ.get("MOE_STUDY_STORAGE") or "runs"
     return root if "://" in root else os.path.abspath(root)
+
+
+def check_study_name(name: str, what: str) -> None:
+    """A study name is a folder under the storage root and an MLflow experiment name: one rule
+    (``trainables.errors.name_problem``), so ``../x`` or ``/abs`` cannot move the state out."""
+    problem = name_problem(name)
+    if problem:
+        raise ConfigError(f"{what} {brief(name)}: the study name {problem}")
 
 
 def _state_path(root: str, name: str) -> Path:
@@ -108,6 +116,7 @@ def run_study(
 ) -> int:
     """Run ``spec`` as a new study; ``on_success`` is called once it ends with exit code 0."""
     name = name or spec.name
+    check_study_name(name, "--name")
     root = storage_root(storage)
     state_path = _state_path(root, name)
     if state_path.exists():
@@ -142,6 +151,7 @@ def run_study(
 
 def resume_study(name: str, *, tracking_uri: str | None = None, address: str | None = None,
                  storage: str | None = None, on_success: OnSuccess | None = None) -> int:
+    check_study_name(name, "NAME")
     root = storage_root(storage)
     state_path = _state_path(root, name)
     if not state_path.exists():

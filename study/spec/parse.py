@@ -9,11 +9,10 @@ by ``study.spec.checks``.
 from __future__ import annotations
 
 import math
-import re
 from typing import Any, Mapping
 
 from trainables.config import SECTIONS, TrialConfig, flat_field_types, flatten, read_fields
-from trainables.errors import ConfigError, did_you_mean
+from trainables.errors import ConfigError, brief, did_you_mean, name_problem
 from study import naming
 from study.spec.types import (
     DISTRIBUTIONS, MODES, SAMPLERS, SCHEDULERS, BudgetSpec, Objective, ReferenceSpec,
@@ -32,7 +31,6 @@ SAMPLER_OPTIONS = {
     "nsga2": ("seed", "population_size"),
     "grid": ("seed",),
 }
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 class Problems(list):
@@ -54,8 +52,8 @@ def parse_spec(raw: Any, *, default_name: str | None, source: str | None) -> tup
     if name is None:
         problems.add("name", "required (the study's name and MLflow experiment)")
         name = "study"
-    elif not isinstance(name, str) or not NAME_PATTERN.match(name):
-        problems.add("name", f"must be letters, digits, '_', '.', '-' (got {name!r})")
+    elif name_problem(name):
+        problems.add("name", f"the study name {name_problem(name)}")
         name = str(name)
     description = raw.get("description", "")
     if not isinstance(description, str):
@@ -477,7 +475,11 @@ def parse_reference(raw: Any, problems: Problems) -> ReferenceSpec:
 
 
 def parse_tracking(raw: Any, problems: Problems) -> TrackingSpec:
-    return _plain_section(TrackingSpec, raw, "tracking", "{uri: null, experiment: null}", problems)
+    t = _plain_section(TrackingSpec, raw, "tracking", "{uri: null, experiment: null}", problems)
+    if t.experiment is not None and name_problem(t.experiment):
+        problems.add("tracking.experiment", f"the experiment name {name_problem(t.experiment)}")
+        t.experiment = None
+    return t
 
 
 def parse_report(raw: Any, problems: Problems) -> ReportSpec:
