@@ -61,3 +61,12 @@ def test_run_and_resume_refuse_a_name_that_leaves_the_storage_root(tmp_path, nam
     with pytest.raises(ConfigError, match="NAME .*the study name must be"):
         resume_study(name, storage=str(storage))
     assert not storage.exists() and not (tmp_path / "m.db").exists()
+
+
+def test_query_commands_refuse_a_bad_experiment_name(tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path}/m.db"
+    assert main(["best", "bob's-study", "--tracking-uri", uri]) == 2
+    assert "EXPERIMENT \"bob's-study\": the experiment name must be" in capsys.readouterr().err
+    assert main(["report", "../x", "--tracking-uri", uri, "--out", str(tmp_path / "r")]) == 2
+    assert "EXPERIMENT '../x': the experiment name must be" in capsys.readouterr().err
+    assert not (tmp_path / "m.db").exists() and not (tmp_path / "r").exists()
