@@ -38,6 +38,8 @@ NAMED_MIXES = {
 }
 """``data.mix`` names: a domain set chosen by one key."""
 STEP_COMPOSITIONS = ("independent", "domain_complete")
+MAX_INT = 2**63
+"""Integer settings are below this in magnitude (what torch, numpy and Ray take as an integer)."""
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -171,7 +173,7 @@ class TrialConfig:
                 continue
             coerced, err = _coerce(value, known[key])
             if err:
-                problems.append(f"{key}: {err} (got {value!r})")
+                problems.append(f"{key}: {err} (got {brief(value)})")
                 continue
             section, name = key.split(".", 1)
             setattr(getattr(cfg, section), name, coerced)
@@ -403,6 +405,10 @@ def read_fields(cls: type, raw: Mapping[str, Any], path: str, problems: list[str
         if meta.get("also"):  # the literals are the field's only strings: "auto", not "many"
             typ = Union[tuple(a for a in get_args(typ) if a is not str) or (typ,)]
         coerced, err = _coerce(value, typ)
+        if not err and isinstance(coerced, float) and not math.isfinite(coerced):
+            # .inf passes "> 0" and .nan fails no comparison: neither is a meaningful setting
+            problems.append(f"{path}.{key}: expected a finite number (got {brief(value)})")
+            continue
         if not err and coerced is not None and not isinstance(coerced, bool) and isinstance(coerced, (int, float)):
             if ("min" in meta and coerced < meta["min"]) or ("above" in meta and not coerced > meta["above"]) \
                     or ("below" in meta and not coerced < meta["below"]):
@@ -410,7 +416,7 @@ def read_fields(cls: type, raw: Mapping[str, Any], path: str, problems: list[str
         if not err and meta.get("nonempty") and coerced == "":
             err = "empty"
         if err:
-            problems.append(f"{path}.{key}: expected {_expectation(hints[key], meta)} (got {value!r})")
+            problems.append(f"{path}.{key}: expected {_expectation(hints[key], meta)} (got {brief(value)})")
             continue
         # a whole number for a float field stays as written (1, not 1.0): a spec's content hash
         # is taken over its values, and a stored study must still match it
@@ -438,7 +444,7 @@ def _unknown_key_message(key: str, known: dict[str, Any]) -> str:
 
 def _choice(problems: list[str], key: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        problems.append(f"{key}: unknown value {value!r}, expected one of {list(allowed)}"
+        problems.append(f"{key}: unknown value {brief(value)}, expected one of {list(allowed)}"
                         f"{did_you_mean(value, allowed)}")
 
 
@@ -456,25 +462,47 @@ def _coerce(value: Any, typ: Any) -> tuple[Any, str]:
             if not err:
                 return v, ""
         return None, f"expected one of {[getattr(a, '__name__', str(a)) for a in get_args(typ)]}"
-    if origin is list:
-        return (list(value), "") if isinstance(value, (list, tuple)) else (None, "expected a list")
-    if origin is dict:
-        return (dict(value), "") if isinstance(value, dict) else (None, "expected a mapping")
+    if origin is list or typ is list:
+        if not isinstance(value, (list, tuple)):
+            return None, "expected a list"
+        for item in value:  # checked, not converted: a config's hash sees the values as written
+            if get_args(typ) and _coerce(item, get_args(typ)[0])[1]:
+                return None, f"expected a list of {_words(get_args(typ)[0])}"
+        return list(value), ""
+    if origin is dict or typ is dict:
+        if not isinstance(value, dict):
+            return None, "expected a mapping"
+        if get_args(typ):
+            key_type, value_type = get_args(typ)
+            if any(_coerce(k, key_type)[1] or _coerce(v, value_type)[1] for k, v in value.items()):
+                return None, f"expected a mapping of {_words(key_type)} to {_words(value_type)}"
+        return dict(value), ""
     if typ is bool:
         return (value, "") if isinstance(value, bool) else (None, "expected true or false")
     if typ is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
+            if isinstance(value, float) and value.is_integer() and abs(value) < MAX_INT:
                 return int(value), ""
             return None, "expected an integer"
+        if abs(value) >= MAX_INT:  # no setting counts that far; torch and numpy take 64 bits
+            return None, "expected an integer (this one does not fit in 64 bits)"
         return value, ""
     if typ is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return None, "expected a number"
-        return float(value), ""
+        try:
+            return float(value), ""
+        except OverflowError:  # an int beyond a float's range (1e308)
+            return None, "expected a number (this integer is too large for one)"
     if typ is str:
         return (value, "") if isinstance(value, str) else (None, "expected a string")
     return value, ""
+
+
+def _words(typ: Any) -> str:
+    """``str`` -> ``strings``: an element type in a message."""
+    return {str: "strings", float: "numbers", int: "integers", dict: "mappings", bool: "true/false"}.get(
+        typ, getattr(typ, "__name__", str(typ)))
 
 
 def _check_named_mix(p: list[str], d: DataConfig) -> None:
@@ -502,7 +530,8 @@ def _check_step_composition(p: list[str], d: DataConfig, t: "TrainConfig") -> No
         p.append("data.step_composition: domain_complete works with data.domains_per_micro_batch "
                  f"1 or 'random' (got {d.domains_per_micro_batch!r})")
         return
-    if any(not (isinstance(w, (int, float)) and w > 0) for w in d.weights.values()):
+    if any(not (isinstance(w, (int, float)) and not isinstance(w, bool) and w > 0 and _finite(w))
+           for w in d.weights.values()):
         return  # named by the weights check
     if step_shares(d.domains, d.weights, units) is None:
         if d.weights:

@@ -70,3 +70,130 @@ def test_query_commands_refuse_a_bad_experiment_name(tmp_path, capsys):
     assert main(["report", "../x", "--tracking-uri", uri, "--out", str(tmp_path / "r")]) == 2
     assert "EXPERIMENT '../x': the experiment name must be" in capsys.readouterr().err
     assert not (tmp_path / "m.db").exists() and not (tmp_path / "r").exists()
+
+
+# -- specs that exhaust memory or are silently wrong ---------------------------------------------
+def write(tmp_path, text: str, name: str = "s.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+SPEC_HEAD = "search:\n  router.method: {choice: [lbl, eb]}\n"
+
+
+@pytest.mark.parametrize("text, key, lines", [
+    (SPEC_HEAD + "budget: {trials: 4}\nbudget: {trials: 1000000}\n", "'budget'", (3, 4)),
+    (SPEC_HEAD + "budget:\n  trials: 4\n  trials: 1000000\n", "'trials'", (4, 5)),
+    ("search:\n  router.method: {choice: [lbl]}\n  router.method: {choice: [eb]}\nbudget: {trials: 1}\n",
+     "'router.method'", (2, 3)),
+])
+def test_a_key_given_twice_is_refused_naming_it_and_both_lines(tmp_path, capsys, text, key, lines):
+    assert main(["validate", str(write(tmp_path, text))]) == 2
+    err = capsys.readouterr().err
+    assert f"key {key} is given twice (lines {lines[0]} and {lines[1]})" in err, err
+
+
+def test_a_key_given_twice_in_a_set_value_or_trial_config_is_refused(tmp_path, capsys):
+    spec = write(tmp_path, SPEC_HEAD + "budget: {trials: 2}\n")
+    assert main(["validate", str(spec), "--set", "data.weights={english: 1, english: 9}"]) == 2
+    assert "key 'english' is given twice" in capsys.readouterr().err
+    config = write(tmp_path, "train:\n  steps: 5\n  steps: 500\n", "c.yaml")
+    assert main(["train", str(config)]) == 2
+    assert "key 'steps' is given twice (lines 2 and 3)" in capsys.readouterr().err
+
+
+def test_a_merge_key_may_still_be_overridden(tmp_path):
+    from study.spec import load_spec
+
+    text = SPEC_HEAD + "fixed:\n  model:\n    <<: {n_experts: 12, top_k: 4}\n    top_k: 2\nbudget: {trials: 1}\n"
+    spec = load_spec(write(tmp_path, text))
+    assert spec.fixed["model.top_k"] == 2 and spec.fixed["model.n_experts"] == 12
+
+
+ALIAS_BOMB = "".join(
+    f"{k}: &{k} [{', '.join([f'*{p}'] * 9) if p else ', '.join(['lol'] * 9)}]\n"
+    for p, k in zip(["", "a", "b", "c", "d", "e", "f", "g"], "abcdefgh")
+)
+
+
+def test_an_alias_bomb_is_refused_with_a_short_message(tmp_path, capsys):
+    assert len(ALIAS_BOMB) < 600  # 9**8 = 43 million values once expanded
+    assert main(["validate", str(write(tmp_path, SPEC_HEAD + ALIAS_BOMB))]) == 2
+    err = capsys.readouterr().err
+    assert "more than 20,000 values (aliases counted at the size they expand to)" in err
+    assert len(err) < 1000
+
+
+def test_a_recursive_alias_is_refused(tmp_path, capsys):
+    assert main(["validate", str(write(tmp_path, SPEC_HEAD + "fixed: &f {data.domains: *f}\n"))]) == 2
+    assert "an alias inside the value it names" in capsys.readouterr().err
+
+
+def test_values_in_messages_are_cut_short(tmp_path, capsys):
+    # a big value below the node cap, given where a mapping belongs: the message shows its start
+    items = ", ".join(f"v{i}" for i in range(5000))
+    assert main(["validate", str(write(tmp_path, f"search:\n  router.method: [{items}]\n"))]) == 2
+    err = capsys.readouterr().err
+    assert "search.router.method: expected a mapping such as" in err and "'v7', ...]" in err
+    assert len(err) < 1500
+
+
+def test_every_problem_line_is_capped():
+    err = ConfigError(["x" * 100_000, *(f"p{i}" for i in range(300))])
+    assert len(str(err)) < 5000
+    assert "(99,000 more characters)" in err.problems[0]
+    assert err.problems[-1] == "... and 101 more problems"
+
+
+def test_an_oversized_spec_file_is_refused(tmp_path, capsys):
+    assert main(["validate", str(write(tmp_path, SPEC_HEAD + "#" * (1 << 20)))]) == 2
+    assert "larger than 1,048,576 bytes" in capsys.readouterr().err
+
+
+# -- numbers: exit 2 where a traceback was, and no .inf / .nan ------------------------------------
+@pytest.mark.parametrize("yaml_text, needle", [
+    # an integer too big for a float, or of more than Python's 4,300 digits: the loader stops it
+    (SPEC_HEAD + "  train.lr: {uniform: [0, " + "9" * 400 + "]}\nbudget: {trials: 1}\n",
+     "s.yaml: line 3: an integer of 400 digits (at most 100 are read)"),
+    (SPEC_HEAD + "budget: {trials: " + "9" * 5000 + "}\n", "line 3: an integer of 5,000 digits"),
+    (SPEC_HEAD + "  train.lr: {uniform: [1.0e-3, 2.0e-3], step: .nan}\nbudget: {trials: 1}\n",
+     "search.train.lr.step: expected a positive finite number (got nan)"),
+    (SPEC_HEAD + "  train.lr: {uniform: [1.0e-3, 2.0e-3], step: .inf}\nbudget: {trials: 1}\n",
+     "search.train.lr.step: expected a positive finite number (got inf)"),
+    (SPEC_HEAD + "scheduler: {type: asha, reduction_factor: .inf}\nbudget: {trials: 1}\n",
+     "scheduler.reduction_factor: expected a finite number > 1 (got inf)"),
+    (SPEC_HEAD + "budget: {trials: 1, time_s: .inf}\n", "budget.time_s: expected a finite number (got inf)"),
+    (SPEC_HEAD + "resources: {cpu: .inf}\nbudget: {trials: 1}\n", "resources.cpu: expected a finite number (got inf)"),
+    (SPEC_HEAD + "resources: {cpu: .nan}\nbudget: {trials: 1}\n", "resources.cpu: expected a finite number (got nan)"),
+    (SPEC_HEAD + "resources: {workers: " + "9" * 30 + "}\nbudget: {trials: 1}\n",
+     "resources.workers: expected an integer >= 1 (got 999999999999999999999999999999)"),
+    (SPEC_HEAD + "fixed: {data.weights: {english: .inf}}\nbudget: {trials: 1}\n",
+     "fixed.data.weights.english: must be a finite number > 0 (got inf)"),
+    (SPEC_HEAD + "fixed: {train.steps: " + "9" * 30 + "}\nbudget: {trials: 1}\n",
+     "fixed.train.steps: expected an integer (this one does not fit in 64 bits)"),
+    (SPEC_HEAD + "sampler: {seed: 1099511627776}\nbudget: {trials: 1}\n",
+     "sampler.seed: expected an integer >= 0 and <= 4,294,967,295 (got 1099511627776)"),
+    (SPEC_HEAD + "fixed: {data.domains: [[english]]}\nbudget: {trials: 1}\n",
+     "fixed.data.domains: expected a list of strings (got [['english']])"),
+])
+def test_numbers_that_crashed_or_meant_nothing_exit_2(tmp_path, capsys, yaml_text, needle):
+    assert main(["validate", str(write(tmp_path, yaml_text))]) == 2
+    err = capsys.readouterr().err
+    assert needle in err, err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("changes, needle", [
+    # the same checks for specs that do not come from a file (an artifact, a Python caller)
+    ({"fixed": {"train.lr": 10**400}},
+     "fixed.train.lr: expected a number (this integer is too large for one) (got an integer of 401 digits)"),
+    ({"search": {**VALID["search"], "train.lr": {"uniform": [0, 10**400]}}},
+     "search.train.lr.uniform[1]: must be a finite number (got an integer of 401 digits)"),
+    ({"budget": {"trials": 1, "time_s": 10**400}}, "budget.time_s: expected a number > 0 (got an integer of 401 digits)"),
+    ({"objective": {"constraints": {"load_entropy": {"min": 10**5000}}}},
+     "objective.constraints.load_entropy.min: expected a finite number (got an integer of 5001 digits)"),
+])
+def test_integers_too_big_for_a_float_are_refused_from_python_too(changes, needle):
+    problems = problems_of(spec_with(**changes))
+    assert needle in problems, problems
