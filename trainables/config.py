@@ -366,6 +366,19 @@ def flatten(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def twice_given(nested: dict[str, Any]) -> list[str]:
+    """Dotted keys that ``nested`` gives both in a section and as a dotted key
+    (``model: {top_k: 2}`` and ``model.top_k: 4``): ``flatten`` would keep one silently."""
+    seen: set[str] = set()
+    twice: list[str] = []
+    for key, value in nested.items():
+        for flat_key in flatten({key: value}):
+            if flat_key in seen and flat_key not in twice:
+                twice.append(flat_key)
+            seen.add(flat_key)
+    return twice
+
+
 @functools.lru_cache(maxsize=1)
 def flat_field_types() -> dict[str, Any]:
     types: dict[str, Any] = {}

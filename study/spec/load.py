@@ -17,7 +17,7 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-from trainables.config import TrialConfig, flatten
+from trainables.config import TrialConfig, flatten, twice_given
 from trainables.errors import ConfigError, brief
 from study.spec.checks import check_spec
 from study.spec.overrides import apply_overrides
@@ -216,6 +216,10 @@ def load_trial_config(path: str | Path | None, sets: Iterable[str] = ()) -> Tria
             raw = {}
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: a trial config must be a mapping of keys to values")
+        twice = twice_given(raw)
+        if twice:
+            raise ConfigError([f"{path}: {k}: given twice (in its section and as a dotted key); "
+                               "give it once" for k in twice])
         flat = flatten(raw)
     for assignment in sets:
         key, value = parse_set(assignment)

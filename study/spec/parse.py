@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
-from trainables.config import SECTIONS, TrialConfig, flat_field_types, flatten, read_fields
+from trainables.config import SECTIONS, TrialConfig, flat_field_types, flatten, read_fields, twice_given
 from trainables.errors import ConfigError, brief, did_you_mean, name_problem
 from study import naming
 from study.spec.types import (
@@ -106,6 +106,8 @@ def parse_fixed(raw: Any, problems: Problems) -> dict[str, Any]:
         problems.add("fixed", f"expected a mapping of trial-config keys to values (got {_kind(raw)})")
         return {}
     fixed: dict[str, Any] = {}
+    for key in twice_given(raw):
+        problems.add(f"fixed.{key}", "given twice (in its section and as a dotted key); give it once")
     for key, value in flatten(raw).items():
         msg = unknown_trial_key(key)
         if msg:
@@ -135,6 +137,8 @@ def parse_search(raw: Any, fixed: Mapping[str, Any], problems: Problems) -> list
     types = flat_field_types()
     params: list[SearchParam] = []
     broken: list[SearchParam] = []  # reported already; kept so that conditions on them are checked
+    for key in twice_given(raw):
+        problems.add(f"search.{key}", "given twice (in its section and as a dotted key); give it once")
     for key, spec in flatten(raw).items():
         path = f"search.{key}"
         msg = unknown_trial_key(key)

@@ -197,3 +197,18 @@ def test_numbers_that_crashed_or_meant_nothing_exit_2(tmp_path, capsys, yaml_tex
 def test_integers_too_big_for_a_float_are_refused_from_python_too(changes, needle):
     problems = problems_of(spec_with(**changes))
     assert needle in problems, problems
+
+
+def test_a_key_given_in_its_section_and_dotted_is_refused(tmp_path, capsys):
+    fixed = {**VALID["fixed"], "train": {"steps": 60}}  # and "train.steps": 60 in VALID
+    assert problems_of(spec_with(fixed=fixed)) == [
+        "fixed.train.steps: given twice (in its section and as a dotted key); give it once"]
+    search = {**VALID["search"], "train": {"lr": {"uniform": [0.1, 0.2]}}}
+    assert "search.train.lr: given twice (in its section and as a dotted key); give it once" in \
+        problems_of(spec_with(search=search))
+    spec = write(tmp_path, SPEC_HEAD + "fixed: {train: {steps: 60}, train.steps: 6}\nbudget: {trials: 1}\n")
+    assert main(["validate", str(spec), "--set", "train.lr=0.001"]) == 2  # --set flattens too
+    assert "fixed.train.steps: given twice" in capsys.readouterr().err
+    config = write(tmp_path, "model: {top_k: 2}\nmodel.top_k: 4\n", "c.yaml")
+    assert main(["train", str(config)]) == 2
+    assert "model.top_k: given twice" in capsys.readouterr().err
