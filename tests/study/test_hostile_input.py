@@ -212,3 +212,50 @@ def test_a_key_given_in_its_section_and_dotted_is_refused(tmp_path, capsys):
     config = write(tmp_path, "model: {top_k: 2}\nmodel.top_k: 4\n", "c.yaml")
     assert main(["train", str(config)]) == 2
     assert "model.top_k: given twice" in capsys.readouterr().err
+
+
+# -- grids are counted, not built -----------------------------------------------------------------
+def grid_spec(n_keys: int, n_choices: int, **extra) -> dict:
+    keys = ["train.seed", "data.seed", "train.warmup_steps", "model.n_shared_experts",
+            "train.threads", "router.sinkhorn_iters", "router.auction_iters", "data.eval_sequences_per_domain"]
+    search = {k: {"choice": list(range(1, n_choices + 1))} for k in keys[:n_keys]}
+    return {"name": "g", "fixed": VALID["fixed"], "search": search, "sampler": "grid",
+            "reference": {"enabled": False}, "objective": {"metric": "purity"}, **extra}
+
+
+def test_a_huge_grid_is_counted_without_building_it(monkeypatch):
+    import study.spec.checks as checks
+    import study.spec.types as types
+
+    real = types.expand_points
+
+    def bounded_expansion(params, *args, **kwargs):
+        assert types.count_points(params, ranges_as_ends=True) <= 10_000, "a huge grid was built"
+        return real(params, *args, **kwargs)
+
+    monkeypatch.setattr(types, "expand_points", bounded_expansion)
+    monkeypatch.setattr(checks, "expand_points", bounded_expansion)
+    problems = problems_of(grid_spec(8, 10))  # 10**8 points
+    assert problems == ["search: the grid has 100,000,000 points; at most 10,000 run as a grid: fix "
+                        "some keys, or search them with tpe or random and a budget.trials"], problems
+    assert spec_from_dict(grid_spec(2, 3)).num_trials == 9
+
+
+def test_grid_counts_follow_conditions_and_stop_at_the_cap():
+    from study.spec.types import SearchParam, count_grid, expand_points
+
+    method = SearchParam("router.method", "choice", choices=["lbl", "eb", "sh"])
+    coef = SearchParam("router.lbl_coef", "choice", choices=[0.1, 0.01], when={"router.method": ["lbl"]})
+    rate = SearchParam("router.bias_update_rate", "choice", choices=[1, 2, 3], when={"router.method": ["eb"]})
+    seed = SearchParam("train.seed", "choice", choices=[0, 1])
+    params = [method, coef, rate, seed]
+    assert count_grid(params) == len(expand_points(params)) == (2 + 3 + 1) * 2
+    # conditions on many keys: counting stops once the combinations alone pass the cap
+    keys = [SearchParam(f"k{i}", "choice", choices=list(range(10))) for i in range(8)]
+    guarded = SearchParam("z", "choice", choices=[1], when={k.key: [0] for k in keys})
+    assert count_grid([*keys, guarded], cap=1000) == 1001
+
+
+def test_a_grid_at_the_cap_with_exclusions_is_counted_exactly():
+    spec = spec_from_dict(grid_spec(4, 10, exclude=[{"train.seed": 1}]))
+    assert spec.num_trials == 9 * 10**3
