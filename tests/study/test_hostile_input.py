@@ -259,3 +259,51 @@ def test_grid_counts_follow_conditions_and_stop_at_the_cap():
 def test_a_grid_at_the_cap_with_exclusions_is_counted_exactly():
     spec = spec_from_dict(grid_spec(4, 10, exclude=[{"train.seed": 1}]))
     assert spec.num_trials == 9 * 10**3
+
+
+# -- domain files that crashed the build or passed as text -------------------------------------
+def data_spec(tmp_path, entry: dict) -> dict:
+    fixed = {**VALID["fixed"], "data.domains": ["english", entry["name"]], "data.extra": [entry]}
+    return spec_with(fixed=fixed)
+
+
+def test_a_binary_file_as_a_text_domain_is_refused(tmp_path):
+    blob = tmp_path / "model.bin"
+    blob.write_bytes(bytes(range(256)) * 1000)
+    problems = problems_of(data_spec(tmp_path, {"name": "blob", "path": str(blob)}))
+    assert problems == [f"fixed.data.extra[0] (blob): {str(blob)!r} is a binary file (NUL bytes in "
+                        "its first 8,192), not text"], problems
+
+
+def test_a_jsonl_domain_that_is_not_utf8_exits_2(tmp_path, capsys):
+    from trainables.config import DataConfig
+    from trainables.data import build_mix
+
+    bad = tmp_path / "latin1.jsonl"
+    bad.write_bytes(b'{"text": "caf\xe9"}\n' * 3)
+    problems = problems_of(data_spec(tmp_path, {"name": "cafe", "path": str(bad)}))
+    assert any("is not UTF-8 text (byte 13), as JSONL must be" in p for p in problems), problems
+    # a file whose bad byte comes after the part validation reads fails the build with exit 2
+    late = tmp_path / "late.jsonl"
+    late.write_bytes(b'{"text": "ok"}\n' * 1000 + b'{"text": "caf\xe9"}\n')
+    cfg = DataConfig(domains=["late"], extra=[{"name": "late", "path": str(late)}],
+                     bytes_per_domain=100_000, cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(ConfigError, match=r"late\.jsonl:1001 is not UTF-8 text \(byte 13 of the line\)"):
+        build_mix(cfg)
+
+
+def test_a_corrupt_parquet_domain_exits_2(tmp_path):
+    from trainables.config import DataConfig
+    from trainables.data import build_mix
+
+    junk = tmp_path / "junk.parquet"
+    junk.write_bytes(b"not parquet at all" * 100)
+    problems = problems_of(data_spec(tmp_path, {"name": "junk", "path": str(junk)}))
+    assert any("is not a Parquet file (no PAR1 marker at its start and end)" in p for p in problems), problems
+    # magic bytes right, body broken: the build names the file
+    broken = tmp_path / "broken.parquet"
+    broken.write_bytes(b"PAR1" + b"\x00" * 200 + b"PAR1")
+    cfg = DataConfig(domains=["broken"], extra=[{"name": "broken", "path": str(broken)}],
+                     bytes_per_domain=100_000, cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(ConfigError, match=r"broken\.parquet is not a readable Parquet file \("):
+        build_mix(cfg)
