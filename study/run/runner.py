@@ -23,6 +23,7 @@ from trainables.errors import ConfigError, brief, name_problem
 from study import naming
 from study.spec import spec_from_dict
 from study.spec.types import StudySpec
+from study.run.study_lock import hold_study_lock
 from study.run.trial_context import TrialContext
 
 STATE_FILE = "study.json"
@@ -114,11 +115,22 @@ def run_study(
     storage: str | None = None,
     on_success: OnSuccess | None = None,
 ) -> int:
-    """Run ``spec`` as a new study; ``on_success`` is called once it ends with exit code 0."""
+    """Run ``spec`` as a new study; ``on_success`` is called once it ends with exit code 0.
+
+    The study's folder and lock are taken at the "does it exist" check and held to the end
+    (``study.run.study_lock``): a second run of the name, or a resume, exits 2 meanwhile.
+    """
     name = name or spec.name
     check_study_name(name, "--name")
     root = storage_root(storage)
     state_path = _state_path(root, name)
+    with hold_study_lock(state_path.parent, name, "moe-study run"):
+        return _run_new(spec, name, root, state_path, tracking_uri=tracking_uri, address=address,
+                        on_success=on_success)
+
+
+def _run_new(spec: StudySpec, name: str, root: str, state_path: Path, *, tracking_uri: str,
+             address: str | None, on_success: OnSuccess | None) -> int:
     if state_path.exists():
         raise ConfigError(f"--name {name}: a study of that name exists in {root}; "
                           f"continue it with `moe-study resume {name}` or pick another --name")
@@ -156,7 +168,13 @@ def resume_study(name: str, *, tracking_uri: str | None = None, address: str | N
     state_path = _state_path(root, name)
     if not state_path.exists():
         raise ConfigError(f"NAME {name}: no study of that name in {root} (looked for {state_path})")
-    state = json.loads(state_path.read_text())
+    with hold_study_lock(state_path.parent, name, "moe-study resume", create=False):
+        return _resume(name, state_path, tracking_uri=tracking_uri, address=address, on_success=on_success)
+
+
+def _resume(name: str, state_path: Path, *, tracking_uri: str | None, address: str | None,
+            on_success: OnSuccess | None) -> int:
+    state = read_state(state_path, name)
     spec = spec_from_dict(state["spec"], default_name=name)
     if tracking_uri and tracking_uri != state["tracking_uri"]:
         print(f"[{name}] note: the study tracks to {state['tracking_uri']}; ignoring {tracking_uri}")
@@ -448,6 +466,31 @@ def _build_data_once(cfg: TrialConfig) -> str:
 
 def _spool(state: dict) -> Path:
     return Path(state["storage"]) / state["name"] / "mlflow-spool.jsonl"
+
+
+STATE_FIELDS = {"name": str, "spec": dict, "tracking_uri": str, "experiment_id": str,
+                "parent_run_id": str, "storage": str}
+
+
+def read_state(path: Path, name: str) -> dict:
+    """A study's ``study.json``; ConfigError naming the file when it cannot be the state of study
+    ``name`` (not JSON, a field missing or of the wrong type, another study's name)."""
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ConfigError(f"NAME {name}: the study state {path} cannot be read ({type(err).__name__}: "
+                          f"{brief(str(err))}); it is written by `moe-study run`") from None
+    if not isinstance(state, dict):
+        raise ConfigError(f"NAME {name}: the study state {path} is not a JSON object")
+    problems = [f"{key} must be a {kind.__name__} (got {brief(state.get(key))})"
+                for key, kind in STATE_FIELDS.items() if not isinstance(state.get(key), kind)]
+    if not isinstance(state.get("reference"), (dict, type(None))):
+        problems.append(f"reference must be an object or null (got {brief(state.get('reference'))})")
+    if not problems and state["name"] != name:
+        problems.append(f"it names study {brief(state['name'])}, not {name!r}")
+    if problems:
+        raise ConfigError([f"NAME {name}: the study state {path}: {p}" for p in problems])
+    return state
 
 
 def _write_state(path: Path, state: dict) -> None:
