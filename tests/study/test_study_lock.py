@@ -51,8 +51,9 @@ def test_a_second_run_or_a_resume_of_a_running_study_exits_2_naming_the_process(
     err = capsys.readouterr().err
     assert f"study 'unit' is in use by process {holder.pid} on host {socket.gethostname()} (moe-study run" in err
     (tmp_path / "unit" / "study.json").unlink()  # still building its data: no state yet
+    unrunnable = spec_from_dict({**VALID, "resources": {"cpu": 100_000}})  # never starts Ray
     with pytest.raises(ConfigError, match=f"in use by process {holder.pid} "):
-        run_study(spec_from_dict(VALID), tracking_uri=f"sqlite:///{tmp_path}/m.db", storage=str(tmp_path))
+        run_study(unrunnable, tracking_uri=f"sqlite:///{tmp_path}/m.db", storage=str(tmp_path))
     assert not (tmp_path / "m.db").exists()  # refused before any work
     holder.stdin.close()  # the holder ends normally: its lock file goes with it
     assert holder.wait(timeout=60) == 0
