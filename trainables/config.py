@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
-from trainables.errors import ConfigError, did_you_mean
+from trainables.errors import ConfigError, brief, did_you_mean, name_problem
 from trainables.scope import SCOPE_NAMES, SCOPES, WindowScope
 
 # Names of the domains trainables.data.sources can build; kept here so validation needs no I/O.
@@ -38,6 +38,8 @@ NAMED_MIXES = {
 }
 """``data.mix`` names: a domain set chosen by one key."""
 STEP_COMPOSITIONS = ("independent", "domain_complete")
+MAX_INT = 2**63
+"""Integer settings are below this in magnitude (what torch, numpy and Ray take as an integer)."""
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -171,7 +173,7 @@ class TrialConfig:
                 continue
             coerced, err = _coerce(value, known[key])
             if err:
-                problems.append(f"{key}: {err} (got {value!r})")
+                problems.append(f"{key}: {err} (got {brief(value)})")
                 continue
             section, name = key.split(".", 1)
             setattr(getattr(cfg, section), name, coerced)
@@ -274,20 +276,31 @@ class TrialConfig:
             p.append(f"model.top_k: {m.top_k} is larger than model.n_experts={m.n_experts}")
         if not d.domains:
             p.append("data.domains: at least one domain is needed")
-        if len(set(d.domains)) != len(d.domains):
+        if len(set(map(brief, d.domains))) != len(d.domains):
             p.append(f"data.domains: duplicate names in {d.domains}")
         extra_names = [e.get("name") for e in d.extra if isinstance(e, dict)]
+        bad_names = set()  # a domain name becomes a metric key (val_loss/<name>) and a file name
+        for i, name in enumerate(d.domains):
+            msg = name_problem(name)
+            if msg:
+                p.append(f"data.domains[{i}]: domain name {msg}")
+                bad_names.add(brief(name))
         for i, e in enumerate(d.extra):
             if not isinstance(e, dict) or not e.get("name"):
                 p.append(f"data.extra[{i}]: must be a mapping with a 'name'")
+                continue
+            msg = name_problem(e["name"])
+            if msg:
+                p.append(f"data.extra[{i}].name: domain name {msg}")
+                bad_names.add(brief(e["name"]))
             elif not (e.get("path") or e.get("hf")):
                 p.append(f"data.extra[{i}] ({e['name']}): needs 'path' or 'hf'")
         for name in d.weights:
             if name not in d.domains:
                 p.append(f"data.weights: {name!r} is not one of data.domains {d.domains}")
         for name, w in d.weights.items():
-            if not (isinstance(w, (int, float)) and w > 0):
-                p.append(f"data.weights.{name}: must be > 0 (got {w!r})")
+            if not (isinstance(w, (int, float)) and not isinstance(w, bool) and w > 0 and _finite(w)):
+                p.append(f"data.weights.{name}: must be a finite number > 0 (got {brief(w)})")
         if isinstance(d.domains_per_micro_batch, str):
             if d.domains_per_micro_batch != "random":
                 p.append(
@@ -316,9 +329,9 @@ class TrialConfig:
                     f"model.top_k: {m.top_k} is larger than the reference router's group of "
                     f"{m.n_experts // n_dom} experts per domain"
                 )
-        known_domains = set(BUILTIN_DOMAIN_NAMES) | {n for n in extra_names if n}
+        known_domains = set(BUILTIN_DOMAIN_NAMES) | {n for n in extra_names if isinstance(n, str) and n}
         for name in d.domains:
-            if name not in known_domains:
+            if isinstance(name, str) and name not in known_domains and brief(name) not in bad_names:
                 hint = did_you_mean(name, sorted(known_domains))
                 p.append(
                     f"data.domains: unknown domain {name!r} (not built in and not in data.extra){hint}"
@@ -328,6 +341,14 @@ class TrialConfig:
 
 
 # -- helpers -----------------------------------------------------------------------------------
+def _finite(value: Any) -> bool:
+    """``math.isfinite`` that says False, not OverflowError, for an int too big for a float."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def flatten(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """``{"router": {"method": "lbl"}}`` -> ``{"router.method": "lbl"}``.
 
@@ -343,6 +364,19 @@ def flatten(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[full] = value
     return flat
+
+
+def twice_given(nested: dict[str, Any]) -> list[str]:
+    """Dotted keys that ``nested`` gives both in a section and as a dotted key
+    (``model: {top_k: 2}`` and ``model.top_k: 4``): ``flatten`` would keep one silently."""
+    seen: set[str] = set()
+    twice: list[str] = []
+    for key, value in nested.items():
+        for flat_key in flatten({key: value}):
+            if flat_key in seen and flat_key not in twice:
+                twice.append(flat_key)
+            seen.add(flat_key)
+    return twice
 
 
 @functools.lru_cache(maxsize=1)
@@ -384,6 +418,10 @@ def read_fields(cls: type, raw: Mapping[str, Any], path: str, problems: list[str
         if meta.get("also"):  # the literals are the field's only strings: "auto", not "many"
             typ = Union[tuple(a for a in get_args(typ) if a is not str) or (typ,)]
         coerced, err = _coerce(value, typ)
+        if not err and isinstance(coerced, float) and not math.isfinite(coerced):
+            # .inf passes "> 0" and .nan fails no comparison: neither is a meaningful setting
+            problems.append(f"{path}.{key}: expected a finite number (got {brief(value)})")
+            continue
         if not err and coerced is not None and not isinstance(coerced, bool) and isinstance(coerced, (int, float)):
             if ("min" in meta and coerced < meta["min"]) or ("above" in meta and not coerced > meta["above"]) \
                     or ("below" in meta and not coerced < meta["below"]):
@@ -391,7 +429,7 @@ def read_fields(cls: type, raw: Mapping[str, Any], path: str, problems: list[str
         if not err and meta.get("nonempty") and coerced == "":
             err = "empty"
         if err:
-            problems.append(f"{path}.{key}: expected {_expectation(hints[key], meta)} (got {value!r})")
+            problems.append(f"{path}.{key}: expected {_expectation(hints[key], meta)} (got {brief(value)})")
             continue
         # a whole number for a float field stays as written (1, not 1.0): a spec's content hash
         # is taken over its values, and a stored study must still match it
@@ -419,7 +457,7 @@ def _unknown_key_message(key: str, known: dict[str, Any]) -> str:
 
 def _choice(problems: list[str], key: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        problems.append(f"{key}: unknown value {value!r}, expected one of {list(allowed)}"
+        problems.append(f"{key}: unknown value {brief(value)}, expected one of {list(allowed)}"
                         f"{did_you_mean(value, allowed)}")
 
 
@@ -437,25 +475,47 @@ def _coerce(value: Any, typ: Any) -> tuple[Any, str]:
             if not err:
                 return v, ""
         return None, f"expected one of {[getattr(a, '__name__', str(a)) for a in get_args(typ)]}"
-    if origin is list:
-        return (list(value), "") if isinstance(value, (list, tuple)) else (None, "expected a list")
-    if origin is dict:
-        return (dict(value), "") if isinstance(value, dict) else (None, "expected a mapping")
+    if origin is list or typ is list:
+        if not isinstance(value, (list, tuple)):
+            return None, "expected a list"
+        for item in value:  # checked, not converted: a config's hash sees the values as written
+            if get_args(typ) and _coerce(item, get_args(typ)[0])[1]:
+                return None, f"expected a list of {_words(get_args(typ)[0])}"
+        return list(value), ""
+    if origin is dict or typ is dict:
+        if not isinstance(value, dict):
+            return None, "expected a mapping"
+        if get_args(typ):
+            key_type, value_type = get_args(typ)
+            if any(_coerce(k, key_type)[1] or _coerce(v, value_type)[1] for k, v in value.items()):
+                return None, f"expected a mapping of {_words(key_type)} to {_words(value_type)}"
+        return dict(value), ""
     if typ is bool:
         return (value, "") if isinstance(value, bool) else (None, "expected true or false")
     if typ is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
+            if isinstance(value, float) and value.is_integer() and abs(value) < MAX_INT:
                 return int(value), ""
             return None, "expected an integer"
+        if abs(value) >= MAX_INT:  # no setting counts that far; torch and numpy take 64 bits
+            return None, "expected an integer (this one does not fit in 64 bits)"
         return value, ""
     if typ is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return None, "expected a number"
-        return float(value), ""
+        try:
+            return float(value), ""
+        except OverflowError:  # an int beyond a float's range (1e308)
+            return None, "expected a number (this integer is too large for one)"
     if typ is str:
         return (value, "") if isinstance(value, str) else (None, "expected a string")
     return value, ""
+
+
+def _words(typ: Any) -> str:
+    """``str`` -> ``strings``: an element type in a message."""
+    return {str: "strings", float: "numbers", int: "integers", dict: "mappings", bool: "true/false"}.get(
+        typ, getattr(typ, "__name__", str(typ)))
 
 
 def _check_named_mix(p: list[str], d: DataConfig) -> None:
@@ -483,7 +543,8 @@ def _check_step_composition(p: list[str], d: DataConfig, t: "TrainConfig") -> No
         p.append("data.step_composition: domain_complete works with data.domains_per_micro_batch "
                  f"1 or 'random' (got {d.domains_per_micro_batch!r})")
         return
-    if any(not (isinstance(w, (int, float)) and w > 0) for w in d.weights.values()):
+    if any(not (isinstance(w, (int, float)) and not isinstance(w, bool) and w > 0 and _finite(w))
+           for w in d.weights.values()):
         return  # named by the weights check
     if step_shares(d.domains, d.weights, units) is None:
         if d.weights:

@@ -23,6 +23,7 @@ import sqlite3
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -102,15 +103,61 @@ def _run_view(run_id: str, name: str, params: dict, metrics: dict, tags: dict) -
 
 # -- sqlite ------------------------------------------------------------------------------------
 _OPS = {"=", "!=", ">", ">=", "<", "<="}
+MLFLOW_TABLES = ("experiments", "runs", "tags", "params", "latest_metrics")
+"""Tables every MLflow sqlite store has (what tells a store from another sqlite file)."""
+
+
+def sqlite_store_file(tracking_uri: str) -> str | None:
+    """The file of a ``sqlite:`` store URI as SQLAlchemy reads it (``sqlite:///relative``,
+    ``sqlite:////absolute``; percent-escapes decoded, the query string dropped); None for another
+    store kind or an in-memory database."""
+    if urlparse(tracking_uri).scheme != "sqlite":
+        return None
+    rest = tracking_uri[len("sqlite:"):]
+    if not rest.startswith("///"):
+        return None
+    path = unquote(rest[3:].split("?", 1)[0])
+    return None if not path or path == ":memory:" else path
+
+
+def connect_read_only(path: str) -> sqlite3.Connection:
+    """A read-only connection to an existing sqlite file: never creates or changes it.
+
+    The file URI comes from ``Path.as_uri()``, which escapes ``#`` and ``?`` in the path: written
+    by hand (``f"file:{path}?mode=ro"``) a ``#`` starts a URI fragment that swallows
+    ``?mode=ro``, and sqlite opens (and creates) the path cut at the ``#`` for writing.
+    """
+    return sqlite3.connect(Path(os.path.abspath(path)).as_uri() + "?mode=ro", uri=True, timeout=5.0)
+
+
+def check_store(tracking_uri: str) -> None:
+    """For a ``sqlite:`` store: ConfigError unless its file exists and holds MLflow's tables, so
+    that a mistyped ``--tracking-uri`` says "no such store" instead of MLflow creating a fresh
+    store there (MLflow creates a missing sqlite store on first use). Other stores pass."""
+    path = sqlite_store_file(tracking_uri)
+    if path is None:
+        return
+    if not os.path.isfile(path):
+        raise ConfigError(f"--tracking-uri {tracking_uri}: no such store ({os.path.abspath(path)} "
+                          "does not exist); a study's store is the one `moe-study run` wrote to")
+    try:
+        db = connect_read_only(path)
+        try:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            db.close()
+    except sqlite3.Error as err:
+        raise ConfigError(f"--tracking-uri {tracking_uri}: {path} is not a readable sqlite "
+                          f"database ({err})") from None
+    missing = [t for t in MLFLOW_TABLES if t not in tables]
+    if missing:
+        raise ConfigError(f"--tracking-uri {tracking_uri}: {path} is not an MLflow tracking store "
+                          f"(no table {', '.join(missing)})")
 
 
 def _sqlite_path(tracking_uri: str) -> str:
-    # sqlite:///relative/path, sqlite:////absolute/path (SQLAlchemy's URL forms)
-    rest = tracking_uri[len("sqlite:"):]
-    if not rest.startswith("///"):
-        raise _Unsupported
-    path = unquote(rest[3:].split("?", 1)[0])
-    if not path or path == ":memory:" or not os.path.exists(path):
+    path = sqlite_store_file(tracking_uri)
+    if path is None or not os.path.exists(path):
         raise _Unsupported
     return path
 
@@ -118,7 +165,7 @@ def _sqlite_path(tracking_uri: str) -> str:
 def _search_sqlite(tracking_uri: str, q: Query):
     path = _sqlite_path(tracking_uri)
     try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+        db = connect_read_only(path)
     except sqlite3.Error:
         raise _Unsupported from None
     try:

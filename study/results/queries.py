@@ -27,7 +27,7 @@ from typing import Any, Iterable
 import yaml
 
 from trainables.config import flat_field_types
-from trainables.errors import ConfigError, did_you_mean
+from trainables.errors import ConfigError, brief, did_you_mean, name_problem
 from study.results import fast_queries
 from study import naming
 from study.results.fast_queries import Clause, Query
@@ -38,6 +38,9 @@ FORMATS = ("table", "json", "csv")
 _MLFLOW_PREFIX = re.compile(r"\b(params?|metrics?|tags?|attr|attributes?|run|datasets?)\.", re.I)
 _CLAUSE = re.compile(r"^\s*(?P<key>[A-Za-z0-9_./-]+)\s*(?P<op>!=|>=|<=|==|=|>|<)\s*(?P<value>.*?)\s*$")
 _SHORT_KEYS = {"method": "router.method", "scope": "router.scope"}
+MAX_TOP = 50_000
+"""MLflow's most runs of one ``search_runs`` page (``SEARCH_MAX_RESULTS_THRESHOLD``): a tracking
+server refuses more, so every store kind is held to it."""
 
 
 def best_runs(
@@ -57,18 +60,21 @@ def best_runs(
     ``run_id``, ``trial`` (run name), ``method``, ``scope``, the metrics of
     ``naming.SUMMARY_METRICS`` (and ``by``), and the study's searched params.
     """
+    check_experiment_name(experiment)
     problem = naming.metric_problem(by)
     if problem:
         raise ConfigError(f"--by: {problem}")
     mode = mode or naming.metric_mode(by)
     if mode not in ("min", "max"):
         raise ConfigError(f"mode: expected min or max (got {mode!r})")
-    if not isinstance(top, int) or top < 1:
+    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
         raise ConfigError(f"--top: expected a positive integer (got {top!r})")
+    if top > MAX_TOP:
+        raise ConfigError(f"--top: at most {MAX_TOP:,}, MLflow's limit for one search (got {top:,})")
     clauses, raw_where = parse_where(where) if where else ([], None)
     query = Query(experiment, by, mode == "min", top, include_reference, clauses, raw_where, include_stopped)
 
-    refresh_sqlite_statistics(tracking_uri)
+    fast_queries.check_store(tracking_uri)  # a mistyped sqlite store: "no such store", none made
     fast = fast_queries.search(tracking_uri, query)
     if fast is not None:
         runs, parent_tags = fast
@@ -109,30 +115,12 @@ def _best_runs_with_client(tracking_uri: str, query: Query) -> list[dict[str, An
     return [_row(run, query.by, search_keys) for run in runs]
 
 
-def refresh_sqlite_statistics(tracking_uri: str) -> bool:
-    """Give a sqlite store's query planner fresh statistics (``ANALYZE``); True if it ran.
-
-    MLflow's sqlite store never analyses its tables. Without statistics, sqlite plans a
-    param or tag filter combined with a metric ordering as a nested scan: 3-6 s for 10,000
-    runs instead of 0.2 s. ``analysis_limit`` keeps the ANALYZE itself to ~0.2 s at that size.
-    A read-only or busy store is left alone (the query still works, only slower).
-    """
-    import sqlite3
-
-    if not tracking_uri.startswith("sqlite:"):
-        return False
-    from sqlalchemy.engine import make_url
-
-    path = make_url(tracking_uri).database
-    if not path or path == ":memory:":
-        return False
-    try:
-        with sqlite3.connect(path, timeout=0.5) as db:
-            db.execute("PRAGMA analysis_limit=400")
-            db.execute("ANALYZE")
-        return True
-    except sqlite3.Error:
-        return False
+def check_experiment_name(experiment: str, what: str = "EXPERIMENT") -> None:
+    """An experiment name a study can have (``trainables.errors.name_problem``): the same rule as
+    the study names and ``tracking.experiment`` of a spec."""
+    problem = name_problem(experiment)
+    if problem:
+        raise ConfigError(f"{what} {brief(experiment)}: the experiment name {problem}")
 
 
 def translate_where(where: str) -> str:

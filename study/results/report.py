@@ -28,6 +28,8 @@ from trainables.errors import ConfigError
 
 from study import naming
 from study.results.compare import compare_markdown, compare_metrics
+from study.results.fast_queries import check_store
+from study.results.queries import check_experiment_name
 from study.results.records import RunRecord, StudyRuns, distinct_configs, load_study_runs
 from study.results.figures import (
     BARS_FILE, CURVES_FILE, EXPERT_CHOICE, FIGURE_FILES, HEATMAPS_FILE, PARETO_FILE, WINDOW_FILE,
@@ -92,7 +94,11 @@ def write_report(
 
     if not isinstance(top, int) or top < 1:
         raise ConfigError(f"top: expected a positive integer (got {top!r})")
+    check_experiment_name(experiment)
+    for name in compare:
+        check_experiment_name(name, "--compare")
     uri = tracking_uri or naming.default_tracking_uri()
+    check_store(uri)  # a mistyped sqlite store: "no such store", none made
     client = MlflowClient(uri)
     runs = load_study_runs(client, experiment, uri)
     others = [load_study_runs(client, name, uri) for name in compare]  # bad names fail before writing

@@ -14,6 +14,7 @@ Layout of a study on the storage (local folder by default, ``s3://...`` on a clu
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -24,13 +25,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 from trainables.config import TrialConfig
-from trainables.errors import ConfigError
+from trainables.errors import ConfigError, brief, name_problem
 
 from study import naming
 from study.spec import spec_from_dict
 from study.spec.types import StudySpec
 from study.run import storage as study_storage
 from study.run.storage import StorageFile
+from study.run.study_lock import hold_study_lock
 from study.run.trial_context import TrialContext
 
 STATE_FILE = "study.json"
@@ -50,6 +52,14 @@ def storage_root(storage: str | None) -> str:
     if study_storage.is_uri(root):
         study_storage.filesystem(root)
     return root
+
+
+def check_study_name(name: str, what: str) -> None:
+    """A study name is a folder under the storage root and an MLflow experiment name: one rule
+    (``trainables.errors.name_problem``), so ``../x`` or ``/abs`` cannot move the state out."""
+    problem = name_problem(name)
+    if problem:
+        raise ConfigError(f"{what} {brief(name)}: the study name {problem}")
 
 
 def _state_path(root: str, name: str) -> StorageFile:
@@ -132,6 +142,11 @@ def local_ray(**init_kwargs):
     os.environ.pop("RAY_AUTH_MODE", None)
     if not (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")):
         os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    # this process reads the token now, not the one it cached for an earlier cluster (a second
+    # study, or a test, in one process): its Ray processes inherit the environment's
+    from ray._raylet import AuthenticationTokenLoader
+
+    AuthenticationTokenLoader.instance().reset_cache()
     # Ray's notice "set RAY_AUTH_MODE=disabled to opt out" does not hold for a study's Ray
     notice = logging.getLogger("ray._private.authentication.authentication_token_setup")
     level = notice.level
@@ -174,10 +189,34 @@ def run_study(
     verbose: bool = False,
 ) -> int:
     """Run ``spec`` as a new study; ``on_success`` is called once it ends with exit code 0.
-    ``verbose`` lets Ray's, Tune's and Optuna's own output through."""
+    ``verbose`` lets Ray's, Tune's and Optuna's own output through.
+
+    The study's folder and lock are taken at the "does it exist" check and held to the end
+    (``study.run.study_lock``): a second run of the name, or a resume, exits 2 meanwhile.
+    """
     name = name or spec.name
+    check_study_name(name, "--name")
     root = storage_root(storage)
     state_path = _state_path(root, name)
+    with hold_study_lock(_lock_folder(root, name), name, "moe-study run"):
+        return _run_new(spec, name, root, state_path, tracking_uri=tracking_uri, address=address,
+                        on_success=on_success, verbose=verbose)
+
+
+def _lock_folder(root: str, name: str) -> Path:
+    """Where the study's lock file lives: its folder on local storage; on remote storage (no
+    locks on an object store) a folder of this machine's cache for that root, so two drivers on
+    one machine still exclude each other (two machines on one bucket do not: docs/faults.md)."""
+    if not study_storage.is_uri(root):
+        return Path(root) / name
+    from trainables.data.cache import default_cache_root
+
+    digest = hashlib.sha256(root.encode()).hexdigest()[:16]
+    return default_cache_root() / "study-locks" / digest / name
+
+
+def _run_new(spec: StudySpec, name: str, root: str, state_path: StorageFile, *, tracking_uri: str,
+             address: str | None, on_success: OnSuccess | None, verbose: bool) -> int:
     if state_path.exists():
         raise ConfigError(f"--name {name}: a study of that name exists in {root}; "
                           f"continue it with `moe-study resume {name}` or pick another --name")
@@ -212,11 +251,20 @@ def run_study(
 def resume_study(name: str, *, tracking_uri: str | None = None, address: str | None = None,
                  storage: str | None = None, on_success: OnSuccess | None = None,
                  verbose: bool = False) -> int:
+    check_study_name(name, "NAME")
     root = storage_root(storage)
     state_path = _state_path(root, name)
     if not state_path.exists():
         raise ConfigError(f"NAME {name}: no study of that name in {root} (looked for {state_path})")
-    state = json.loads(state_path.read_text())
+    with hold_study_lock(_lock_folder(root, name), name, "moe-study resume",
+                         create=study_storage.is_uri(root)):
+        return _resume(name, state_path, tracking_uri=tracking_uri, address=address, on_success=on_success,
+                       verbose=verbose)
+
+
+def _resume(name: str, state_path: StorageFile, *, tracking_uri: str | None, address: str | None,
+            on_success: OnSuccess | None, verbose: bool) -> int:
+    state = read_state(state_path, name)
     spec = spec_from_dict(state["spec"], default_name=name)
     if tracking_uri and tracking_uri != state["tracking_uri"]:
         print(f"[{name}] note: the study tracks to {state['tracking_uri']}; ignoring {tracking_uri}")
@@ -541,6 +589,31 @@ def _build_data_once(cfg: TrialConfig) -> str:
 
 def _spool(state: dict) -> StorageFile:
     return StorageFile(state["storage"], f"{state['name']}/mlflow-spool.jsonl")
+
+
+STATE_FIELDS = {"name": str, "spec": dict, "tracking_uri": str, "experiment_id": str,
+                "parent_run_id": str, "storage": str}
+
+
+def read_state(path: StorageFile, name: str) -> dict:
+    """A study's ``study.json``; ConfigError naming the file when it cannot be the state of study
+    ``name`` (not JSON, a field missing or of the wrong type, another study's name)."""
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ConfigError(f"NAME {name}: the study state {path} cannot be read ({type(err).__name__}: "
+                          f"{brief(str(err))}); it is written by `moe-study run`") from None
+    if not isinstance(state, dict):
+        raise ConfigError(f"NAME {name}: the study state {path} is not a JSON object")
+    problems = [f"{key} must be a {kind.__name__} (got {brief(state.get(key))})"
+                for key, kind in STATE_FIELDS.items() if not isinstance(state.get(key), kind)]
+    if not isinstance(state.get("reference"), (dict, type(None))):
+        problems.append(f"reference must be an object or null (got {brief(state.get('reference'))})")
+    if not problems and state["name"] != name:
+        problems.append(f"it names study {brief(state['name'])}, not {name!r}")
+    if problems:
+        raise ConfigError([f"NAME {name}: the study state {path}: {p}" for p in problems])
+    return state
 
 
 def _write_state(path: StorageFile, state: dict) -> None:

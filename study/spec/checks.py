@@ -23,7 +23,8 @@ from trainables.errors import ConfigError
 from study import naming
 from study.spec.parse import Problems
 from study.spec.types import (
-    SearchParam, StudySpec, count_points, expand_points, is_excluded, reference_flat,
+    MAX_GRID_POINTS, SearchParam, StudySpec, count_points, expand_points, grid_size, is_excluded,
+    reference_flat,
 )
 
 MAX_COMBINATIONS = 256
@@ -220,8 +221,14 @@ def check_scheduler_and_budget(spec: StudySpec, problems: Problems) -> None:
                 f"{sched.grace_period} steps is more than train.steps ({steps}): ASHA could stop no trial",
             )
     if spec.is_grid and not _has_problem(problems, "search", "exclude"):
-        size = len(expand_points(spec.params, spec.exclude))
-        if size == 0:
+        size = grid_size(spec.params, spec.exclude)  # counted, not built, when too big
+        if size > MAX_GRID_POINTS:
+            counted = f"more than {MAX_GRID_POINTS:,}" if size == MAX_GRID_POINTS + 1 else f"{size:,}"
+            before = " (before exclude rules)" if spec.exclude else ""
+            problems.add("search", f"the grid has {counted} points{before}; at most {MAX_GRID_POINTS:,} "
+                         "run as a grid: fix some keys, or search them with tpe or random and a "
+                         "budget.trials")
+        elif size == 0:
             problems.add("exclude", "leaves no grid point to run")
         elif spec.budget.trials is not None and spec.budget.trials > size:
             problems.add(

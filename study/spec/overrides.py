@@ -18,7 +18,7 @@ from typing import Any, Iterable
 
 from typing import get_origin
 
-from trainables.config import flat_field_types, flatten
+from trainables.config import flat_field_types, flatten, twice_given
 from trainables.errors import ConfigError
 
 from study.spec.parse import SAMPLER_OPTIONS, SCHEDULER_OPTIONS
@@ -31,10 +31,14 @@ def apply_overrides(raw: Any, sets: Iterable[tuple[str, Any]]) -> Any:
     if not sets or not isinstance(raw, dict):
         return raw
     out = copy.deepcopy(raw)
+    problems: list[str] = []
+    for section in ("fixed", "search"):  # flattened here: a key given twice must not vanish
+        if isinstance(out.get(section), dict):
+            problems += [f"{section}.{k}: given twice (in its section and as a dotted key); give it once"
+                         for k in twice_given(out[section])]
     fixed = flatten(out.get("fixed") or {}) if isinstance(out.get("fixed") or {}, dict) else {}
     search = flatten(out.get("search") or {}) if isinstance(out.get("search") or {}, dict) else {}
     exclude = out.get("exclude") if isinstance(out.get("exclude"), list) else []
-    problems: list[str] = []
     for key, value in sets:
         head, _, rest = key.partition(".")
         if key in TOP_LEVEL_VALUES or head in SPEC_SECTIONS:

@@ -9,11 +9,10 @@ by ``study.spec.checks``.
 from __future__ import annotations
 
 import math
-import re
 from typing import Any, Mapping
 
-from trainables.config import SECTIONS, TrialConfig, flat_field_types, flatten, read_fields
-from trainables.errors import ConfigError, did_you_mean
+from trainables.config import SECTIONS, TrialConfig, flat_field_types, flatten, read_fields, twice_given
+from trainables.errors import ConfigError, brief, did_you_mean, name_problem
 from study import naming
 from study.spec.types import (
     DISTRIBUTIONS, MODES, SAMPLERS, SCHEDULERS, BudgetSpec, Objective, ReferenceSpec,
@@ -33,7 +32,6 @@ SAMPLER_OPTIONS = {
     "grid": ("seed",),
 }
 SCHEDULER_OPTIONS = {"fifo": (), "asha": ("grace_period", "reduction_factor")}
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 class Problems(list):
@@ -55,8 +53,8 @@ def parse_spec(raw: Any, *, default_name: str | None, source: str | None) -> tup
     if name is None:
         problems.add("name", "required (the study's name and MLflow experiment)")
         name = "study"
-    elif not isinstance(name, str) or not NAME_PATTERN.match(name):
-        problems.add("name", f"must be letters, digits, '_', '.', '-' (got {name!r})")
+    elif name_problem(name):
+        problems.add("name", f"the study name {name_problem(name)}")
         name = str(name)
     description = raw.get("description", "")
     if not isinstance(description, str):
@@ -109,6 +107,8 @@ def parse_fixed(raw: Any, problems: Problems) -> dict[str, Any]:
         problems.add("fixed", f"expected a mapping of trial-config keys to values (got {_kind(raw)})")
         return {}
     fixed: dict[str, Any] = {}
+    for key in twice_given(raw):
+        problems.add(f"fixed.{key}", "given twice (in its section and as a dotted key); give it once")
     for key, value in flatten(raw).items():
         msg = unknown_trial_key(key)
         if msg:
@@ -138,6 +138,8 @@ def parse_search(raw: Any, fixed: Mapping[str, Any], problems: Problems) -> list
     types = flat_field_types()
     params: list[SearchParam] = []
     broken: list[SearchParam] = []  # reported already; kept so that conditions on them are checked
+    for key in twice_given(raw):
+        problems.add(f"search.{key}", "given twice (in its section and as a dotted key); give it once")
     for key, spec in flatten(raw).items():
         path = f"search.{key}"
         msg = unknown_trial_key(key)
@@ -174,7 +176,7 @@ def parse_param(key: str, raw: Any, problems: Problems) -> tuple[SearchParam | N
         problems.add(
             path,
             f"expected a mapping such as {{choice: [...]}} or {{uniform: [low, high]}} (got {_kind(raw)} "
-            f"{raw!r}); a single value goes under fixed",
+            f"{brief(raw)}); a single value goes under fixed",
         )
         return None, False
     check_keys(problems, raw, PARAM_KEYS, path)
@@ -200,7 +202,7 @@ def parse_param(key: str, raw: Any, problems: Problems) -> tuple[SearchParam | N
 
 def _parse_choices(body: Any, path: str, problems: Problems, param: SearchParam) -> bool:
     if not isinstance(body, list) or not body:
-        problems.add(path, f"expected a non-empty list of values (got {body!r})")
+        problems.add(path, f"expected a non-empty list of values (got {brief(body)})")
         return False
     ok = True
     for i, v in enumerate(body):
@@ -211,7 +213,7 @@ def _parse_choices(body: Any, path: str, problems: Problems, param: SearchParam)
         seen: list = []
         for i, v in enumerate(body):
             if any(v == s and type(v) is type(s) for s in seen):
-                problems.add(f"{path}[{i}]", f"duplicate choice {v!r}")
+                problems.add(f"{path}[{i}]", f"duplicate choice {brief(v)}")
                 ok = False
             seen.append(v)
     param.choices = list(body)
@@ -220,13 +222,13 @@ def _parse_choices(body: Any, path: str, problems: Problems, param: SearchParam)
 
 def _parse_range(body: Any, path: str, problems: Problems, param: SearchParam) -> bool:
     if not (isinstance(body, list) and len(body) == 2 and all(_is_number(v) for v in body)):
-        problems.add(path, f"expected [low, high] with two numbers (got {body!r})")
+        problems.add(path, f"expected [low, high] with two numbers (got {brief(body)})")
         return False
     low, high = body
     ok = True
     for i, v in enumerate(body):
-        if not math.isfinite(v):
-            problems.add(f"{path}[{i}]", f"must be finite (got {v})")
+        if not _finite(v):
+            problems.add(f"{path}[{i}]", f"must be a finite number (got {brief(v)})")
             ok = False
     if not ok:
         return False
@@ -254,9 +256,9 @@ def _parse_step(step: Any, path: str, problems: Problems, param: SearchParam) ->
     if param.distribution not in ("uniform", "int"):
         problems.add(spath, f"only uniform and int take a step (not {param.distribution})")
         return False
-    if not _is_number(step) or step <= 0 or (param.is_int and not float(step).is_integer()):
-        kind = "a positive integer" if param.is_int else "a positive number"
-        problems.add(spath, f"expected {kind} (got {step!r})")
+    if not _is_number(step) or not _finite(step) or step <= 0 or (param.is_int and not float(step).is_integer()):
+        kind = "a positive integer" if param.is_int else "a positive finite number"
+        problems.add(spath, f"expected {kind} (got {brief(step)})")
         return False
     param.step = int(step) if param.is_int else float(step)
     if param.low is not None and param.high is not None:
@@ -270,7 +272,7 @@ def _parse_step(step: Any, path: str, problems: Problems, param: SearchParam) ->
 def _parse_when(raw: Any, path: str, problems: Problems, param: SearchParam) -> bool:
     wpath = f"{path}.when"
     if not isinstance(raw, dict) or not raw:
-        problems.add(wpath, f"expected a mapping such as {{router.method: lbl}} (got {raw!r})")
+        problems.add(wpath, f"expected a mapping such as {{router.method: lbl}} (got {brief(raw)})")
         return False
     ok = True
     for k, v in raw.items():
@@ -339,7 +341,7 @@ def parse_exclude(raw: Any, params: list[SearchParam], sampler: SamplerSpec, pro
     for i, rule in enumerate(raw):
         path = f"exclude[{i}]"
         if not isinstance(rule, dict) or not rule:
-            problems.add(path, f"expected a non-empty mapping of searched keys to values (got {rule!r})")
+            problems.add(path, f"expected a non-empty mapping of searched keys to values (got {brief(rule)})")
             continue
         parsed: dict[str, list] = {}
         for k, v in rule.items():
@@ -350,7 +352,7 @@ def parse_exclude(raw: Any, params: list[SearchParam], sampler: SamplerSpec, pro
                 continue
             for v_ in values:
                 if p.is_choice and not value_in(v_, p.choices):
-                    problems.add(f"{path}.{k}", f"{v_!r} is not one of the choices {p.choices}")
+                    problems.add(f"{path}.{k}", f"{brief(v_)} is not one of the choices {p.choices}")
             parsed[str(k)] = values
         rules.append(parsed)
     return rules
@@ -368,7 +370,7 @@ def parse_objective(raw: Any, problems: Problems) -> Objective:
     metric = raw.get("metric", naming.GAP_PURITY)
     metrics = metric if isinstance(metric, list) else [metric]
     if not metrics or not all(isinstance(m, str) for m in metrics):
-        problems.add("objective.metric", f"expected a metric name or a list of names (got {metric!r})")
+        problems.add("objective.metric", f"expected a metric name or a list of names (got {brief(metric)})")
         return default
     if len(set(metrics)) != len(metrics):
         problems.add("objective.metric", f"duplicate metric in {metrics}")
@@ -383,7 +385,7 @@ def parse_objective(raw: Any, problems: Problems) -> Objective:
         for i, m in enumerate(modes):
             if m not in MODES:
                 where = "objective.mode" if not isinstance(mode, list) else f"objective.mode[{i}]"
-                problems.add(where, f"expected min or max (got {m!r})")
+                problems.add(where, f"expected min or max (got {brief(m)})")
     constraints: dict[str, dict[str, float]] = {}
     raw_c = raw.get("constraints") or {}
     if not isinstance(raw_c, dict):
@@ -392,16 +394,16 @@ def parse_objective(raw: Any, problems: Problems) -> Objective:
     for name, bound in raw_c.items():
         cpath = f"objective.constraints.{name}"
         if not isinstance(bound, dict) or not bound:
-            problems.add(cpath, f"expected {{min: x}} and/or {{max: y}} (got {bound!r})")
+            problems.add(cpath, f"expected {{min: x}} and/or {{max: y}} (got {brief(bound)})")
             continue
         check_keys(problems, bound, ("min", "max"), cpath)
         parsed = {}
         for side in ("min", "max"):
             if side in bound:
-                if _is_number(bound[side]) and math.isfinite(bound[side]):
+                if _is_number(bound[side]) and _finite(bound[side]):
                     parsed[side] = float(bound[side])
                 else:
-                    problems.add(f"{cpath}.{side}", f"expected a finite number (got {bound[side]!r})")
+                    problems.add(f"{cpath}.{side}", f"expected a finite number (got {brief(bound[side])})")
         if "min" in parsed and "max" in parsed and parsed["min"] > parsed["max"]:
             problems.add(cpath, f"min {parsed['min']} > max {parsed['max']}: no trial can meet it")
         if parsed:
@@ -426,7 +428,8 @@ def parse_sampler(raw: Any, problems: Problems) -> SamplerSpec:
             users = [t for t, opts in SAMPLER_OPTIONS.items() if option in opts]
             problems.add(f"sampler.{option}", f"only used by the {' and '.join(users)} sampler, not {s.type}")
     if "seed" in raw:
-        s.seed = _int_option(raw["seed"], "sampler.seed", problems, minimum=0, allow_none=True)
+        s.seed = _int_option(raw["seed"], "sampler.seed", problems, minimum=0, allow_none=True,
+                             maximum=2**32 - 1)  # Optuna seeds numpy's RandomState with it
     if "n_startup_trials" in raw and s.type == "tpe":
         s.n_startup_trials = _int_option(raw["n_startup_trials"], "sampler.n_startup_trials", problems, minimum=0)
     if "population_size" in raw and s.type == "nsga2":
@@ -454,8 +457,8 @@ def parse_scheduler(raw: Any, problems: Problems) -> SchedulerSpec:
         s.grace_period = _int_option(raw["grace_period"], "scheduler.grace_period", problems, minimum=1)
     if "reduction_factor" in raw:
         rf = raw["reduction_factor"]
-        if not _is_number(rf) or not rf > 1:
-            problems.add("scheduler.reduction_factor", f"expected a number > 1 (got {rf!r})")
+        if not _is_number(rf) or not _finite(rf) or not rf > 1:
+            problems.add("scheduler.reduction_factor", f"expected a finite number > 1 (got {brief(rf)})")
         else:
             s.reduction_factor = rf
     return s
@@ -478,7 +481,11 @@ def parse_reference(raw: Any, problems: Problems) -> ReferenceSpec:
 
 
 def parse_tracking(raw: Any, problems: Problems) -> TrackingSpec:
-    return _plain_section(TrackingSpec, raw, "tracking", "{uri: null, experiment: null}", problems)
+    t = _plain_section(TrackingSpec, raw, "tracking", "{uri: null, experiment: null}", problems)
+    if t.experiment is not None and name_problem(t.experiment):
+        problems.add("tracking.experiment", f"the experiment name {name_problem(t.experiment)}")
+        t.experiment = None
+    return t
 
 
 def parse_report(raw: Any, problems: Problems) -> ReportSpec:
@@ -519,20 +526,31 @@ def unknown_trial_key(key: str) -> str:
 
 
 def _unknown_value(value: Any, allowed: tuple[str, ...]) -> str:
-    return f"unknown value {value!r}, expected one of {list(allowed)}{did_you_mean(value, allowed)}"
+    return f"unknown value {brief(value)}, expected one of {list(allowed)}{did_you_mean(value, allowed)}"
 
 
-def _int_option(value: Any, path: str, problems: Problems, *, minimum: int, allow_none: bool = False, hint: str = "") -> int | None:
+def _int_option(value: Any, path: str, problems: Problems, *, minimum: int, allow_none: bool = False,
+                hint: str = "", maximum: int | None = None) -> int | None:
     if value is None and allow_none:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        problems.add(path, f"expected an integer >= {minimum}{hint} (got {value!r})")
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum \
+            or (maximum is not None and value > maximum):
+        bound = f" and <= {maximum:,}" if maximum is not None else ""
+        problems.add(path, f"expected an integer >= {minimum}{bound}{hint} (got {brief(value)})")
         return None
     return value
 
 
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _finite(v: Any) -> bool:
+    """``math.isfinite``, False (not OverflowError) for an int too big for a float."""
+    try:
+        return math.isfinite(v)
+    except OverflowError:
+        return False
 
 
 def _kind(v: Any) -> str:

@@ -309,7 +309,7 @@ class StudySpec:
         """Trials the study runs: ``budget.trials``, or the grid size for a grid study."""
         if self.budget.trials is not None:
             return self.budget.trials
-        return len(expand_points(self.params, self.exclude)) if self.is_grid else 1
+        return grid_size(self.params, self.exclude) if self.is_grid else 1
 
     # -- objective and scheduling --------------------------------------------------------------
     @property
@@ -483,6 +483,50 @@ def is_excluded(point: Mapping[str, Any], exclude: Iterable[Mapping[str, list]])
     return any(_matches(point, rule) for rule in exclude)
 
 
+MAX_GRID_POINTS = 10_000
+"""Largest grid a study may have: the points are built in memory (and each is an Optuna
+trial's categorical choice), so a larger one is refused when the spec is checked."""
+
+
+def count_grid(params: Iterable[SearchParam], *, cap: int = MAX_GRID_POINTS) -> int:
+    """Points of the factorial of the choice params with their ``when`` conditions (``exclude``
+    rules not applied, so an upper bound when there are some), counted without building them.
+
+    Counts per combination of the values of the keys conditions look at (usually a handful):
+    every other param only multiplies. Above ``cap`` distinct combinations (each at least one
+    point) counting stops and ``cap + 1`` is returned: the grid is too big either way.
+    """
+    params = list(params)
+    watched = {k for p in params for k in p.when}
+    states: dict[tuple, int] = {(): 1}  # values of the watched keys so far -> points
+    for p in params:
+        values = list(p.choices) if p.is_choice else []
+        after: dict[tuple, int] = {}
+        for state, n in states.items():
+            if not p.is_active(dict(state)):
+                after[state] = after.get(state, 0) + n
+            elif p.key in watched:
+                for v in values:
+                    key = state + ((p.key, v),)
+                    after[key] = after.get(key, 0) + n
+            else:
+                after[state] = after.get(state, 0) + n * len(values)
+        if len(after) > cap:
+            return cap + 1
+        states = after
+    return sum(states.values())
+
+
+def grid_size(params: Iterable[SearchParam], exclude: Iterable[Mapping[str, list]] = ()) -> int:
+    """Points of a grid (conditions and exclusions applied); above ``MAX_GRID_POINTS`` the count
+    of ``count_grid`` (exclusions not applied), without building a point."""
+    params = list(params)
+    upper = count_grid(params)
+    if upper > MAX_GRID_POINTS:
+        return upper
+    return len(expand_points(params, exclude))
+
+
 def count_points(params: Iterable[SearchParam], *, ranges_as_ends: bool = False) -> int:
     """Upper bound of ``len(expand_points(...))`` without building the points."""
     n = 1
@@ -511,5 +555,6 @@ def _same_number(a: Any, b: Any) -> bool:
 __all__ = [
     "BudgetSpec", "Objective", "ReferenceSpec", "ResourceSpec", "SamplerSpec",
     "SchedulerSpec", "SearchParam", "StudySpec", "TrackingSpec", "expand_points",
-    "reference_flat", "count_points", "value_in", "is_excluded",
+    "reference_flat", "count_points", "count_grid", "grid_size", "MAX_GRID_POINTS", "value_in",
+    "is_excluded",
 ]

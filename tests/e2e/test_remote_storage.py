@@ -35,7 +35,7 @@ def test_a_study_runs_and_resumes_on_storage_given_as_a_uri(tmp_path):
 
     r = _moe_study("resume", "loopback", cwd=tmp_path, storage=storage)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "finished: 1 trials done, 0 failed" in r.stdout
+    assert "1 trials done, 0 failed" in r.stdout
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("loopback")
     trials = [x for x in client.search_runs([exp.experiment_id])

@@ -74,7 +74,7 @@ def test_killed_trial_worker_is_retried_and_its_run_continued(tmp_path):
     for r in trials:
         steps = [m.step for m in client.get_metric_history(r.info.run_id, "val_loss")]
         assert steps[-1] == 40 and len(steps) == len(set(steps))
-    assert "finished: 6 trials done, 0 failed" in (tmp_path / "run.log").read_text()
+    assert "6 trials done, 0 failed" in (tmp_path / "run.log").read_text()
     # Tune saw the failure and retried: the killed trial has an error record
     search = tmp_path / "runs" / "interrupt" / "search"
     assert any(search.glob("*/error.txt")), "no trial failed: the kill did not hit a trial worker"

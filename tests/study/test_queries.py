@@ -5,11 +5,12 @@ from __future__ import annotations
 import csv
 import io
 import json
+from pathlib import Path
 
 import pytest
 
 from study import naming
-from study.results.queries import best_runs, format_rows, refresh_sqlite_statistics, translate_where
+from study.results.queries import best_runs, format_rows, translate_where
 from trainables.errors import ConfigError
 
 # (run name, method, scope, lbl_coef, gap_purity, purity, status)
@@ -206,9 +207,74 @@ def test_cli_best(store, capsys):
     assert "--where 'methd=lbl'" in capsys.readouterr().err
 
 
-def test_sqlite_statistics_refresh(store, tmp_path):
-    assert refresh_sqlite_statistics(store) is True
-    assert refresh_sqlite_statistics("http://127.0.0.1:5000") is False
+def _store_file(uri: str) -> Path:
+    return Path(uri[len("sqlite:///"):])
+
+
+def test_best_reads_the_store_without_writing_to_it(store):
+    """No ANALYZE, no store opened for writing: the file's bytes stay as they were, on the
+    MLflow-free path and through MlflowClient (a raw MLflow filter) alike."""
+    import sqlite3
+
+    path = _store_file(store)
+    before = path.read_bytes()
+    assert best_runs(store, "study_a", by="purity")
+    assert best_runs(store, "study_a", by="purity", where="params.`router.method` = 'lbl'")
+    assert path.read_bytes() == before
+    assert {p.name for p in path.parent.iterdir()} == {path.name}  # no journal or WAL left
+    with sqlite3.connect(path) as db:
+        assert not db.execute("SELECT name FROM sqlite_master WHERE name LIKE 'sqlite_stat%'").fetchall()
+
+
+@pytest.mark.parametrize("command", ["best", "report"])
+def test_a_mistyped_sqlite_store_is_no_such_store(tmp_path, command, capsys):
+    from study.cli import main
+
+    typo = tmp_path / "typo.db"
+    hashed = tmp_path / "a#b" / "m.db"  # '#' once ended the file URI: a stray file 'a' appeared
+    for uri in (f"sqlite:///{typo}", f"sqlite:///{hashed}"):
+        assert main([command, "study_a", "--tracking-uri", uri]) == 2
+        assert f"--tracking-uri {uri}: no such store" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # nothing created: no store, no stray file
+
+
+def test_a_sqlite_file_that_is_no_mlflow_store_is_left_alone(tmp_path, capsys):
+    import sqlite3
+
+    from study.cli import main
+
+    other = tmp_path / "notes.db"
+    with sqlite3.connect(other) as db:
+        db.execute("CREATE TABLE notes (text)")
+    before = other.read_bytes()
+    assert main(["best", "study_a", "--tracking-uri", f"sqlite:///{other}"]) == 2
+    assert "is not an MLflow tracking store (no table experiments, runs" in capsys.readouterr().err
+    assert other.read_bytes() == before
+
+
+def test_a_store_under_a_path_with_a_hash_is_read_where_it_is(store, tmp_path):
+    import shutil
+
+    from study.results import fast_queries
+    from study.results.queries import Query
+
+    folder = tmp_path / "x#y?z"
+    folder.mkdir()
+    shutil.copy(_store_file(store), folder / "mlflow.db")
+    uri = f"sqlite:///{tmp_path}/x#y%3Fz/mlflow.db"  # '?' escaped, as SQLAlchemy reads a URI
+    assert [r["trial"] for r in best_runs(uri, "study_a", by="purity", top=2)] == ["t2", "t4"]
+    assert fast_queries.search(uri, Query("study_a", "purity", False, 2, False)) is not None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x#y?z"]
+    assert sorted(p.name for p in folder.iterdir()) == ["mlflow.db"]
+
+
+@pytest.mark.parametrize("uri", ["sqlite", "http://127.0.0.1:9", "file:///nowhere/mlruns"])
+def test_top_above_mlflow_limit_is_refused_on_every_store_kind(store, uri, capsys):
+    from study.cli import main
+
+    uri = store if uri == "sqlite" else uri
+    assert main(["best", "study_a", "--top", "50001", "--tracking-uri", uri]) == 2
+    assert "--top: at most 50,000, MLflow's limit for one search (got 50,001)" in capsys.readouterr().err
 
 
 # -- the MLflow-free path answers exactly as MlflowClient does ---------------------------------

@@ -71,7 +71,7 @@ def _resolve(cfg: DataConfig) -> tuple[list[DomainSource | None], list[str]]:
     for i, entry in enumerate(cfg.extra):
         entry_issues = entry_problems(i, entry)
         problems += entry_issues
-        if isinstance(entry, dict) and entry.get("name"):
+        if isinstance(entry, dict) and entry.get("name") and isinstance(entry["name"], str):
             if entry["name"] in extras:
                 problems.append(f"data.extra[{i}]: a domain named {entry['name']!r} is defined twice")
             extras[entry["name"]] = (i, entry if not entry_issues else None)

@@ -13,6 +13,7 @@ before trials change directory.
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import importlib.util
 import json
@@ -23,7 +24,7 @@ from typing import Iterator
 from trainables.config import DataConfig
 from trainables.data.cleaning import split_blank_line_chunks
 from trainables.data.sources import DomainSource, selection_order
-from trainables.errors import ConfigError
+from trainables.errors import ConfigError, brief
 
 FORMATS = ("text", "jsonl", "parquet")
 EXTRA_KEYS = {"name", "path", "hf", "format", "text_field", "split", "config"}
@@ -81,6 +82,14 @@ def entry_problems(index: int, entry: dict) -> list[str]:
             problems.append(f"{where}: file {str(path)!r} is empty")
         elif path.is_dir() and not _data_files(path):
             problems.append(f"{where}: folder {str(path)!r} holds no (non-empty) files")
+        elif fmt is None or fmt in FORMATS:
+            files = [path] if path.is_file() else _data_files(path)[:CHECKED_FILES]
+            file_format = fmt or _infer_format(path)  # one format for the domain, as it is read
+            for file in files:
+                issue = _file_problem(file, file_format, single=path.is_file())
+                if issue:
+                    problems.append(f"{where}: {issue}")
+                    break
     else:
         hf = str(entry["hf"])
         if _looks_local(hf, "hf") and not Path(hf).expanduser().exists():
@@ -122,6 +131,37 @@ def user_source(index: int, entry: dict, hf_cache_dir: Path) -> DomainSource:
 
 
 # -- local files --------------------------------------------------------------------------------
+CHECKED_FILES = 100
+"""Files of a folder domain whose first bytes validation looks at (all are read at build)."""
+HEAD_BYTES = 8192
+
+
+def _file_problem(path: Path, fmt: str, *, single: bool) -> str:
+    """What makes a file unusable in ``fmt``, from its first and last bytes only (empty if
+    nothing): a binary file given as text (a folder skips those, a single file is the whole
+    domain), a JSONL file that is not UTF-8, a Parquet file without Parquet's magic bytes."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(HEAD_BYTES)
+            if fmt == "parquet":
+                f.seek(max(0, path.stat().st_size - 4))
+                tail = f.read(4)
+    except OSError as err:
+        return f"cannot read {str(path)!r}: {err.strerror or err}"
+    if fmt == "parquet":
+        if len(head) < 12 or head[:4] != b"PAR1" or tail != b"PAR1":
+            return f"{str(path)!r} is not a Parquet file (no PAR1 marker at its start and end)"
+        return ""
+    if b"\x00" in head and (single or fmt == "jsonl"):
+        return f"{str(path)!r} is a binary file (NUL bytes in its first {HEAD_BYTES:,}), not {fmt}"
+    if fmt == "jsonl":
+        try:
+            codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+        except UnicodeDecodeError as err:
+            return f"{str(path)!r} is not UTF-8 text (byte {err.start}), as JSONL must be"
+    return ""
+
+
 def _data_files(folder: Path) -> list[Path]:
     files = []
     for dirpath, dirnames, filenames in os.walk(folder):
@@ -170,8 +210,13 @@ def _decode(path: Path) -> str:
 def _records(path: Path, fmt: str, field: str, where: str) -> list[str]:
     if fmt == "jsonl":
         texts = []
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
+        with open(path, "rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise ConfigError(f"{where}: {path}:{lineno} is not UTF-8 text (byte {e.start} "
+                                      "of the line), as JSONL must be") from None
                 if not line.strip():
                     continue
                 try:
@@ -185,12 +230,18 @@ def _records(path: Path, fmt: str, field: str, where: str) -> list[str]:
                     )
                 texts.append(_as_text(record[field], where, field))
         return texts
+    import pyarrow
     import pyarrow.parquet as pq
 
-    columns = pq.read_schema(path).names
-    if field not in columns:
-        raise ConfigError(f"{where}: {path} has no column {field!r} (columns: {columns}; set text_field)")
-    return [_as_text(v, where, field) for v in pq.read_table(path, columns=[field]).column(field).to_pylist()]
+    try:
+        columns = pq.read_schema(path).names
+        if field not in columns:
+            raise ConfigError(f"{where}: {path} has no column {field!r} (columns: {columns}; set text_field)")
+        values = pq.read_table(path, columns=[field]).column(field).to_pylist()
+    except (pyarrow.ArrowException, OSError) as e:  # a corrupt or truncated file
+        raise ConfigError(f"{where}: {path} is not a readable Parquet file "
+                          f"({type(e).__name__}: {brief(str(e))})") from None
+    return [_as_text(v, where, field) for v in values]
 
 
 def _as_text(value, where: str, field: str) -> str:
