@@ -234,17 +234,21 @@ def _print_best(name: str, tracking_uri: str, experiment: str, by: str) -> None:
 
 
 def next_commands(name: str, tracking_uri: str, experiment: str) -> list[str]:
-    """What to run next: the report, and the MLflow UI with the direct address of the runs."""
+    """What to run next: the report, and the MLflow UI with the direct address of the study's
+    runs table (its shared view: the trials flat, sorted by the objective)."""
     from mlflow.tracking import MlflowClient
 
+    from study.run.mlflow_layout import runs_page
+
     found = MlflowClient(tracking_uri).get_experiment_by_name(experiment)
-    runs_page = f"#/experiments/{found.experiment_id}/runs" if found is not None else ""
     lines = ["", "next:", f"  moe-study report {experiment} --out report-{name}    # report.md with figures"]
+    if found is None:
+        return lines
     if tracking_uri.startswith(("http://", "https://")):
-        lines.append(f"  open {tracking_uri.rstrip('/')}/{runs_page}    # the MLflow UI of this store")
+        lines.append(f"  open {runs_page(tracking_uri, found.experiment_id, name)}    # the MLflow UI of this store")
     else:
         lines += [f"  mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000",
-                  f"  then open http://127.0.0.1:5000/{runs_page}"]
+                  f"  then open {runs_page('http://127.0.0.1:5000', found.experiment_id, name)}"]
     return lines
 
 

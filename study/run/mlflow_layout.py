@@ -113,6 +113,33 @@ def ensure_experiment(tracking_uri: str, name: str, description: str = "") -> st
     return experiment_id
 
 
+SHARED_VIEW_TAG = "mlflow.sharedViewState."
+"""Experiment tag prefix the MLflow UI reads a shared view from (``?viewStateShareKey=KEY``):
+its filter, sort and columns. A study's view lists its runs flat (the UI folds nested runs under
+their parent), sorted by the objective, with the searched settings and the key metrics."""
+
+
+def set_study_view(tracking_uri: str, experiment_id: str, study_name: str, parent_run_id: str,
+                   search_keys, objectives, modes) -> str:
+    """Store the study's runs-table view on its experiment; returns the key of its URL."""
+    metrics = list(dict.fromkeys([*objectives, naming.GAP_PURITY, naming.PURITY, naming.LOAD_ENTROPY,
+                                  naming.VAL_LOSS]))
+    params = list(dict.fromkeys([naming.TAG_METHOD, naming.TAG_SCOPE, *search_keys]))
+    state = {
+        "searchFilter": f"tags.`{naming.TAG_PARENT_RUN}` = {naming.filter_literal(parent_run_id)}",
+        "orderByKey": f"metrics.`{objectives[0]}`",
+        "orderByAsc": modes[0] == "min",
+        "selectedColumns": [f"params.`{p}`" for p in params] + [f"metrics.`{m}`" for m in metrics],
+    }
+    MlflowClient(tracking_uri).set_experiment_tag(experiment_id, SHARED_VIEW_TAG + study_name, json.dumps(state))
+    return study_name
+
+
+def runs_page(ui_url: str, experiment_id: str, study_name: str) -> str:
+    """The address of a study's runs table in the MLflow UI at ``ui_url``."""
+    return f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs?viewStateShareKey={study_name}"
+
+
 def start_parent_run(tracking_uri: str, experiment_id: str, study_name: str, spec_dict: dict,
                      tags: dict[str, Any]) -> str:
     """The study's parent run: its spec as an artifact and as params, its description, its

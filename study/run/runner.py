@@ -237,6 +237,8 @@ def _run_new(spec: StudySpec, name: str, root: str, state_path: StorageFile, *, 
               naming.TAG_SEARCH_KEYS: ",".join(spec.search_keys),
               naming.TAG_MIX_HASH: mix_hash},
     )
+    mlflow_layout.set_study_view(tracking_uri, experiment_id, name, parent_run_id, spec.search_keys,
+                                 spec.objective.metrics, spec.objective.modes)
     state = {
         "name": name, "spec": spec.to_dict(), "tracking_uri": tracking_uri,
         "experiment_id": experiment_id, "parent_run_id": parent_run_id, "storage": root,

@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -171,3 +172,43 @@ def test_best_on_an_unknown_experiment_is_bad_input(smoke_study):
     d, uri, _ = smoke_study
     r = moe_study("best", "no-such-study", "--tracking-uri", uri, cwd=d)
     assert r.returncode == 2 and "no-such-study" in r.stderr
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_the_mlflow_ui_shows_the_trials_with_method_scope_and_objective(smoke_study, tmp_path):
+    """A real `mlflow server` on loopback and a headless browser: the study's runs page (the
+    address the study prints) lists every run of the study flat, with its method, scope and
+    objective, sorted by the objective."""
+    import re
+
+    from study.run.mlflow_layout import runs_page
+    from study.spec import load_spec
+    from tests.e2e.servers import MlflowServer
+
+    d, uri, stdout = smoke_study
+    client, runs = _runs(uri)
+    exp = client.get_experiment_by_name("smoke")
+    server = MlflowServer(d).start()
+    try:
+        page = runs_page(server.uri, exp.experiment_id, "smoke")
+        dom = subprocess.run(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1920,1080",
+             "--virtual-time-budget=20000", "--dump-dom", page],
+            capture_output=True, text=True, timeout=180).stdout
+    finally:
+        server.stop()
+    cells = [c.strip() for c in re.split(r"<[^>]+>", dom) if c.strip()]
+    objective = load_spec(SMOKE).objective.metrics[0]
+    assert {"router.method", "router.scope", objective} <= set(cells)  # the view's columns
+    trials = [r for r in runs if r.data.tags.get(naming.TAG_ROLE) == naming.ROLE_TRIAL]
+    for run in trials:
+        assert run.data.tags["mlflow.runName"] in cells  # a row per trial, not folded
+        value = run.data.metrics[objective]
+        assert any(c.startswith(f"{value:.4f}"[:5]) for c in cells), (objective, value)
+    assert {"eb", "global_batch", "micro_batch"} <= set(cells)
+    assert f"#/experiments/{exp.experiment_id}/runs?viewStateShareKey=smoke" in stdout  # printed at the end
