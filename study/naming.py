@@ -208,3 +208,18 @@ def default_tracking_uri() -> str:
     if env:
         return env
     return "sqlite:///" + os.path.abspath("mlflow.db")
+
+
+def setting_parts(params) -> list[str]:
+    """A trial's settings as short words: method, scope (``window8`` for a window of 8),
+    ``cap1`` with a capacity, ``s0`` for the seed. Run names join them with ``-``
+    (``eb-global_batch-s0``), console lines with spaces."""
+    scope = str(params.get("router.scope", "?"))
+    if scope == "window":
+        scope += str(params.get("router.balance_window", ""))
+    parts = [str(params.get("router.method", "?")), scope]
+    capacity = params.get("router.capacity_factor")
+    if isinstance(capacity, (int, float)) and not isinstance(capacity, bool) and capacity > 0:
+        parts.append(f"cap{capacity:g}")
+    return [*parts, f"s{params.get('train.seed', 0)}"]
+

@@ -46,15 +46,7 @@ def quiet_libraries(verbose: bool) -> None:
 
 def trial_label(config: Mapping[str, Any]) -> str:
     """``lbl global_batch s1`` (``window8`` for a window scope, ``cap1`` with a capacity)."""
-    scope = str(config.get("router.scope", "?"))
-    if scope == "window":
-        scope += str(config.get("router.balance_window", ""))
-    parts = [str(config.get("router.method", "?")), scope]
-    capacity = config.get("router.capacity_factor")
-    if isinstance(capacity, (int, float)) and capacity > 0:
-        parts.append(f"cap{capacity:g}")
-    parts.append(f"s{config.get('train.seed', 0)}")
-    return " ".join(parts)
+    return " ".join(naming.setting_parts(config))
 
 
 def duration(seconds: float) -> str:

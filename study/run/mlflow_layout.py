@@ -68,17 +68,9 @@ def run_name(role: str, params: Mapping[str, Any]) -> str:
     """A run's name from its settings: ``eb-global_batch-s0``, ``lbl-window8-cap1-s2``,
     ``reference-s0``. Several runs may share one (a search over other keys): the trial id tag
     tells them apart."""
-    seed = f"s{params.get('train.seed', 0)}"
     if role == naming.ROLE_REFERENCE:
-        return f"reference-{seed}"
-    scope = str(params.get("router.scope", "?"))
-    if scope == "window":
-        scope += str(params.get("router.balance_window", "?"))
-    parts = [str(params.get("router.method", "?")), scope]
-    capacity = params.get("router.capacity_factor")
-    if isinstance(capacity, (int, float)) and capacity > 0:
-        parts.append(f"cap{capacity:g}")
-    return "-".join([*parts, seed])
+        return f"reference-s{params.get('train.seed', 0)}"
+    return "-".join(naming.setting_parts(params))
 
 
 def flat_spec_params(spec_dict: Mapping[str, Any]) -> dict[str, str]:
