@@ -22,7 +22,7 @@ from trainables.metric_names import (  # noqa: F401 - the metric vocabulary, re-
     NMI_DOMAIN, PURITY, REFERENCE_AGREEMENT, SHARED_COVERAGE, SHARED_PURITY,
     SPECIALISATION_METRIC_NAMES, TRAIN_LOSS, VAL_LOSS, baseline_names,
     BALANCE_WINDOW_TOKENS, ELAPSED_S, GLOBAL_COUNTS_TOTAL, INIT_EVAL_S, LR, STEP, TOKENS, TOKENS_PER_S,
-    TRAIN_S,
+    TRAIN_S, TRIAL_WALL_S, COST_CPU_S, COST_GPU_S,
 )
 
 # -- run tags ----------------------------------------------------------------------------------
@@ -122,6 +122,7 @@ METRIC_MODES: dict[str, str] = {
     GAP_LOSS: "min", GAP_PURITY: "min", GAP_NMI: "min", GAP_REFERENCE_AGREEMENT: "min",
     TOKENS_PER_S: "max", CMI: "max", SHARED_PURITY: "max", EXCESS_PURITY: "max", NMI_DOMAIN: "max",
     SHARED_COVERAGE: "max", EXCESS_PURITY_NULL_SD: "min", INIT_EVAL_S: "min",
+    TRIAL_WALL_S: "min", COST_CPU_S: "min", COST_GPU_S: "min",
     **{init_of(m): "max" for m in LIFT_METRICS}, **{lift_of(m): "max" for m in LIFT_METRICS},
 }
 """Which direction is better for every metric a study may optimise or rank by."""

@@ -19,6 +19,11 @@ TOKENS_PER_S = "tokens_per_s"
 ELAPSED_S, TRAIN_S = "elapsed_s", "train_s"
 INIT_EVAL_S = "init_eval_s"
 """Seconds of the step-0 evaluation (the baseline's cost)."""
+TRIAL_WALL_S = "trial_wall_s"
+"""Seconds the trial has held its resources, data and step-0 evaluation included, summed over
+its attempts (a trial resumed from a checkpoint goes on from the last report's value)."""
+COST_CPU_S, COST_GPU_S = "cost/cpu_s", "cost/gpu_s"
+"""CPU- and GPU-seconds the trial held: ``trial_wall_s`` times what it reserved (all workers)."""
 BALANCE_WINDOW_TOKENS = "balance_window_tokens"
 """Tokens whose statistics one balancing decision sees (``trainables.scope.Scope.tokens``)."""
 GLOBAL_COUNTS_TOTAL = "global_counts_total"
@@ -99,6 +104,8 @@ DEFINITIONS = {
     GAP_PURITY: "the reference router's purity minus this run's (lower is better)",
     TOKENS_PER_S: "training tokens per second of the trial",
     TRAIN_S: "seconds the trial trained (reporting and checkpoints excluded)",
+    COST_CPU_S: "CPU-seconds the trial held (its wall time over all attempts x CPUs reserved)",
+    COST_GPU_S: "GPU-seconds the trial held (its wall time over all attempts x GPUs reserved)",
 }
 """One line per metric, for reports and tables; ``docs/design.md`` ("Metrics") has the formulas.
 Derived names are defined by their parts: ``<name>_init`` is the untrained router's value (same

@@ -167,6 +167,7 @@ def train(
     With ``dist_group`` set (an initialised torch.distributed group), gradients are averaged
     over its workers and the global scope all-reduces expert counts across them.
     """
+    started = time.perf_counter()  # the trial holds its resources from here (data, init eval)
     tune_allocator()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -189,7 +190,9 @@ def train(
     # checkpoint, so every report of a trial carries the same *_init values.
     init_metrics, init_eval_s = evaluate_at_init(model, val_batches, cfg, domains, device)
     start_step = 0
+    earlier_s = 0.0  # what earlier attempts of this trial held (a resumed one goes on from there)
     if resume_state:
+        earlier_s = float((resume_state.get(REPORT_KEY) or {}).get("metrics", {}).get(names.TRIAL_WALL_S, 0.0))
         model.load_state_dict(resume_state["model"])
         optimizer.load_state_dict(resume_state["optimizer"])
         sampler.load_state_dict(resume_state["sampler"])
@@ -262,6 +265,7 @@ def train(
                 names.TRAIN_S: elapsed - paused_s,
                 names.TOKENS_PER_S: (step + 1 - start_step) * tokens_per_step / max(elapsed, 1e-9),
                 names.INIT_EVAL_S: init_eval_s,
+                names.TRIAL_WALL_S: earlier_s + time.perf_counter() - started,
             })
             if window_counts > 0:
                 val[names.GLOBAL_COUNTS_TOTAL] = window_counts

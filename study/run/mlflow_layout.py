@@ -162,7 +162,8 @@ def start_parent_run(tracking_uri: str, experiment_id: str, study_name: str, spe
 
 def study_outcome(runs: list, objective: str, mode: str) -> dict[str, float]:
     """The parent run's metrics from its trial runs (MLflow ``Run`` objects): trials finished,
-    stopped early, failed, and the best final objective of the full-length trials."""
+    stopped early, failed, the CPU- and GPU-seconds all its runs held (the reference's too), and
+    the best final objective of the full-length trials."""
     trials = [r for r in runs if r.data.tags.get(naming.TAG_ROLE) == naming.ROLE_TRIAL]
     finished = [r for r in trials if r.info.status == "FINISHED"]
     early = {r.info.run_id for r in finished if r.data.tags.get(naming.TAG_STOPPED_EARLY) == "true"}
@@ -171,6 +172,9 @@ def study_outcome(runs: list, objective: str, mode: str) -> dict[str, float]:
         "trials_stopped_early": float(len(early)),
         "trials_failed": float(sum(r.info.status == "FAILED" for r in trials)),
     }
+    for cost in (naming.COST_CPU_S, naming.COST_GPU_S):  # every run the study paid for
+        out[cost] = float(sum(r.data.metrics.get(cost, 0.0) for r in runs
+                              if r.data.tags.get(naming.TAG_ROLE) in (naming.ROLE_TRIAL, naming.ROLE_REFERENCE)))
     values = [r.data.metrics[objective] for r in finished
               if r.info.run_id not in early and objective in r.data.metrics]
     if values:

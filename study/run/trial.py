@@ -55,6 +55,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from study import naming
 from study.run.trial_context import TrialContext, split_tune_config
 from trainables.config import TrialConfig
+from trainables import metric_names as names
 from trainables.metrics import gaps
 from trainables.distributed import DistributedGroup
 from trainables.training import Report, train
@@ -107,6 +108,10 @@ def result_builder(context: TrialContext) -> Callable[[Report], dict]:
         if report.count_table is not None:
             result["count_table"] = report.count_table.tolist()
             result["domains"] = list(report.domains)
+        held = report.metrics.get(names.TRIAL_WALL_S)
+        if held is not None:  # what the trial cost: its wall time x what it reserved
+            result[names.COST_CPU_S] = held * context.cpu_per_worker * context.workers
+            result[names.COST_GPU_S] = held * context.gpu_per_worker * context.workers
         result["node_id"] = node_id  # where the trial ran (tagged on its MLflow run)
         result["mix_hash"] = report.mix_hash  # which text it trained on (tagged too)
         if report.done and report.routing_counts is not None:  # kept as an artifact, once

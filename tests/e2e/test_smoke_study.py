@@ -90,6 +90,8 @@ def test_study_writes_parent_run_and_nested_trial_runs_with_gaps(smoke_study, tm
                 lift, init = m[f"{name}_lift{suffix}"], m[f"{name}_init{suffix}"]
                 assert lift == pytest.approx(m[f"{name}{suffix}"] - init, abs=1e-9)
         assert m["cmi"] <= 1 and 0 < m["shared_coverage"] < 1 and m["init_eval_s"] > 0
+        # what it cost: the time it held its resources x what it reserved (smoke: 1 CPU, no GPU)
+        assert m["cost/cpu_s"] == pytest.approx(m["trial_wall_s"]) and m["cost/gpu_s"] == 0
         steps = sorted(h.step for h in client.get_metric_history(run.info.run_id, "val_loss"))
         # ASHA's rungs (10, 20; grace 10, factor 2) and every eval_every (20): a curve, not a point
         stopped = run.data.tags[naming.TAG_STOPPED_EARLY] == "true"
@@ -122,6 +124,8 @@ def test_study_writes_parent_run_and_nested_trial_runs_with_gaps(smoke_study, tm
     full = [t for t in trials if t.data.tags[naming.TAG_STOPPED_EARLY] == "false"]
     assert parent.metrics["trials_finished"] == len(full) and parent.metrics["trials_failed"] == 0
     assert parent.metrics["trials_stopped_early"] == 4 - len(full) and parent.metrics["study_wall_s"] > 0
+    paid = sum(r.data.metrics["cost/cpu_s"] for r in [*refs, *trials])
+    assert parent.metrics["cost/cpu_s"] == pytest.approx(paid)
     objective = load_spec(SMOKE).objective
     best = [t.data.metrics[objective.metrics[0]] for t in full]
     assert parent.metrics[f"best_{objective.metrics[0]}"] == (min(best) if objective.modes[0] == "min" else max(best))

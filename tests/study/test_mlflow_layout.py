@@ -45,17 +45,20 @@ def test_experiment_parent_and_outcome_on_a_real_store(tmp_path):
     assert data.params["sampler.type"] == "tpe" and data.tags["mlflow.note.content"] == "d"
     assert {k: data.tags[k] for k in provenance_tags()} == provenance_tags()
 
-    def trial(status, value, early=False):
-        run = client.create_run(exp, tags={naming.TAG_PARENT_RUN: parent, naming.TAG_ROLE: naming.ROLE_TRIAL,
+    def trial(status, value, early=False, cpu_s=10.0, role=naming.ROLE_TRIAL):
+        run = client.create_run(exp, tags={naming.TAG_PARENT_RUN: parent, naming.TAG_ROLE: role,
                                            naming.TAG_STOPPED_EARLY: str(early).lower()})
         client.log_metric(run.info.run_id, "cmi_lift/layer1", value)
+        client.log_metric(run.info.run_id, naming.COST_CPU_S, cpu_s)
         client.set_terminated(run.info.run_id, status=status)
 
     trial("FINISHED", 0.05)
     trial("FINISHED", 0.08)
     trial("FINISHED", 0.50, early=True)  # measured early: not the best
-    trial("FAILED", 0.90)
+    trial("FAILED", 0.90, cpu_s=3.0)  # paid for all the same
+    trial("FINISHED", 0.99, cpu_s=7.0, role=naming.ROLE_REFERENCE)  # no trial; its cost counts
     log_study_outcome(uri, exp, parent, "cmi_lift/layer1", "max", wall_s=12.5)
     outcome = client.get_run(parent).data.metrics
     assert outcome == {"trials_finished": 2, "trials_stopped_early": 1, "trials_failed": 1,
-                       "best_cmi_lift_layer1": 0.08, "study_wall_s": 12.5}
+                       "best_cmi_lift_layer1": 0.08, "study_wall_s": 12.5,
+                       naming.COST_CPU_S: 10.0 * 3 + 3.0 + 7.0, naming.COST_GPU_S: 0.0}

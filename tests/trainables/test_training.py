@@ -72,6 +72,9 @@ def test_resume_from_a_checkpoint_continues_the_same_run(small_mix_config):
     resumed = run_to_end(cfg, resume_state=state_at_4).metrics
     assert resumed["val_loss"] == pytest.approx(full["val_loss"], abs=1e-5)
     assert resumed["purity"] == pytest.approx(full["purity"], abs=1e-9)
+    # the time the trial held its resources goes on from the first attempt's: its cost
+    held_before = first.metrics["trial_wall_s"]
+    assert held_before > 0 and resumed["trial_wall_s"] > held_before + resumed["elapsed_s"] - 1e-9
 
 
 @pytest.mark.parametrize("saved_report", [True, False], ids=["report-in-checkpoint", "older-checkpoint"])
