@@ -127,7 +127,8 @@ def write_report(
     histories = _histories(client, best_cell[0][2] if best_cell else [], by)
     sections = [
         header_markdown(runs, uri),
-        verdict_markdown(independent, runs.reference, items, by, ascending, histories),
+        verdict_markdown(independent, runs.reference, items, by, ascending, histories,
+                         paid=[*runs.trials, *([] if runs.reference_source else runs.references)]),
         leaderboard_markdown(ranked, runs.reference, by, ascending, top, ranked_note,
                              constraints=runs.constraints, cpus_per_trial=runs.cpus_per_trial),
         cell_table_markdown(independent, repeats),

@@ -137,11 +137,26 @@ def curve_line(cells, by: str, histories: History) -> str:
             f"{steps[0]} to {last:+.3f} at step {steps[-1]} (mean over its runs).")
 
 
+def cost_line(paid: Sequence[RunRecord], items: Sequence[Finding]) -> str:
+    """What the study's runs held (every run it paid for: failed, stopped early and the
+    reference included), and that over the findings it could call."""
+    cpu_s, gpu_s = (sum(r.metric(m) for r in paid if math.isfinite(r.metric(m)))
+                    for m in (naming.COST_CPU_S, naming.COST_GPU_S))
+    if not cpu_s and not gpu_s:
+        return ""
+    called = sum(1 for f in items if f.verdict.startswith((HOLDS, DOES_NOT_HOLD, "equivalent", "higher", "lower")))
+    total = f"{cpu_s / 3600:.2f} CPU-hours" + (f", {gpu_s / 3600:.2f} GPU-hours" if gpu_s else "")
+    per = (f"; {called} finding(s) shown, so {cpu_s / 3600 / called:.2f} CPU-hours"
+           + (f" and {gpu_s / 3600 / called:.2f} GPU-hours" if gpu_s else "") + " a finding"
+           if called else "; no finding shown")
+    return f"- **Cost**: {total} over {len(paid)} runs{per}."
+
+
 def verdict_markdown(trials: Sequence[RunRecord], reference: RunRecord | None, items: Sequence[Finding],
-                     by: str, ascending: bool, histories: History) -> str:
+                     by: str, ascending: bool, histories: History, paid: Sequence[RunRecord] = ()) -> str:
     cells = ranked_cells(trials, by, ascending)
     if not cells:
         return ""
     lines = [best_line(cells, by), real_line(items, by), baseline_line(cells, by, reference),
-             curve_line(cells, by, histories)]
+             curve_line(cells, by, histories), cost_line(paid, items)]
     return "\n".join(["## Verdict", "", *(line for line in lines if line)])

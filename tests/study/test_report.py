@@ -720,7 +720,7 @@ def test_report_opens_with_a_verdict_and_shows_cost_constraints_and_definitions(
     for scope, values in lifts.items():
         for seed, lift in enumerate(values):
             metrics = {**trial_metrics("lbl", 0.5, seed, 0), objective: lift,
-                       "train_s": 60.0 + seed, "elapsed_s": 70.0 + seed}
+                       "train_s": 60.0 + seed, "elapsed_s": 70.0 + seed, "cost/cpu_s": 360.0}
             run_id = store.run(exp, parent, f"v-{scope}-{seed}", naming.ROLE_TRIAL,
                                trial_params("lbl", scope, 0, seed), metrics)
             # the objective's curve: half at step 10, all of it at 20 and at the last step
@@ -734,6 +734,7 @@ def test_report_opens_with_a_verdict_and_shows_cost_constraints_and_definitions(
     assert f"difference {sum(diffs) / 3:+.3f}" in verdict and "**holds**" in verdict
     assert "its interval lies above 0: training added" in verdict
     assert f"rose, flat at the end, from +0.040 at step 10 to +0.080 at step {STEPS}" in verdict
+    assert "- **Cost**: 0.60 CPU-hours over 6 runs;" in verdict and "CPU-hours a finding" in verdict
 
     board = section(md, "Leaderboard")
     head = [c.strip() for c in board.splitlines()[4].strip("|").split("|")]
