@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="moe-study",
         description="MoE routing study platform: train one trial, run and query studies.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     data = sub.add_parser("data", help="inspect the data mix")
@@ -96,6 +97,17 @@ def build_parser() -> argparse.ArgumentParser:
     _tracking_args(report)
     report.set_defaults(handler=cmd_report)
     return parser
+
+
+def package_version() -> str:
+    """The installed package's version (``importlib.metadata``), ``unknown`` when it is not
+    installed (run from a checkout on ``PYTHONPATH``)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("moe-routing-study")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def _spec_set_arg(p: argparse.ArgumentParser) -> None:

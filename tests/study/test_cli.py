@@ -79,6 +79,13 @@ def test_help_exits_0(capsys):
     assert "COMMAND" in capsys.readouterr().out
 
 
+def test_version_prints_the_package_version_and_exits_0(capsys):
+    from importlib import metadata
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"moe-study {metadata.version('moe-routing-study')}"
+
+
 def test_train_runs_one_trial_with_sets(tiny_config, capsys):
     code = main(["train", str(tiny_config), "--set", "router.method=eb", "--set", "train.micro_batch_size=4", "--json"])
     assert code == 0
