@@ -43,8 +43,10 @@ class Clause:
     value: Any
 
     def mlflow(self) -> str:
+        """The clause in MLflow's filter grammar; a param value is quoted by
+        ``naming.filter_literal`` (ValueError for a value holding both kinds of quote)."""
         if self.kind == "param":
-            return f"params.`{self.key}` {self.op} '{self.value}'"
+            return f"params.`{self.key}` {self.op} {naming.filter_literal(self.value)}"
         return f"metrics.`{self.key}` {self.op} {self.value!r}"
 
 

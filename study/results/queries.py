@@ -22,11 +22,11 @@ import io
 import json
 import math
 import re
-from typing import Any, Iterable
+from typing import Any, Iterable, get_origin
 
 import yaml
 
-from trainables.config import flat_field_types
+from trainables.config import FIXED_VALUES, flat_field_types
 from trainables.errors import ConfigError, brief, did_you_mean, name_problem
 from study.results import fast_queries
 from study import naming
@@ -133,10 +133,40 @@ def parse_where(where: str) -> tuple[list[Clause], str | None]:
     """``--where`` as shorthand clauses, or (``[]``, the text) when it is an MLflow filter."""
     if _MLFLOW_PREFIX.search(where):
         return [], where
-    clauses = [c for c in re.split(r",|\s+and\s+", where, flags=re.I) if c.strip()]
+    clauses = [c for c in _split_clauses(where) if c.strip()]
     if not clauses:
         raise ConfigError(f"--where {where!r}: empty filter")
     return [_translate_clause(c, where) for c in clauses], None
+
+
+def _split_clauses(where: str) -> list[str]:
+    """``where`` cut at ``,`` and `` and `` outside brackets and quotes, so a list value
+    (``data.domains=[english, c]``) stays one clause."""
+    parts, depth, quote, start = [], 0, "", 0
+    i = 0
+    while i < len(where):
+        ch = where[i]
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"" and where[:i].rstrip()[-1:] in ("", *"=<>!,[{("):
+            quote = ch  # a quoted value; an apostrophe inside a word opens nothing
+        elif ch in "[{(":
+            depth += 1
+        elif ch in "]})":
+            depth = max(0, depth - 1)
+        elif depth == 0:
+            if ch == ",":
+                parts.append(where[start:i])
+                start = i + 1
+            else:
+                m = re.compile(r"\s+and\s+", re.I).match(where, i)
+                if m and i > start:
+                    parts.append(where[start:i])
+                    start = i = m.end()
+                    continue
+        i += 1
+    parts.append(where[start:])
+    return parts
 
 
 def _translate_clause(clause: str, where: str) -> Clause:
@@ -154,7 +184,16 @@ def _translate_clause(clause: str, where: str) -> Clause:
     if key in types:
         if op not in ("=", "!="):
             raise ConfigError(f"--where {where!r}: params are text, compare {key} with = or != only")
-        return Clause("param", key, op, _param_text(text, types[key]))
+        value = _param_text(text, types[key])
+        allowed = FIXED_VALUES.get(key)
+        if allowed is not None and value not in allowed:
+            raise ConfigError(f"--where {where!r}: {key} has no value {brief(value)}, expected one of "
+                              f"{list(allowed)}{did_you_mean(value, allowed)}")
+        try:
+            naming.filter_literal(value)
+        except ValueError as err:
+            raise ConfigError(f"--where {where!r}: {err}") from None
+        return Clause("param", key, op, value)
     if not naming.metric_problem(key):
         try:
             number = float(text)
@@ -177,6 +216,8 @@ def _param_text(text: str, typ: Any) -> str:
         return str(int(value))
     if typ is bool and isinstance(value, bool):
         return str(value)
+    if isinstance(value, (list, dict)) and get_origin(typ) is type(value):
+        return str(value)  # list and mapping params are stored as their Python repr
     return text
 
 

@@ -46,7 +46,10 @@ def store(tmp_path_factory):
             naming.TAG_METHOD: method, naming.TAG_SCOPE: scope,
             naming.TAG_STOPPED_EARLY: str(stopped).lower(),  # as the tracker tags every trial's end
         })
-        flat = {"router.method": method, "router.scope": scope, "train.lr": 0.003, **params}
+        flat = {"router.method": method, "router.scope": scope, "train.lr": 0.003,
+                # free-form values with quotes in them, as str() of the typed value stores them
+                "data.cache_dir": "/data/o'neil" if name == "t0" else "/data/cache",
+                "data.domains": ["english", "c"] if name == "t1" else ["english", "german"], **params}
         client.log_batch(
             run.info.run_id,
             metrics=[Metric(k, v, 0, 100) for k, v in metrics.items()],
@@ -133,6 +136,40 @@ def test_rows_hold_method_scope_metrics_and_searched_params(store):
 )
 def test_where_filters(store, where, expected):
     assert names(best_runs(store, "study_a", where=where)) == expected
+
+
+@pytest.mark.parametrize(
+    "where, needle",
+    [
+        ("method=lbl2", "router.method has no value 'lbl2', expected one of ['none', 'lbl', 'eb', "
+                        "'sh', 'ba', 'ec', 'reference']; did you mean 'lbl'?"),
+        ("scope!=globl_batch", "router.scope has no value 'globl_batch'"),
+        ("purity>0.3 and router.drop_policy=prob", "did you mean 'probs'?"),
+        ("train.device=gpu", "train.device has no value 'gpu', expected one of ['auto', 'cpu', 'cuda']"),
+        ("data.mix=same-script", "did you mean 'same_script'?"),
+    ],
+)
+def test_where_value_outside_a_fixed_vocabulary_is_bad_input(store, where, needle, capsys):
+    """A typo in a value with a known vocabulary says so (exit 2) instead of matching no run."""
+    from study.cli import main
+
+    with pytest.raises(ConfigError) as info:
+        best_runs(store, "study_a", where=where)
+    assert f"--where {where!r}" in str(info.value) and needle in str(info.value)
+    assert main(["best", "study_a", "--tracking-uri", store, "--where", where]) == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_where_free_form_values_with_quotes_and_lists(store):
+    """Free-form keys match any value: one holding a quote is quoted by naming.filter_literal
+    (it broke MLflow's filter when put inside '...'), a list value keeps its commas."""
+    assert names(best_runs(store, "study_a", where="data.cache_dir=/data/o'neil")) == ["t0"]
+    assert names(best_runs(store, "study_a", where="data.cache_dir='/data/o'neil'")) == ["t0"]
+    assert names(best_runs(store, "study_a", where="data.domains=[english, c]")) == ["t1"]
+    assert names(best_runs(store, "study_a", where="router.lbl_coef=0.5")) == []
+    assert translate_where("data.cache_dir=/data/o'neil") == 'params.`data.cache_dir` = "/data/o\'neil"'
+    with pytest.raises(ConfigError, match="holds both kinds of quote"):
+        best_runs(store, "study_a", where="""data.cache_dir=a'b"c""")
 
 
 def test_translate_where_shorthand():
@@ -288,7 +325,9 @@ QUERIES = [
     {"where": "router.lbl_coef=0.01"},
     {"where": "purity>0.5, load_entropy>=0.95"},
     {"include_reference": True},
-    {"where": "method=nonexistent"},
+    {"where": "router.lbl_coef=0.5"},  # a free-form value no run has: no rows
+    {"where": "data.cache_dir=/data/o'neil"},  # a quote inside the value
+    {"where": "data.domains=[english, c], purity>0.3"},  # a list value, with its comma
     {"include_stopped": True},
     {"include_stopped": True, "by": "purity", "where": "scope=micro_batch"},
 ]
