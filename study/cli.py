@@ -154,7 +154,7 @@ def cmd_data_describe(args: argparse.Namespace) -> int:
     if args.fmt == "json":
         print(json.dumps(described, indent=2))
     else:
-        print(format_rows(described["domains"], args.fmt))
+        _emit(format_rows(described["domains"], args.fmt))
         if args.fmt == "table":
             print(f"\nmix content hash {described['content_hash']} "
                   f"(cache key {described['cache_key']})")
@@ -267,8 +267,13 @@ def cmd_best(args: argparse.Namespace) -> int:
         _tracking_uri(args), args.experiment, top=args.top, by=args.by, where=args.where,
         include_reference=args.include_reference, mode=args.mode, include_stopped=args.include_stopped,
     )
-    print(format_rows(rows, args.fmt))
+    _emit(format_rows(rows, args.fmt))
     return EXIT_OK
+
+
+def _emit(text: str) -> None:
+    """Print a command's output once: CSV text ends with its own newline."""
+    print(text, end="" if text.endswith("\n") else "\n")
 
 
 def cmd_report(args: argparse.Namespace) -> int:

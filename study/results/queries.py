@@ -93,17 +93,25 @@ def _best_runs_with_client(tracking_uri: str, query: Query) -> list[dict[str, An
     if exp is None:
         raise ConfigError(unknown_experiment(client, query.experiment, tracking_uri))
     where = query.raw_where or " and ".join(c.mlflow() for c in query.clauses)
-    try:
-        runs = client.search_runs(
-            [exp.experiment_id],
-            filter_string=query.filter_string(),
-            order_by=[query.order_by()],
-            max_results=query.top,
-        )
-    except MlflowException as err:
-        if err.error_code == "INVALID_PARAMETER_VALUE" and where:
-            raise ConfigError(f"--where {where!r}: {err.message}") from None
-        raise
+
+    def search_one(one: Query) -> list:
+        ids = ([exp.experiment_id] if one.config_hash is None
+               else [e.experiment_id for e in client.search_experiments(max_results=1000)])
+        try:
+            return list(client.search_runs(ids, filter_string=one.filter_string(),
+                                           order_by=[one.order_by()], max_results=one.top))
+        except MlflowException as err:
+            if err.error_code == "INVALID_PARAMETER_VALUE" and where:
+                raise ConfigError(f"--where {where!r}: {err.message}") from None
+            raise
+
+    def reference_keys() -> list[str]:
+        parents = client.search_runs([exp.experiment_id], filter_string=query.study_runs_filter(),
+                                     max_results=1000)
+        return [p.data.tags[naming.TAG_REFERENCE_KEY] for p in parents
+                if naming.TAG_REFERENCE_KEY in p.data.tags]
+
+    runs = fast_queries.search_with_references(query, search_one, reference_keys)
 
     def parent_tags(run_id: str) -> dict[str, str] | None:
         try:
@@ -244,6 +252,7 @@ def _row(run: Any, by: str, search_keys: list[str]) -> dict[str, Any]:
         "method": params.get(naming.TAG_METHOD, tags.get(naming.TAG_METHOD)),
         "scope": params.get(naming.TAG_SCOPE, tags.get(naming.TAG_SCOPE)),
     }
+    metrics = fast_queries.reference_metrics(run)  # a reference run's gaps are 0
     for name in ([by] if by not in naming.SUMMARY_METRICS else []) + list(naming.SUMMARY_METRICS):
         row[name] = metrics.get(name)
     for key in search_keys:
