@@ -235,13 +235,13 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def _print_best(name: str, tracking_uri: str, experiment: str, by: str) -> None:
     """After a study ended well: its five best trials by the objective."""
-    from study.results.queries import best_runs, format_rows
+    from study.results.queries import best_runs, format_best
 
     try:
         rows = best_runs(tracking_uri, experiment, top=5, by=by)
     except ConfigError:
         return
-    print(f"[{name}] best by {by}:\n{format_rows(rows, 'table')}", flush=True)
+    print(f"[{name}] best by {by}:\n{format_best(rows, by)}", flush=True)
     print("\n".join(next_commands(name, tracking_uri, experiment)), flush=True)
 
 
@@ -261,13 +261,13 @@ def next_commands(name: str, tracking_uri: str, experiment: str) -> list[str]:
 
 
 def cmd_best(args: argparse.Namespace) -> int:
-    from study.results.queries import best_runs, format_rows
+    from study.results.queries import best_runs, format_best
 
     rows = best_runs(
         _tracking_uri(args), args.experiment, top=args.top, by=args.by, where=args.where,
         include_reference=args.include_reference, mode=args.mode, include_stopped=args.include_stopped,
     )
-    _emit(format_rows(rows, args.fmt))
+    _emit(format_best(rows, args.by, args.fmt))
     return EXIT_OK
 
 

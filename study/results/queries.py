@@ -22,6 +22,7 @@ import io
 import json
 import math
 import re
+import textwrap
 from typing import Any, Iterable, get_origin
 
 import yaml
@@ -241,7 +242,11 @@ def _search_keys(runs: list, parent_tags) -> list[str]:
     if not keys:  # no tag: show the params that differ between the rows
         all_keys = sorted({k for r in runs for k in r.data.params})
         keys = [k for k in all_keys if len({r.data.params.get(k) for r in runs}) > 1]
-    return [k for k in keys if k not in (naming.TAG_METHOD, naming.TAG_SCOPE)]
+    return [k for k in keys if k not in (naming.TAG_METHOD, naming.TAG_SCOPE, SEED_KEY)]
+
+
+SEED_KEY = "train.seed"
+"""Every row's ``seed`` column (so not one of the searched-param columns when it is searched)."""
 
 
 def _row(run: Any, by: str, search_keys: list[str]) -> dict[str, Any]:
@@ -251,6 +256,7 @@ def _row(run: Any, by: str, search_keys: list[str]) -> dict[str, Any]:
         "trial": run.info.run_name,
         "method": params.get(naming.TAG_METHOD, tags.get(naming.TAG_METHOD)),
         "scope": params.get(naming.TAG_SCOPE, tags.get(naming.TAG_SCOPE)),
+        "seed": params.get(SEED_KEY),
     }
     metrics = fast_queries.reference_metrics(run)  # a reference run's gaps are 0
     for name in ([by] if by not in naming.SUMMARY_METRICS else []) + list(naming.SUMMARY_METRICS):
@@ -277,11 +283,89 @@ def format_rows(rows: list[dict[str, Any]], fmt: str = "table") -> str:
         return out.getvalue()
     if not rows:
         return "(no finished runs match)"
-    cells = [columns] + [[_cell(r.get(k)) for k in columns] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    return _table(columns, [[_cell(r.get(k)) for k in columns] for r in rows])
+
+
+def _table(header: list[str], body: list[list[str]]) -> str:
+    cells = [header, *body]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+TABLE_WIDTH = 120
+"""Most characters a line of the ``best`` table takes (json and csv keep every field)."""
+_TABLE_METRICS = ("val_loss", "purity_lift", "cmi_lift", "purity", "cmi", "gap_purity", "gap_loss",
+                  "load_entropy", "max_vio", "reference_agreement", "nmi", "dead_expert_fraction",
+                  "dropped_fraction")
+"""The metric columns of the ``best`` table, most wanted first: as many as fit are shown."""
+_SHORT = {"reference_agreement": "ref_agree", "dead_expert_fraction": "dead", "dropped_fraction": "dropped",
+          "load_entropy": "load_ent"}
+_MAX_TRIAL = 28
+
+
+def format_best(rows: list[dict[str, Any]], by: str, fmt: str = "table", width: int = TABLE_WIDTH) -> str:
+    """``best_runs`` rows as ``moe-study best`` prints them: json and csv as ``format_rows``
+    (every field); the table ranked for a person, at most ``width`` characters a line: ``#``,
+    the ``by`` metric, trial, method, scope, seed, then the searched params and the summary
+    metrics (most wanted first) that fit, and the run id's first 8 characters last. A last line
+    names the fields left out."""
+    if fmt != "table" or not rows:
+        return format_rows(rows, fmt)
+
+    def cells(key: str) -> list[str]:
+        return [_short_cell(r.get(key)) for r in rows]
+
+    trials = [_cell(r.get("trial")) for r in rows]
+    trials = [t if len(t) <= _MAX_TRIAL else t[:_MAX_TRIAL - 1] + "~" for t in trials]
+    head = [("#", [str(i) for i in range(1, len(rows) + 1)]), (by, cells(by)),
+            ("trial", trials), ("method", cells("method")), ("scope", cells("scope")),
+            ("seed", cells("seed"))]
+    tail = [("run", [str(r.get("run_id") or "-")[:8] for r in rows])]
+    fixed = {"run_id", "trial", "method", "scope", "seed", by}
+    params = [k for k in _columns(rows) if k not in fixed and k not in naming.SUMMARY_METRICS]
+    metrics = [m for m in _TABLE_METRICS if m != by and any(r.get(m) is not None for r in rows)]
+    headers = _param_headers(params)
+    candidates = [*metrics[:3], *params, *metrics[3:]]  # the order of preference
+
+    def line_width(columns: list[tuple[str, list[str]]]) -> int:
+        return sum(max(len(h), *(len(v) for v in vals)) for h, vals in columns) + 2 * (len(columns) - 1)
+
+    chosen: set[str] = set()
+    for key in candidates:
+        trying = [*head, *[(headers.get(k, _SHORT.get(k, k)), cells(k)) for k in candidates
+                           if k in chosen or k == key], *tail]
+        if line_width(trying) <= width:
+            chosen.add(key)
+    body = [*head,
+            *[(headers[k], cells(k)) for k in params if k in chosen],
+            *[(_SHORT.get(m, m), cells(m)) for m in metrics if m in chosen],
+            *tail]
+    text = _table([h for h, _ in body], [list(row) for row in zip(*(v for _, v in body))])
+    left_out = [k for k in candidates if k not in chosen]
+    if left_out:
+        note = f"({len(left_out)} more column{'s' if len(left_out) > 1 else ''} in --format json or csv"
+        text += "\n" + textwrap.fill(f"{note}: {', '.join(left_out)})", width, break_on_hyphens=False)
+    return text
+
+
+def _short_cell(v: Any) -> str:
+    """A table cell; a param that reads as a number (params are text) at 4 significant digits."""
+    if isinstance(v, str):
+        try:
+            number = float(v)
+        except ValueError:
+            return v
+        return f"{number:.4g}" if math.isfinite(number) and len(v) > 6 else v
+    return _cell(v)
+
+
+def _param_headers(keys: list[str]) -> dict[str, str]:
+    """A searched param's column header: the last part of its key where that is unique
+    (``router.lbl_coef`` -> ``lbl_coef``)."""
+    last = [k.rsplit(".", 1)[-1] for k in keys]
+    return {k: (n if last.count(n) == 1 else k) for k, n in zip(keys, last)}
 
 
 def _columns(rows: Iterable[dict[str, Any]]) -> list[str]:

@@ -237,7 +237,7 @@ def test_cli_best(store, capsys):
     assert main(args + ["--where", "method=eb", "--format", "csv"]) == 0
     assert [r["trial"] for r in csv.DictReader(io.StringIO(capsys.readouterr().out))] == ["t2", "t3"]
     assert main(args + ["--include-reference", "--top", "1"]) == 0
-    assert capsys.readouterr().out.splitlines()[2].split()[1] == "reference"
+    assert capsys.readouterr().out.splitlines()[2].split()[:3] == ["1", "0", "reference"]
     assert main(["best", "nothing_here", "--tracking-uri", store]) == 2
     assert "experiment 'nothing_here' not found" in capsys.readouterr().err
     assert main(args + ["--where", "methd=lbl"]) == 2
@@ -381,3 +381,61 @@ def test_best_by_purity_lift(store):
     expected = sorted(lifts, key=lambda n: -lifts[n])
     assert [r["trial"] for r in rows] == expected
     assert [r["purity_lift"] for r in rows] == pytest.approx(sorted(lifts.values(), reverse=True))
+
+
+# -- the table a person reads ----------------------------------------------------------------------
+WIDE_KEYS = ("router.method", "router.scope", "router.lbl_coef", "router.capacity_factor",
+             "router.balance_window", "train.lr", "model.n_experts", "train.seed")
+
+
+@pytest.fixture(scope="module")
+def wide_store(tmp_path_factory):
+    """A study searching many keys, with long trial names and every summary metric logged."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param
+
+    uri = "sqlite:///" + str(tmp_path_factory.mktemp("wide") / "mlflow.db")
+    client = MlflowClient(uri)
+    exp = client.create_experiment("wide")
+    parent = client.create_run(exp, tags={naming.TAG_ROLE: naming.ROLE_STUDY,
+                                          naming.TAG_SEARCH_KEYS: ",".join(WIDE_KEYS)}).info.run_id
+    for i in range(4):
+        params = {"router.method": "lbl", "router.scope": "window", "router.lbl_coef": 0.0123456789 * (i + 1),
+                  "router.capacity_factor": 1.25, "router.balance_window": 8 * (i + 1),
+                  "train.lr": 0.00312345, "model.n_experts": 16, "train.seed": i}
+        run = client.create_run(exp, run_name=f"lbl-window{8 * (i + 1)}-cap1.25-s{i}-with-a-long-tail", tags={
+            naming.TAG_PARENT_RUN: parent, naming.TAG_ROLE: naming.ROLE_TRIAL, naming.TAG_STOPPED_EARLY: "false"})
+        metrics = {m: 0.123456789 + i / 7 for m in naming.SUMMARY_METRICS}
+        client.log_batch(run.info.run_id, metrics=[Metric(k, v, 0, 10) for k, v in metrics.items()],
+                         params=[Param(k, str(v)) for k, v in params.items()])
+        client.set_terminated(run.info.run_id)
+    return uri
+
+
+def test_best_table_is_ranked_and_fits_120_columns(wide_store, capsys):
+    from study.cli import main
+
+    rows = best_runs(wide_store, "wide")
+    assert main(["best", "wide", "--tracking-uri", wide_store]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert max(len(line) for line in lines) <= 120, "\n".join(lines)
+    header = lines[0].split()
+    assert header[:6] == ["#", "gap_purity", "trial", "method", "scope", "seed"] and header[-1] == "run"
+    assert "val_loss" in header and "lbl_coef" in header  # key metrics and searched params that fit
+    body = [line.split() for line in lines[2:2 + len(rows)]]
+    assert [b[0] for b in body] == ["1", "2", "3", "4"]
+    assert [float(b[1]) for b in body] == pytest.approx([r["gap_purity"] for r in rows], abs=1e-4)
+    assert [b[-1] for b in body] == [r["run_id"][:8] for r in rows]  # the run id, shortened, last
+    assert [b[5] for b in body] == [r["seed"] for r in rows] == ["0", "1", "2", "3"]
+    assert body[0][2].endswith("~") and len(body[0][2]) == 28  # a long trial name is cut
+    # the columns left out are named, and json and csv keep every field
+    footer = " ".join(lines[2 + len(rows):])
+    assert footer.startswith("(") and "more columns in --format json or csv" in footer
+    left_out = footer.split(": ", 1)[1].rstrip(")").split(", ")
+    assert left_out and not set(left_out) & set(header)
+    assert main(["best", "wide", "--tracking-uri", wide_store, "--format", "json"]) == 0
+    parsed = json.loads(capsys.readouterr().out)
+    assert set(left_out) <= set(parsed[0]) and len(parsed[0]["run_id"]) == 32
+    assert set(naming.SUMMARY_METRICS) | set(WIDE_KEYS[2:-1]) <= set(parsed[0])
+    assert main(["best", "wide", "--tracking-uri", wide_store, "--format", "csv"]) == 0
+    assert next(csv.reader(io.StringIO(capsys.readouterr().out))) == list(parsed[0])
