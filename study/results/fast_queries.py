@@ -363,8 +363,10 @@ def _rest_run(r: dict):
                      info.get("run_name") or tags.get("mlflow.runName", ""), params, metrics, tags)
 
 
-def _call(base: str, method: str, endpoint: str, payload: dict, where: str | None = None):
-    """One REST call; None for RESOURCE_DOES_NOT_EXIST, ConfigError for a bad filter."""
+def _call(base: str, method: str, endpoint: str, payload: dict, where: str | None = None,
+          timeout: float | None = None):
+    """One REST call; None for RESOURCE_DOES_NOT_EXIST, ConfigError for a bad filter, _Unsupported
+    when the server cannot answer (``timeout``: seconds, default $MLFLOW_HTTP_REQUEST_TIMEOUT or 120)."""
     url = f"{base}/api/2.0/mlflow/{endpoint}"
     data = None
     if method == "GET":
@@ -373,7 +375,7 @@ def _call(base: str, method: str, endpoint: str, payload: dict, where: str | Non
         data = json.dumps(payload).encode()
     req = urllib.request.Request(url, data=data, method=method, headers=_auth_headers())
     try:
-        with urllib.request.urlopen(req, timeout=float(os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT", 120))) as resp:
+        with urllib.request.urlopen(req, timeout=timeout or float(os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT", 120))) as resp:
             return json.loads(resp.read() or b"{}")
     except urllib.error.HTTPError as err:
         try:
