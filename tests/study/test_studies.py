@@ -160,3 +160,16 @@ def test_resume_of_a_mistyped_name_suggests_a_stored_study(storage, tmp_path, ca
     (tmp_path / "bare").mkdir()
     assert main(["resume", "quick", "--storage", str(tmp_path / "bare")]) == 2
     assert "no study is stored there" in capsys.readouterr().err
+
+
+def test_listing_a_sqlite_store_imports_neither_mlflow_nor_ray(storage):
+    import subprocess
+    import sys
+
+    root, _ = storage
+    code = ("import sys; from study.cli import main; rc = main(['studies', '--storage', "
+            f"{str(root)!r}]); heavy = [m for m in ('mlflow', 'ray', 'torch') if m in sys.modules]; "
+            "assert not heavy, heavy; sys.exit(rc)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert any(line.startswith("quick ") and " finished " in line for line in done.stdout.splitlines())
