@@ -173,3 +173,19 @@ def test_listing_a_sqlite_store_imports_neither_mlflow_nor_ray(storage):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert any(line.startswith("quick ") and " finished " in line for line in done.stdout.splitlines())
+
+
+def test_a_stale_lock_file_is_not_running(storage, capsys):
+    """A lock file left by a killed driver (no process holds its flock) does not make a study
+    running, and the probe leaves the file as it was."""
+    import socket
+
+    root, _ = storage
+    stale = root / "crashed" / "study.lock"
+    stale.write_text(json.dumps({"pid": 2**22 + 7, "host": socket.gethostname(), "command": "moe-study run"}))
+    try:
+        before = stale.read_bytes()
+        assert rows_of(capsys, "--storage", str(root))["crashed"]["state"] == "interrupted"
+        assert stale.read_bytes() == before
+    finally:
+        stale.unlink()
