@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="moe-study",
         description="MoE routing study platform: train one trial, run and query studies.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     data = sub.add_parser("data", help="inspect the data mix")
@@ -36,14 +37,16 @@ def build_parser() -> argparse.ArgumentParser:
     describe.add_argument("config", nargs="?", help="trial config YAML (default: the built-in defaults)")
     describe.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                           help="override a config key (repeatable)")
-    describe.add_argument("--format", dest="fmt", choices=("table", "json", "csv"), default="table")
+    _format_arg(describe)
     describe.set_defaults(handler=cmd_data_describe)
 
     train = sub.add_parser("train", help="train one trial, no Ray needed")
     train.add_argument("config", help="trial config YAML (nested sections or dotted keys)")
     train.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key, value read as YAML (repeatable): --set train.steps=50")
-    train.add_argument("--json", action="store_true", help="print the final metrics as JSON")
+    _format_arg(train)
+    train.add_argument("--json", dest="fmt", action="store_const", const="json",
+                       help="print the final metrics as JSON (same as --format json)")
     train.add_argument("--out", help="directory for the expert x domain table (Parquet)")
     train.set_defaults(handler=cmd_train)
 
@@ -73,6 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
     _verbose_arg(resume)
     resume.set_defaults(handler=cmd_resume)
 
+    studies = sub.add_parser("studies", aliases=["list"],
+                             help="the studies in a storage root: state and trial counts")
+    studies.add_argument("--storage", help="the storage root (folder or URI; default: "
+                         "$MOE_STUDY_STORAGE, else ./runs)")
+    _format_arg(studies)
+    studies.set_defaults(handler=cmd_studies)
+
     best = sub.add_parser("best", help="the best trials of a study, from MLflow")
     best.add_argument("experiment", help="MLflow experiment (the study's name)")
     best.add_argument("--top", type=_positive_int, default=10, help="how many runs (default 10)")
@@ -84,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     best.add_argument("--include-reference", action="store_true", help="rank the reference runs too")
     best.add_argument("--include-stopped", action="store_true",
                       help="rank trials the scheduler stopped early too (their metrics are from an earlier step)")
-    best.add_argument("--format", dest="fmt", choices=("table", "json", "csv"), default="table")
+    _format_arg(best)
     _tracking_args(best)
     best.set_defaults(handler=cmd_best)
 
@@ -98,11 +108,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def package_version() -> str:
+    """The installed package's version (``importlib.metadata``), ``unknown`` when it is not
+    installed (run from a checkout on ``PYTHONPATH``)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("moe-routing-study")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def _spec_set_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override the spec (repeatable): fix a key (--set model.d_model=256), "
                         "fix a searched key (--set train.seed=0) or keep some of its choices "
                         "(--set 'train.seed=[0, 1]')")
+
+
+def _format_arg(p: argparse.ArgumentParser) -> None:
+    """The one output-format flag of the commands that print data."""
+    p.add_argument("--format", dest="fmt", choices=("table", "json", "csv"), default="table",
+                   help="table (default, for reading), json or csv (every field)")
 
 
 def _tracking_args(p: argparse.ArgumentParser) -> None:
@@ -142,7 +169,7 @@ def cmd_data_describe(args: argparse.Namespace) -> int:
     if args.fmt == "json":
         print(json.dumps(described, indent=2))
     else:
-        print(format_rows(described["domains"], args.fmt))
+        _emit(format_rows(described["domains"], args.fmt))
         if args.fmt == "table":
             print(f"\nmix content hash {described['content_hash']} "
                   f"(cache key {described['cache_key']})")
@@ -154,7 +181,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from trainables.training import train_main
 
     cfg = load_trial_config(args.config, args.sets)
-    return _exit_code(train_main(cfg, json_out=args.json, out_dir=args.out))
+    return _exit_code(train_main(cfg, out_dir=args.out, fmt=args.fmt))
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -223,13 +250,13 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def _print_best(name: str, tracking_uri: str, experiment: str, by: str) -> None:
     """After a study ended well: its five best trials by the objective."""
-    from study.results.queries import best_runs, format_rows
+    from study.results.queries import best_runs, format_best
 
     try:
         rows = best_runs(tracking_uri, experiment, top=5, by=by)
     except ConfigError:
         return
-    print(f"[{name}] best by {by}:\n{format_rows(rows, 'table')}", flush=True)
+    print(f"[{name}] best by {by}:\n{format_best(rows, by)}", flush=True)
     print("\n".join(next_commands(name, tracking_uri, experiment)), flush=True)
 
 
@@ -253,13 +280,25 @@ def next_commands(name: str, tracking_uri: str, experiment: str) -> list[str]:
 
 
 def cmd_best(args: argparse.Namespace) -> int:
-    from study.results.queries import best_runs, format_rows
+    from study.results.queries import best_runs, format_best
 
     rows = best_runs(
         _tracking_uri(args), args.experiment, top=args.top, by=args.by, where=args.where,
         include_reference=args.include_reference, mode=args.mode, include_stopped=args.include_stopped,
     )
-    print(format_rows(rows, args.fmt))
+    _emit(format_best(rows, args.by, args.fmt))
+    return EXIT_OK
+
+
+def _emit(text: str) -> None:
+    """Print a command's output once: CSV text ends with its own newline."""
+    print(text, end="" if text.endswith("\n") else "\n")
+
+
+def cmd_studies(args: argparse.Namespace) -> int:
+    from study.results.studies import format_studies, list_studies
+
+    _emit(format_studies(list_studies(args.storage), args.fmt))
     return EXIT_OK
 
 

@@ -41,6 +41,18 @@ STEP_COMPOSITIONS = ("independent", "domain_complete")
 MAX_INT = 2**63
 """Integer settings are below this in magnitude (what torch, numpy and Ray take as an integer)."""
 DEVICES = ("auto", "cpu", "cuda")
+FIXED_VALUES: dict[str, tuple[str, ...]] = {
+    "router.method": METHODS,
+    "router.scope": SCOPE_NAMES,
+    "router.drop_policy": DROP_POLICIES,
+    "router.global_counts": GLOBAL_COUNTS,
+    "model.score_fn": SCORE_FUNCTIONS,
+    "train.device": DEVICES,
+    "data.step_composition": STEP_COMPOSITIONS,
+    "data.mix": ("", *NAMED_MIXES),
+}
+"""The keys whose values come from a fixed vocabulary, and that vocabulary: what ``validate``
+accepts and what ``moe-study best --where`` can match (``data.mix`` may be empty: unset)."""
 
 
 @dataclass
@@ -235,12 +247,10 @@ class TrialConfig:
         """Check value ranges and combinations; raise one ConfigError listing every problem."""
         p: list[str] = []
         d, m, r, t = self.data, self.model, self.router, self.train
-        _choice(p, "router.method", r.method, METHODS)
-        _choice(p, "router.scope", r.scope, SCOPE_NAMES)
-        _choice(p, "router.drop_policy", r.drop_policy, DROP_POLICIES)
-        _choice(p, "router.global_counts", r.global_counts, GLOBAL_COUNTS)
-        _choice(p, "model.score_fn", m.score_fn, SCORE_FUNCTIONS)
-        _choice(p, "train.device", t.device, DEVICES)
+        for key in ("router.method", "router.scope", "router.drop_policy", "router.global_counts",
+                    "model.score_fn", "train.device"):
+            section, name = key.split(".")
+            _choice(p, key, getattr(getattr(self, section), name), FIXED_VALUES[key])
         for key, value in [
             ("model.n_layers", m.n_layers), ("model.d_model", m.d_model),
             ("model.n_heads", m.n_heads), ("model.n_experts", m.n_experts),

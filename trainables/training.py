@@ -23,6 +23,7 @@ from trainables import metrics as routing_metrics_mod
 from trainables.config import TrialConfig
 from trainables.data.loader import MicroBatch, StepSampler, eval_batches
 from trainables.data.mix import DomainMix, build_mix
+from trainables.errors import ConfigError
 from trainables.model import VOCAB_SIZE, MoETransformer
 from trainables.moe import RoutingStats
 from trainables.routing_counts import RoutingCounts
@@ -383,13 +384,22 @@ def run_to_end(cfg: TrialConfig, **kwargs) -> Report:
     return last
 
 
-def train_main(cfg: TrialConfig, json_out: bool = False, out_dir: str | None = None) -> int:
-    """``moe-study train``: train one config, print progress to stderr and the final metrics.
+def train_main(cfg: TrialConfig, json_out: bool = False, out_dir: str | None = None,
+               fmt: str | None = None) -> int:
+    """``moe-study train``: train one config, print progress to stderr and the final metrics
+    (``fmt``: ``table``, one ``name value`` line each; ``json``, one object; ``csv``, a header and
+    one row; ``json_out`` is ``fmt="json"``).
 
     With ``out_dir`` the expert x domain table is written there as Parquet.
     """
+    import csv
+    import io
     import json
     import sys
+
+    fmt = fmt or ("json" if json_out else "table")
+    if fmt not in ("table", "json", "csv"):
+        raise ConfigError(f"--format: unknown format {fmt!r}, expected one of ['table', 'json', 'csv']")
 
     last = None
     for report in train(cfg):
@@ -407,8 +417,14 @@ def train_main(cfg: TrialConfig, json_out: bool = False, out_dir: str | None = N
 
         write_count_table(f"{out_dir}/count_table.parquet", last.count_table, last.domains)
     final = {k: v for k, v in last.metrics.items()}
-    if json_out:
+    if fmt == "json":
         print(json.dumps(final, sort_keys=True))
+    elif fmt == "csv":
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=sorted(final), lineterminator="\n")
+        writer.writeheader()
+        writer.writerow(final)
+        print(out.getvalue(), end="")
     else:
         width = max(len(k) for k in final)
         for k in sorted(final):

@@ -22,7 +22,7 @@ import os
 import sqlite3
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -43,8 +43,10 @@ class Clause:
     value: Any
 
     def mlflow(self) -> str:
+        """The clause in MLflow's filter grammar; a param value is quoted by
+        ``naming.filter_literal`` (ValueError for a value holding both kinds of quote)."""
         if self.kind == "param":
-            return f"params.`{self.key}` {self.op} '{self.value}'"
+            return f"params.`{self.key}` {self.op} {naming.filter_literal(self.value)}"
         return f"metrics.`{self.key}` {self.op} {self.value!r}"
 
 
@@ -63,20 +65,86 @@ class Query:
     include_stopped: bool = False
     """Rank trials the scheduler stopped early too (their metrics are from an earlier step: an
     early ``gap_purity`` is lower than any finished trial's, so they would head the list)."""
+    role: str = naming.ROLE_TRIAL
+    """Which runs one search returns: trial runs, or (``references()``) the reference runs that
+    ``include_reference`` merges into the ranking."""
+    config_hash: str | None = None
+    """A reference search in every experiment for the run of this config hash: the reference a
+    study of this experiment reused from another one (``naming.TAG_REFERENCE_KEY``)."""
+
+    @property
+    def gap_ranked(self) -> bool:
+        """Ranked by a gap to the reference: a reference run's value is 0 by definition (studies
+        before the tracker logged it leave it out)."""
+        return self.by in naming.GAP_METRICS
+
+    @property
+    def needs_metric(self) -> bool:
+        """Whether a run must have logged ``by`` (all but reference runs ranked by a gap)."""
+        return not (self.role == naming.ROLE_REFERENCE and self.gap_ranked)
+
+    def references(self, config_hash: str | None = None) -> "Query":
+        """The search for the reference runs ``include_reference`` ranks with the trials: finished
+        reference runs passing the same ``--where``, without the stopped-early tag (older
+        reference runs lack it), and with or without the metric when ranked by a gap."""
+        return replace(self, role=naming.ROLE_REFERENCE, include_reference=False, config_hash=config_hash)
 
     def filter_string(self) -> str:
-        role = (f"tags.`{naming.TAG_ROLE}` != '{naming.ROLE_STUDY}'" if self.include_reference
-                else f"tags.`{naming.TAG_ROLE}` = '{naming.ROLE_TRIAL}'")
-        parts = [role, "attributes.status = 'FINISHED'", f"metrics.`{self.by}` >= -1e308"]
-        if not self.include_stopped:
+        parts = [f"tags.`{naming.TAG_ROLE}` = '{self.role}'", "attributes.status = 'FINISHED'"]
+        if self.needs_metric:
+            parts.append(f"metrics.`{self.by}` >= -1e308")
+        if self.role == naming.ROLE_TRIAL and not self.include_stopped:
             parts.append(f"tags.`{naming.TAG_STOPPED_EARLY}` != 'true'")
+        if self.config_hash is not None:
+            parts.append(f"tags.`{naming.TAG_CONFIG_HASH}` = {naming.filter_literal(self.config_hash)}")
         parts += [c.mlflow() for c in self.clauses]
         if self.raw_where:
             parts.append(self.raw_where)
         return " and ".join(parts)
 
     def order_by(self) -> str:
+        if self.role == naming.ROLE_REFERENCE:  # ranked by merge_references, newest first here
+            return "attributes.start_time DESC"
         return f"metrics.`{self.by}` {'ASC' if self.ascending else 'DESC'}"
+
+    def study_runs_filter(self) -> str:
+        """The parent runs of the experiment (whose tags name a reused reference)."""
+        return f"tags.`{naming.TAG_ROLE}` = '{naming.ROLE_STUDY}'"
+
+
+def reference_metrics(run: Any) -> dict[str, float]:
+    """A run's metrics, with the gaps a reference run leaves out set to 0 (its gaps to itself)."""
+    metrics = dict(run.data.metrics)
+    if run.data.tags.get(naming.TAG_ROLE) == naming.ROLE_REFERENCE:
+        for gap in naming.GAP_METRICS:
+            metrics.setdefault(gap, 0.0)
+    return metrics
+
+
+def merge_references(query: Query, trials: list[Any], references: list[Any]) -> list[Any]:
+    """The ``top`` best of the trial runs (ranked by the store) and the reference runs, by
+    ``query.by``; a reference run first where it ties with a trial (the sort is stable)."""
+    def key(run: Any) -> float:
+        value = reference_metrics(run)[query.by]
+        return value if query.ascending else -value
+
+    return sorted([*references, *trials], key=key)[:query.top]
+
+
+def search_with_references(query: Query, search_one, reference_keys) -> list[Any]:
+    """What ``best`` ranks, on any store: ``search_one(query)`` returns the runs of one search
+    (a ``Query`` of one role), ``reference_keys()`` the reference keys on the experiment's parent
+    runs. With ``include_reference``, the experiment's own reference runs, or where it has
+    none (a study that reused another's reference), the newest finished reference run of each
+    key, are merged into the ranking."""
+    trials = search_one(replace(query, include_reference=False))
+    if not query.include_reference:
+        return trials
+    references = search_one(query.references())
+    if not references:
+        for key in sorted(set(reference_keys())):
+            references += search_one(replace(query.references(key), top=1))
+    return merge_references(query, trials, references)
 
 
 def search(tracking_uri: str, query: Query) -> tuple[list[Any], dict[str, dict[str, str]]] | None:
@@ -180,19 +248,42 @@ def _sqlite_rows(db: sqlite3.Connection, q: Query):
     exp = db.execute("SELECT experiment_id FROM experiments WHERE name = ?", (q.experiment,)).fetchone()
     if exp is None:
         raise _Unsupported  # MlflowClient's path words the error (with a did-you-mean)
-    role_op = "!=" if q.include_reference else "="
-    role_value = naming.ROLE_STUDY if q.include_reference else naming.ROLE_TRIAL
+
+    def reference_keys() -> list[str]:
+        return [row[0] for row in db.execute(
+            "SELECT t.value FROM tags t JOIN runs r ON r.run_uuid = t.run_uuid WHERE r.experiment_id = ? "
+            "AND r.lifecycle_stage = 'active' AND t.key = ? AND EXISTS (SELECT 1 FROM tags s WHERE "
+            "s.run_uuid = r.run_uuid AND s.key = ? AND s.value = ?)",
+            (exp[0], naming.TAG_REFERENCE_KEY, naming.TAG_ROLE, naming.ROLE_STUDY))]
+
+    runs = search_with_references(q, lambda one: _sqlite_search(db, one, exp[0]), reference_keys)
+    parents = {r.data.tags.get(naming.TAG_PARENT_RUN) for r in runs} - {None}
+    parent_tags = {p: _sqlite_map(db, "tags", p) for p in parents}
+    return runs, parent_tags
+
+
+def _sqlite_search(db: sqlite3.Connection, q: Query, experiment_id: Any) -> list[Any]:
+    """The runs of one search (one role), as MLflow's store answers ``q.filter_string()``."""
+    with_metric = q.needs_metric
     sql = [
         "SELECT r.run_uuid FROM runs r",
-        "JOIN latest_metrics m ON m.run_uuid = r.run_uuid AND m.key = ?",
-        "WHERE r.experiment_id = ? AND r.lifecycle_stage = 'active' AND r.status = 'FINISHED'",
-        "AND m.is_nan = 0 AND m.value >= -1e308",
-        f"AND EXISTS (SELECT 1 FROM tags t WHERE t.run_uuid = r.run_uuid AND t.key = ? AND t.value {role_op} ?)",
+        f"{'' if with_metric else 'LEFT '}JOIN latest_metrics m ON m.run_uuid = r.run_uuid AND m.key = ?",
+        "WHERE r.lifecycle_stage = 'active' AND r.status = 'FINISHED'",
     ]
-    args: list[Any] = [q.by, exp[0], naming.TAG_ROLE, role_value]
-    if not q.include_stopped:  # as MLflow reads a tag filter: the tag must be there
+    args: list[Any] = [q.by]
+    if q.config_hash is None:  # a reused reference is looked up in every experiment
+        sql.append("AND r.experiment_id = ?")
+        args.append(experiment_id)
+    if with_metric:
+        sql.append("AND m.is_nan = 0 AND m.value >= -1e308")
+    sql.append("AND EXISTS (SELECT 1 FROM tags t WHERE t.run_uuid = r.run_uuid AND t.key = ? AND t.value = ?)")
+    args += [naming.TAG_ROLE, q.role]
+    if q.role == naming.ROLE_TRIAL and not q.include_stopped:  # as MLflow reads a tag filter: the tag must be there
         sql.append("AND EXISTS (SELECT 1 FROM tags t WHERE t.run_uuid = r.run_uuid AND t.key = ? AND t.value != ?)")
         args += [naming.TAG_STOPPED_EARLY, "true"]
+    if q.config_hash is not None:
+        sql.append("AND EXISTS (SELECT 1 FROM tags t WHERE t.run_uuid = r.run_uuid AND t.key = ? AND t.value = ?)")
+        args += [naming.TAG_CONFIG_HASH, q.config_hash]
     for c in q.clauses:
         if c.op not in _OPS:
             raise _Unsupported
@@ -203,14 +294,14 @@ def _sqlite_rows(db: sqlite3.Connection, q: Query):
             sql.append(f"AND EXISTS (SELECT 1 FROM latest_metrics x WHERE x.run_uuid = r.run_uuid "
                        f"AND x.key = ? AND x.is_nan = 0 AND x.value {c.op} ?)")
         args += [c.key, c.value]
-    sql.append(f"ORDER BY m.value {'ASC' if q.ascending else 'DESC'}, r.start_time DESC, r.run_uuid")
+    if q.role == naming.ROLE_REFERENCE:
+        sql.append("ORDER BY r.start_time DESC, r.run_uuid")
+    else:
+        sql.append(f"ORDER BY m.value {'ASC' if q.ascending else 'DESC'}, r.start_time DESC, r.run_uuid")
     sql.append("LIMIT ?")
     args.append(q.top)
     ids = [row[0] for row in db.execute(" ".join(sql), args)]
-    runs = [_sqlite_run(db, run_id) for run_id in ids]
-    parents = {r.data.tags.get(naming.TAG_PARENT_RUN) for r in runs} - {None}
-    parent_tags = {p: _sqlite_map(db, "tags", p) for p in parents}
-    return runs, parent_tags
+    return [_sqlite_run(db, run_id) for run_id in ids]
 
 
 def _sqlite_map(db: sqlite3.Connection, table: str, run_id: str) -> dict[str, str]:
@@ -234,16 +325,32 @@ def _search_rest(tracking_uri: str, q: Query):
     found = _call(base, "GET", "experiments/get-by-name", {"experiment_name": q.experiment})
     if found is None:
         raise _Unsupported  # unknown experiment: the MlflowClient path words the error
-    body = {"experiment_ids": [found["experiment"]["experiment_id"]], "filter": q.filter_string(),
-            "order_by": [q.order_by()], "max_results": q.top}
-    answer = _call(base, "POST", "runs/search", body, where=q.raw_where) or {}
-    runs = [_rest_run(r) for r in answer.get("runs", [])]
+    experiment_id = found["experiment"]["experiment_id"]
+
+    def search_one(one: Query) -> list[Any]:
+        ids = [experiment_id] if one.config_hash is None else _rest_experiment_ids(base)
+        body = {"experiment_ids": ids, "filter": one.filter_string(),
+                "order_by": [one.order_by()], "max_results": one.top}
+        answer = _call(base, "POST", "runs/search", body, where=one.raw_where) or {}
+        return [_rest_run(r) for r in answer.get("runs", [])]
+
+    def reference_keys() -> list[str]:
+        body = {"experiment_ids": [experiment_id], "filter": q.study_runs_filter(), "max_results": 1000}
+        parents = [_rest_run(r) for r in (_call(base, "POST", "runs/search", body) or {}).get("runs", [])]
+        return [p.data.tags[naming.TAG_REFERENCE_KEY] for p in parents if naming.TAG_REFERENCE_KEY in p.data.tags]
+
+    runs = search_with_references(q, search_one, reference_keys)
     parents = {r.data.tags.get(naming.TAG_PARENT_RUN) for r in runs} - {None}
     parent_tags = {}
     for p in sorted(parents):
         got = _call(base, "GET", "runs/get", {"run_id": p})
         parent_tags[p] = {t["key"]: t["value"] for t in (got or {}).get("run", {}).get("data", {}).get("tags", [])}
     return runs, parent_tags
+
+
+def _rest_experiment_ids(base: str) -> list[str]:
+    answer = _call(base, "POST", "experiments/search", {"max_results": 1000}) or {}
+    return [e["experiment_id"] for e in answer.get("experiments", [])]
 
 
 def _rest_run(r: dict):
@@ -256,8 +363,10 @@ def _rest_run(r: dict):
                      info.get("run_name") or tags.get("mlflow.runName", ""), params, metrics, tags)
 
 
-def _call(base: str, method: str, endpoint: str, payload: dict, where: str | None = None):
-    """One REST call; None for RESOURCE_DOES_NOT_EXIST, ConfigError for a bad filter."""
+def _call(base: str, method: str, endpoint: str, payload: dict, where: str | None = None,
+          timeout: float | None = None):
+    """One REST call; None for RESOURCE_DOES_NOT_EXIST, ConfigError for a bad filter, _Unsupported
+    when the server cannot answer (``timeout``: seconds, default $MLFLOW_HTTP_REQUEST_TIMEOUT or 120)."""
     url = f"{base}/api/2.0/mlflow/{endpoint}"
     data = None
     if method == "GET":
@@ -266,7 +375,7 @@ def _call(base: str, method: str, endpoint: str, payload: dict, where: str | Non
         data = json.dumps(payload).encode()
     req = urllib.request.Request(url, data=data, method=method, headers=_auth_headers())
     try:
-        with urllib.request.urlopen(req, timeout=float(os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT", 120))) as resp:
+        with urllib.request.urlopen(req, timeout=timeout or float(os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT", 120))) as resp:
             return json.loads(resp.read() or b"{}")
     except urllib.error.HTTPError as err:
         try:

@@ -22,11 +22,12 @@ import io
 import json
 import math
 import re
-from typing import Any, Iterable
+import textwrap
+from typing import Any, Iterable, get_origin
 
 import yaml
 
-from trainables.config import flat_field_types
+from trainables.config import FIXED_VALUES, flat_field_types
 from trainables.errors import ConfigError, brief, did_you_mean, name_problem
 from study.results import fast_queries
 from study import naming
@@ -93,17 +94,25 @@ def _best_runs_with_client(tracking_uri: str, query: Query) -> list[dict[str, An
     if exp is None:
         raise ConfigError(unknown_experiment(client, query.experiment, tracking_uri))
     where = query.raw_where or " and ".join(c.mlflow() for c in query.clauses)
-    try:
-        runs = client.search_runs(
-            [exp.experiment_id],
-            filter_string=query.filter_string(),
-            order_by=[query.order_by()],
-            max_results=query.top,
-        )
-    except MlflowException as err:
-        if err.error_code == "INVALID_PARAMETER_VALUE" and where:
-            raise ConfigError(f"--where {where!r}: {err.message}") from None
-        raise
+
+    def search_one(one: Query) -> list:
+        ids = ([exp.experiment_id] if one.config_hash is None
+               else [e.experiment_id for e in client.search_experiments(max_results=1000)])
+        try:
+            return list(client.search_runs(ids, filter_string=one.filter_string(),
+                                           order_by=[one.order_by()], max_results=one.top))
+        except MlflowException as err:
+            if err.error_code == "INVALID_PARAMETER_VALUE" and where:
+                raise ConfigError(f"--where {where!r}: {err.message}") from None
+            raise
+
+    def reference_keys() -> list[str]:
+        parents = client.search_runs([exp.experiment_id], filter_string=query.study_runs_filter(),
+                                     max_results=1000)
+        return [p.data.tags[naming.TAG_REFERENCE_KEY] for p in parents
+                if naming.TAG_REFERENCE_KEY in p.data.tags]
+
+    runs = fast_queries.search_with_references(query, search_one, reference_keys)
 
     def parent_tags(run_id: str) -> dict[str, str] | None:
         try:
@@ -133,10 +142,40 @@ def parse_where(where: str) -> tuple[list[Clause], str | None]:
     """``--where`` as shorthand clauses, or (``[]``, the text) when it is an MLflow filter."""
     if _MLFLOW_PREFIX.search(where):
         return [], where
-    clauses = [c for c in re.split(r",|\s+and\s+", where, flags=re.I) if c.strip()]
+    clauses = [c for c in _split_clauses(where) if c.strip()]
     if not clauses:
         raise ConfigError(f"--where {where!r}: empty filter")
     return [_translate_clause(c, where) for c in clauses], None
+
+
+def _split_clauses(where: str) -> list[str]:
+    """``where`` cut at ``,`` and `` and `` outside brackets and quotes, so a list value
+    (``data.domains=[english, c]``) stays one clause."""
+    parts, depth, quote, start = [], 0, "", 0
+    i = 0
+    while i < len(where):
+        ch = where[i]
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"" and where[:i].rstrip()[-1:] in ("", *"=<>!,[{("):
+            quote = ch  # a quoted value; an apostrophe inside a word opens nothing
+        elif ch in "[{(":
+            depth += 1
+        elif ch in "]})":
+            depth = max(0, depth - 1)
+        elif depth == 0:
+            if ch == ",":
+                parts.append(where[start:i])
+                start = i + 1
+            else:
+                m = re.compile(r"\s+and\s+", re.I).match(where, i)
+                if m and i > start:
+                    parts.append(where[start:i])
+                    start = i = m.end()
+                    continue
+        i += 1
+    parts.append(where[start:])
+    return parts
 
 
 def _translate_clause(clause: str, where: str) -> Clause:
@@ -154,7 +193,16 @@ def _translate_clause(clause: str, where: str) -> Clause:
     if key in types:
         if op not in ("=", "!="):
             raise ConfigError(f"--where {where!r}: params are text, compare {key} with = or != only")
-        return Clause("param", key, op, _param_text(text, types[key]))
+        value = _param_text(text, types[key])
+        allowed = FIXED_VALUES.get(key)
+        if allowed is not None and value not in allowed:
+            raise ConfigError(f"--where {where!r}: {key} has no value {brief(value)}, expected one of "
+                              f"{list(allowed)}{did_you_mean(value, allowed)}")
+        try:
+            naming.filter_literal(value)
+        except ValueError as err:
+            raise ConfigError(f"--where {where!r}: {err}") from None
+        return Clause("param", key, op, value)
     if not naming.metric_problem(key):
         try:
             number = float(text)
@@ -177,6 +225,8 @@ def _param_text(text: str, typ: Any) -> str:
         return str(int(value))
     if typ is bool and isinstance(value, bool):
         return str(value)
+    if isinstance(value, (list, dict)) and get_origin(typ) is type(value):
+        return str(value)  # list and mapping params are stored as their Python repr
     return text
 
 
@@ -192,7 +242,11 @@ def _search_keys(runs: list, parent_tags) -> list[str]:
     if not keys:  # no tag: show the params that differ between the rows
         all_keys = sorted({k for r in runs for k in r.data.params})
         keys = [k for k in all_keys if len({r.data.params.get(k) for r in runs}) > 1]
-    return [k for k in keys if k not in (naming.TAG_METHOD, naming.TAG_SCOPE)]
+    return [k for k in keys if k not in (naming.TAG_METHOD, naming.TAG_SCOPE, SEED_KEY)]
+
+
+SEED_KEY = "train.seed"
+"""Every row's ``seed`` column (so not one of the searched-param columns when it is searched)."""
 
 
 def _row(run: Any, by: str, search_keys: list[str]) -> dict[str, Any]:
@@ -202,7 +256,9 @@ def _row(run: Any, by: str, search_keys: list[str]) -> dict[str, Any]:
         "trial": run.info.run_name,
         "method": params.get(naming.TAG_METHOD, tags.get(naming.TAG_METHOD)),
         "scope": params.get(naming.TAG_SCOPE, tags.get(naming.TAG_SCOPE)),
+        "seed": params.get(SEED_KEY),
     }
+    metrics = fast_queries.reference_metrics(run)  # a reference run's gaps are 0
     for name in ([by] if by not in naming.SUMMARY_METRICS else []) + list(naming.SUMMARY_METRICS):
         row[name] = metrics.get(name)
     for key in search_keys:
@@ -227,11 +283,89 @@ def format_rows(rows: list[dict[str, Any]], fmt: str = "table") -> str:
         return out.getvalue()
     if not rows:
         return "(no finished runs match)"
-    cells = [columns] + [[_cell(r.get(k)) for k in columns] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    return _table(columns, [[_cell(r.get(k)) for k in columns] for r in rows])
+
+
+def _table(header: list[str], body: list[list[str]]) -> str:
+    cells = [header, *body]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+TABLE_WIDTH = 120
+"""Most characters a line of the ``best`` table takes (json and csv keep every field)."""
+_TABLE_METRICS = ("val_loss", "purity_lift", "cmi_lift", "purity", "cmi", "gap_purity", "gap_loss",
+                  "load_entropy", "max_vio", "reference_agreement", "nmi", "dead_expert_fraction",
+                  "dropped_fraction")
+"""The metric columns of the ``best`` table, most wanted first: as many as fit are shown."""
+_SHORT = {"reference_agreement": "ref_agree", "dead_expert_fraction": "dead", "dropped_fraction": "dropped",
+          "load_entropy": "load_ent"}
+_MAX_TRIAL = 28
+
+
+def format_best(rows: list[dict[str, Any]], by: str, fmt: str = "table", width: int = TABLE_WIDTH) -> str:
+    """``best_runs`` rows as ``moe-study best`` prints them: json and csv as ``format_rows``
+    (every field); the table ranked for a person, at most ``width`` characters a line: ``#``,
+    the ``by`` metric, trial, method, scope, seed, then the searched params and the summary
+    metrics (most wanted first) that fit, and the run id's first 8 characters last. A last line
+    names the fields left out."""
+    if fmt != "table" or not rows:
+        return format_rows(rows, fmt)
+
+    def cells(key: str) -> list[str]:
+        return [_short_cell(r.get(key)) for r in rows]
+
+    trials = [_cell(r.get("trial")) for r in rows]
+    trials = [t if len(t) <= _MAX_TRIAL else t[:_MAX_TRIAL - 1] + "~" for t in trials]
+    head = [("#", [str(i) for i in range(1, len(rows) + 1)]), (by, cells(by)),
+            ("trial", trials), ("method", cells("method")), ("scope", cells("scope")),
+            ("seed", cells("seed"))]
+    tail = [("run", [str(r.get("run_id") or "-")[:8] for r in rows])]
+    fixed = {"run_id", "trial", "method", "scope", "seed", by}
+    params = [k for k in _columns(rows) if k not in fixed and k not in naming.SUMMARY_METRICS]
+    metrics = [m for m in _TABLE_METRICS if m != by and any(r.get(m) is not None for r in rows)]
+    headers = _param_headers(params)
+    candidates = [*metrics[:3], *params, *metrics[3:]]  # the order of preference
+
+    def line_width(columns: list[tuple[str, list[str]]]) -> int:
+        return sum(max(len(h), *(len(v) for v in vals)) for h, vals in columns) + 2 * (len(columns) - 1)
+
+    chosen: set[str] = set()
+    for key in candidates:
+        trying = [*head, *[(headers.get(k, _SHORT.get(k, k)), cells(k)) for k in candidates
+                           if k in chosen or k == key], *tail]
+        if line_width(trying) <= width:
+            chosen.add(key)
+    body = [*head,
+            *[(headers[k], cells(k)) for k in params if k in chosen],
+            *[(_SHORT.get(m, m), cells(m)) for m in metrics if m in chosen],
+            *tail]
+    text = _table([h for h, _ in body], [list(row) for row in zip(*(v for _, v in body))])
+    left_out = [k for k in candidates if k not in chosen]
+    if left_out:
+        note = f"({len(left_out)} more column{'s' if len(left_out) > 1 else ''} in --format json or csv"
+        text += "\n" + textwrap.fill(f"{note}: {', '.join(left_out)})", width, break_on_hyphens=False)
+    return text
+
+
+def _short_cell(v: Any) -> str:
+    """A table cell; a param that reads as a number (params are text) at 4 significant digits."""
+    if isinstance(v, str):
+        try:
+            number = float(v)
+        except ValueError:
+            return v
+        return f"{number:.4g}" if math.isfinite(number) and len(v) > 6 else v
+    return _cell(v)
+
+
+def _param_headers(keys: list[str]) -> dict[str, str]:
+    """A searched param's column header: the last part of its key where that is unique
+    (``router.lbl_coef`` -> ``lbl_coef``)."""
+    last = [k.rsplit(".", 1)[-1] for k in keys]
+    return {k: (n if last.count(n) == 1 else k) for k, n in zip(keys, last)}
 
 
 def _columns(rows: Iterable[dict[str, Any]]) -> list[str]:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from trainables.config import TrialConfig
-from trainables.errors import ConfigError, brief, name_problem
+from trainables.errors import ConfigError, brief, did_you_mean, name_problem
 
 from study import naming
 from study.spec import spec_from_dict
@@ -64,6 +64,23 @@ def check_study_name(name: str, what: str) -> None:
 
 def _state_path(root: str, name: str) -> StorageFile:
     return StorageFile(root, f"{name}/{STATE_FILE}")
+
+
+def state_file(root: str, name: str) -> StorageFile:
+    """Where study ``name`` keeps its state under a storage root."""
+    return _state_path(root, name)
+
+
+def lock_folder(root: str, name: str) -> Path:
+    """Where study ``name``'s lock file lives (``_lock_folder``)."""
+    return _lock_folder(root, name)
+
+
+def stored_study_names(root: str) -> list[str]:
+    """The studies kept under a storage root: the folders holding a ``study.json`` (sorted;
+    empty when the root is not there)."""
+    return [n for n in study_storage.folder_names(root) or []
+            if not name_problem(n) and _state_path(root, n).exists()]
 
 
 # -- pre-flight checks ------------------------------------------------------------------------
@@ -257,7 +274,11 @@ def resume_study(name: str, *, tracking_uri: str | None = None, address: str | N
     root = storage_root(storage)
     state_path = _state_path(root, name)
     if not state_path.exists():
-        raise ConfigError(f"NAME {name}: no study of that name in {root} (looked for {state_path})")
+        stored = stored_study_names(root)
+        known = (f"; the studies there: {', '.join(stored[:20])}{' ...' if len(stored) > 20 else ''}"
+                 if stored else "; no study is stored there (--storage, $MOE_STUDY_STORAGE)")
+        raise ConfigError(f"NAME {name}: no study of that name in {root} (looked for {state_path})"
+                          f"{did_you_mean(name, stored, otherwise=known)}")
     with hold_study_lock(_lock_folder(root, name), name, "moe-study resume",
                          create=study_storage.is_uri(root)):
         return _resume(name, state_path, tracking_uri=tracking_uri, address=address, on_success=on_success,

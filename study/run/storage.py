@@ -56,6 +56,23 @@ def display(root: str, *parts: str) -> str:
     return posixpath.join(base.rstrip("/"), *parts) + sep + query
 
 
+def folder_names(root: str) -> list[str] | None:
+    """The names of the folders directly under ``root`` (sorted), None if ``root`` is not
+    there. Reads only."""
+    if not is_uri(root):
+        try:
+            return sorted(e.name for e in os.scandir(root) if e.is_dir())
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+    import pyarrow.fs as pafs
+
+    fs, base = filesystem(root)
+    if fs.get_file_info(base).type != pafs.FileType.Directory:
+        return None
+    found = fs.get_file_info(pafs.FileSelector(base, recursive=False))
+    return sorted(posixpath.basename(i.path) for i in found if i.type == pafs.FileType.Directory)
+
+
 def tune_location(root: str, *parts: str) -> tuple[str, Any]:
     """(storage_path, storage_filesystem) for Tune: the local path and None for a local root
     (Tune's default), else the path inside the URI's filesystem and that filesystem."""

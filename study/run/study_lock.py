@@ -127,6 +127,34 @@ def hold_study_lock(folder: str | Path, name: str, command: str, *, create: bool
         lock.release()
 
 
+def live_holder(folder: str | Path) -> dict | None:
+    """Who holds the lock in ``folder`` now (what its file says, ``{}`` if nothing), or None when
+    no process does: the file is missing, or its holder died (a stale file). Creates and writes
+    nothing; the probe holds a shared lock for an instant, during which an ``acquire`` elsewhere
+    would see the study in use. A holder on another host counts as live, as ``acquire`` takes it."""
+    path = Path(folder) / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        info = _read(fd)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return info
+        except OSError as err:
+            if err.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):  # the content decides
+                return info if info and not _is_gone(info) else None
+            raise
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        if info and info.get("host") not in (None, "?", socket.gethostname()):
+            return info
+        return None
+    finally:
+        os.close(fd)
+
+
 def _in_use(name: str, holder: dict | None, path: Path | None = None) -> ConfigError:
     gone = f"; if that process is gone, delete {path}" if path is not None else ""
     return ConfigError(f"study {name!r} is in use by {holder_text(holder)}: one run or resume "

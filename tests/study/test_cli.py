@@ -79,10 +79,22 @@ def test_help_exits_0(capsys):
     assert "COMMAND" in capsys.readouterr().out
 
 
+def test_version_prints_the_package_version_and_exits_0(capsys):
+    from importlib import metadata
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"moe-study {metadata.version('moe-routing-study')}"
+
+
 def test_train_runs_one_trial_with_sets(tiny_config, capsys):
-    code = main(["train", str(tiny_config), "--set", "router.method=eb", "--set", "train.micro_batch_size=4", "--json"])
+    code = main(["train", str(tiny_config), "--set", "router.method=eb", "--set", "train.micro_batch_size=4",
+                 "--format", "csv"])
     assert code == 0
-    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    import csv
+
+    rows = list(csv.DictReader(capsys.readouterr().out.splitlines()))
+    assert len(rows) == 1
+    metrics = {k: float(v) for k, v in rows[0].items()}
     # --set values reached the config: global-batch window = seq_len x micro-batch x accumulation
     assert metrics["balance_window_tokens"] == 32 * 4 * 6
     assert metrics["step"] == 2 and 0 < metrics["purity"] <= 1
@@ -100,14 +112,17 @@ def test_train_bad_input_exits_2(tiny_config, capsys):
 def test_train_dispatch_contract(tiny_config, monkeypatch, capsys):
     seen = {}
 
-    def train_main(cfg, json_out=False, out_dir=None):
-        seen.update(cfg=cfg, json_out=json_out, out_dir=out_dir)
+    def train_main(cfg, json_out=False, out_dir=None, fmt=None):
+        seen.update(cfg=cfg, json_out=json_out, out_dir=out_dir, fmt=fmt)
         return 0
 
     fake_module(monkeypatch, "trainables.training", train_main=train_main)
     assert main(["train", str(tiny_config), "--set", "train.steps=50", "--out", "somewhere"]) == 0
     assert seen["cfg"].train.steps == 50 and seen["cfg"].model.n_experts == 6
-    assert (seen["json_out"], seen["out_dir"]) == (False, "somewhere")
+    assert (seen["fmt"], seen["out_dir"]) == ("table", "somewhere")
+    # one output flag across commands; --json stays, as --format json
+    for flags, fmt in ((["--json"], "json"), (["--format", "json"], "json"), (["--format", "csv"], "csv")):
+        assert main(["train", str(tiny_config), *flags]) == 0 and seen["fmt"] == fmt
 
 
 def test_run_dispatch_and_failures(monkeypatch, capsys, tmp_path):

@@ -46,7 +46,10 @@ def store(tmp_path_factory):
             naming.TAG_METHOD: method, naming.TAG_SCOPE: scope,
             naming.TAG_STOPPED_EARLY: str(stopped).lower(),  # as the tracker tags every trial's end
         })
-        flat = {"router.method": method, "router.scope": scope, "train.lr": 0.003, **params}
+        flat = {"router.method": method, "router.scope": scope, "train.lr": 0.003,
+                # free-form values with quotes in them, as str() of the typed value stores them
+                "data.cache_dir": "/data/o'neil" if name == "t0" else "/data/cache",
+                "data.domains": ["english", "c"] if name == "t1" else ["english", "german"], **params}
         client.log_batch(
             run.info.run_id,
             metrics=[Metric(k, v, 0, 100) for k, v in metrics.items()],
@@ -135,6 +138,40 @@ def test_where_filters(store, where, expected):
     assert names(best_runs(store, "study_a", where=where)) == expected
 
 
+@pytest.mark.parametrize(
+    "where, needle",
+    [
+        ("method=lbl2", "router.method has no value 'lbl2', expected one of ['none', 'lbl', 'eb', "
+                        "'sh', 'ba', 'ec', 'reference']; did you mean 'lbl'?"),
+        ("scope!=globl_batch", "router.scope has no value 'globl_batch'"),
+        ("purity>0.3 and router.drop_policy=prob", "did you mean 'probs'?"),
+        ("train.device=gpu", "train.device has no value 'gpu', expected one of ['auto', 'cpu', 'cuda']"),
+        ("data.mix=same-script", "did you mean 'same_script'?"),
+    ],
+)
+def test_where_value_outside_a_fixed_vocabulary_is_bad_input(store, where, needle, capsys):
+    """A typo in a value with a known vocabulary says so (exit 2) instead of matching no run."""
+    from study.cli import main
+
+    with pytest.raises(ConfigError) as info:
+        best_runs(store, "study_a", where=where)
+    assert f"--where {where!r}" in str(info.value) and needle in str(info.value)
+    assert main(["best", "study_a", "--tracking-uri", store, "--where", where]) == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_where_free_form_values_with_quotes_and_lists(store):
+    """Free-form keys match any value: one holding a quote is quoted by naming.filter_literal
+    (it broke MLflow's filter when put inside '...'), a list value keeps its commas."""
+    assert names(best_runs(store, "study_a", where="data.cache_dir=/data/o'neil")) == ["t0"]
+    assert names(best_runs(store, "study_a", where="data.cache_dir='/data/o'neil'")) == ["t0"]
+    assert names(best_runs(store, "study_a", where="data.domains=[english, c]")) == ["t1"]
+    assert names(best_runs(store, "study_a", where="router.lbl_coef=0.5")) == []
+    assert translate_where("data.cache_dir=/data/o'neil") == 'params.`data.cache_dir` = "/data/o\'neil"'
+    with pytest.raises(ConfigError, match="holds both kinds of quote"):
+        best_runs(store, "study_a", where="""data.cache_dir=a'b"c""")
+
+
 def test_translate_where_shorthand():
     assert translate_where("method=lbl") == "params.`router.method` = 'lbl'"
     # params are stored as str() of the typed value: 1 for a float key is '1.0'
@@ -200,7 +237,7 @@ def test_cli_best(store, capsys):
     assert main(args + ["--where", "method=eb", "--format", "csv"]) == 0
     assert [r["trial"] for r in csv.DictReader(io.StringIO(capsys.readouterr().out))] == ["t2", "t3"]
     assert main(args + ["--include-reference", "--top", "1"]) == 0
-    assert capsys.readouterr().out.splitlines()[2].split()[1] == "reference"
+    assert capsys.readouterr().out.splitlines()[2].split()[:3] == ["1", "0", "reference"]
     assert main(["best", "nothing_here", "--tracking-uri", store]) == 2
     assert "experiment 'nothing_here' not found" in capsys.readouterr().err
     assert main(args + ["--where", "methd=lbl"]) == 2
@@ -288,7 +325,9 @@ QUERIES = [
     {"where": "router.lbl_coef=0.01"},
     {"where": "purity>0.5, load_entropy>=0.95"},
     {"include_reference": True},
-    {"where": "method=nonexistent"},
+    {"where": "router.lbl_coef=0.5"},  # a free-form value no run has: no rows
+    {"where": "data.cache_dir=/data/o'neil"},  # a quote inside the value
+    {"where": "data.domains=[english, c], purity>0.3"},  # a list value, with its comma
     {"include_stopped": True},
     {"include_stopped": True, "by": "purity", "where": "scope=micro_batch"},
 ]
@@ -342,3 +381,61 @@ def test_best_by_purity_lift(store):
     expected = sorted(lifts, key=lambda n: -lifts[n])
     assert [r["trial"] for r in rows] == expected
     assert [r["purity_lift"] for r in rows] == pytest.approx(sorted(lifts.values(), reverse=True))
+
+
+# -- the table a person reads ----------------------------------------------------------------------
+WIDE_KEYS = ("router.method", "router.scope", "router.lbl_coef", "router.capacity_factor",
+             "router.balance_window", "train.lr", "model.n_experts", "train.seed")
+
+
+@pytest.fixture(scope="module")
+def wide_store(tmp_path_factory):
+    """A study searching many keys, with long trial names and every summary metric logged."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param
+
+    uri = "sqlite:///" + str(tmp_path_factory.mktemp("wide") / "mlflow.db")
+    client = MlflowClient(uri)
+    exp = client.create_experiment("wide")
+    parent = client.create_run(exp, tags={naming.TAG_ROLE: naming.ROLE_STUDY,
+                                          naming.TAG_SEARCH_KEYS: ",".join(WIDE_KEYS)}).info.run_id
+    for i in range(4):
+        params = {"router.method": "lbl", "router.scope": "window", "router.lbl_coef": 0.0123456789 * (i + 1),
+                  "router.capacity_factor": 1.25, "router.balance_window": 8 * (i + 1),
+                  "train.lr": 0.00312345, "model.n_experts": 16, "train.seed": i}
+        run = client.create_run(exp, run_name=f"lbl-window{8 * (i + 1)}-cap1.25-s{i}-with-a-long-tail", tags={
+            naming.TAG_PARENT_RUN: parent, naming.TAG_ROLE: naming.ROLE_TRIAL, naming.TAG_STOPPED_EARLY: "false"})
+        metrics = {m: 0.123456789 + i / 7 for m in naming.SUMMARY_METRICS}
+        client.log_batch(run.info.run_id, metrics=[Metric(k, v, 0, 10) for k, v in metrics.items()],
+                         params=[Param(k, str(v)) for k, v in params.items()])
+        client.set_terminated(run.info.run_id)
+    return uri
+
+
+def test_best_table_is_ranked_and_fits_120_columns(wide_store, capsys):
+    from study.cli import main
+
+    rows = best_runs(wide_store, "wide")
+    assert main(["best", "wide", "--tracking-uri", wide_store]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert max(len(line) for line in lines) <= 120, "\n".join(lines)
+    header = lines[0].split()
+    assert header[:6] == ["#", "gap_purity", "trial", "method", "scope", "seed"] and header[-1] == "run"
+    assert "val_loss" in header and "lbl_coef" in header  # key metrics and searched params that fit
+    body = [line.split() for line in lines[2:2 + len(rows)]]
+    assert [b[0] for b in body] == ["1", "2", "3", "4"]
+    assert [float(b[1]) for b in body] == pytest.approx([r["gap_purity"] for r in rows], abs=1e-4)
+    assert [b[-1] for b in body] == [r["run_id"][:8] for r in rows]  # the run id, shortened, last
+    assert [b[5] for b in body] == [r["seed"] for r in rows] == ["0", "1", "2", "3"]
+    assert body[0][2].endswith("~") and len(body[0][2]) == 28  # a long trial name is cut
+    # the columns left out are named, and json and csv keep every field
+    footer = " ".join(lines[2 + len(rows):])
+    assert footer.startswith("(") and "more columns in --format json or csv" in footer
+    left_out = footer.split(": ", 1)[1].rstrip(")").split(", ")
+    assert left_out and not set(left_out) & set(header)
+    assert main(["best", "wide", "--tracking-uri", wide_store, "--format", "json"]) == 0
+    parsed = json.loads(capsys.readouterr().out)
+    assert set(left_out) <= set(parsed[0]) and len(parsed[0]["run_id"]) == 32
+    assert set(naming.SUMMARY_METRICS) | set(WIDE_KEYS[2:-1]) <= set(parsed[0])
+    assert main(["best", "wide", "--tracking-uri", wide_store, "--format", "csv"]) == 0
+    assert next(csv.reader(io.StringIO(capsys.readouterr().out))) == list(parsed[0])
