@@ -104,7 +104,7 @@ def _hide_named_checkpoints(search: Path) -> int:
     is gone (what a driver killed between Tune's deleting an old checkpoint and saving its
     state leaves behind) while newer complete ones exist."""
     moved = 0
-    for ckpt in sorted(search.glob("trial_function*/checkpoint_*")):
+    for ckpt in sorted(search.glob("*/checkpoint_*")):  # trial folders are named by settings
         n = int(ckpt.name.split("_")[1])
         ckpt.rename(ckpt.with_name(f"checkpoint_{n + 1000:06d}"))
         moved += 1
