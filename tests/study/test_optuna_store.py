@@ -169,3 +169,20 @@ def test_searched_ranges_keep_their_distributions():
     assert d["train.lr"] == optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)
     assert d["model.n_layers"] == optuna.distributions.IntDistribution(1, 5, step=2)
     assert d["router.sinkhorn_iters"] == optuna.distributions.IntDistribution(1, 64, log=True)
+
+
+def test_several_objectives_are_recorded_raw_with_their_directions(tmp_path):
+    spec = spec_from_dict({**GRID, "objective": {"metric": ["gap_purity", "val_loss"], "mode": ["min", "min"]}})
+    copy = _copy(tmp_path, spec)
+    recorder = OptunaRecorder(copy, "grid")
+    config = {"router.method": "eb", "router.scope": "micro_batch", "train.steps": 40}
+    for i, (gap, loss) in enumerate([(0.3, 2.0), (0.2, 2.5), (0.4, 2.6)]):
+        trial = _trial(i, config)
+        # what Tune hands the searcher is penalised (objective/...); the copy keeps the metrics
+        trial.last_result = {"step": 40, "gap_purity": gap, "val_loss": loss,
+                             "objective/gap_purity": gap + 1e6, "objective/val_loss": loss + 1e6}
+        recorder.on_trial_complete(0, [], trial)
+    study = optuna.load_study(study_name=copy.study_name, storage=copy.storage_url)
+    assert [t.values for t in study.trials] == [[0.3, 2.0], [0.2, 2.5], [0.4, 2.6]]
+    assert all(t.intermediate_values == {} for t in study.trials)
+    assert sorted(t.number for t in study.best_trials) == [0, 1]
