@@ -227,9 +227,7 @@ def _run_new(spec: StudySpec, name: str, root: str, state_path: StorageFile, *, 
     check_tracking(tracking_uri)
     mix_hash = _build_data_once(base)
 
-    from study.run import mlflow_layout
-
-    from study.run import optuna_store
+    from study.run import mlflow_layout, optuna_store
 
     optuna_url = optuna_store.storage_url(_lock_folder(root, name))
     optuna_name = optuna_store.free_study_name(optuna_url, name)
