@@ -52,6 +52,12 @@ TAG_REFERENCE_KEY = "moe_study.reference_key"
 reused one), so the results side finds a reused reference without recomputing the key."""
 TAG_SEARCH_KEYS = "moe_study.search_keys"
 """Comma-separated searched keys, on the parent run: ``best`` shows these params as columns."""
+TAG_OPTUNA_STORAGE = "moe_study.optuna_storage"
+"""On the parent run: the URL of the Optuna storage (an RDB such as ``sqlite:///.../optuna.db``)
+that holds the study's own Optuna copy, one Optuna trial per Tune trial with the real param names
+(``study.run.optuna_store``): ``optuna-dashboard URL``, ``optuna best-trial --storage URL``."""
+TAG_OPTUNA_STUDY = "moe_study.optuna_study"
+"""On the parent run: the Optuna study's name in ``TAG_OPTUNA_STORAGE`` (``--study-name``)."""
 TAG_REJECTED_WRITES = "moe_study.rejected_writes"
 """How many writes (metrics, params, tags, artifacts) MLflow refused for this run (a 4xx such as
 INVALID_PARAMETER_VALUE); each is kept in ``mlflow-rejected.jsonl`` in the study's folder."""
@@ -70,6 +76,8 @@ COUNT_TABLE_FILE = "count_table.parquet"
 ROUTING_COUNTS_FILE = "routing_counts.parquet"
 """Artifact of a trial run: the raw counts of its final evaluation behind the token-controlled
 metrics, n[layer, byte, expert, domain] and n[layer, sequence, expert] (trainables.routing_counts)."""
+OPTUNA_DB_FILE = "optuna.db"
+"""The sqlite file of a study's Optuna copy, in its folder (``study.run.optuna_store``)."""
 SPEC_ARTIFACT = "spec.yaml"
 """Artifact name of the study spec (``StudySpec.to_dict()`` as YAML) on the parent run."""
 

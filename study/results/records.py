@@ -138,6 +138,9 @@ class StudyRuns:
     """The newest study spec's objective constraints (``{metric: {min/max: bound}}``)."""
     cpus_per_trial: float | None = None
     """CPUs one trial held (all its workers), from the newest study spec; None without one."""
+    spec: Any = None
+    """The newest study's ``StudySpec`` (its search space: ``study.results.importance``); None
+    without one."""
 
     @property
     def reference(self) -> RunRecord | None:
@@ -212,6 +215,7 @@ def load_study_runs(client: Any, experiment: str, tracking_uri: str) -> StudyRun
     # runs come newest first (search_all_runs orders by start time)
     spec = _study_spec(client, study.studies[0].run_id) if study.studies else None
     if spec is not None:
+        study.spec = spec
         study.equivalence_margin = spec.report.equivalence_margin
         study.objective = spec.objective.metrics[0]
         study.constraints = dict(spec.objective.constraints)

@@ -8,7 +8,9 @@ writes ``report.md`` plus PNGs into one folder:
 2. leaderboard: the best full-length trials by ``gap_purity`` under the reference row;
 3. method x scope table: mean and 95 % t-interval over seeds per (method, scope, capacity,
    domains per micro-batch), with what training did to the step-0 router (lift);
-4. per layer: the specialisation metrics of each MoE layer next to their mean;
+4. per layer: the specialisation metrics of each MoE layer next to their mean; then what each
+   searched setting does to the objective: hyperparameter importance (fANOVA) for a searched
+   study, main effects for a grid (``study.results.importance``);
 5. figures: Pareto plot of the gaps, routing heatmaps of the reference, best and worst trial
    (one figure per MoE layer), purity learning curves, mean purity bars;
 6. findings computed from the numbers (paired over seeds, Holm-adjusted), each with a verdict.
@@ -36,6 +38,7 @@ from study.results.figures import (
     bars_figure, curves_figure, heatmap_figures, pareto_figure, window_figure,
 )
 from study.results.findings import Finding, finding_metrics, findings
+from study.results.importance import importance_markdown
 from study.results.stats import Estimate, capacity_label, cell_estimates, group_cells, layer_count, varying_params
 from study.results.verdict import ranked_cells, verdict_markdown
 from trainables.metric_names import definition
@@ -133,6 +136,7 @@ def write_report(
                              constraints=runs.constraints, cpus_per_trial=runs.cpus_per_trial),
         cell_table_markdown(independent, repeats),
         per_layer_markdown(independent),
+        importance_markdown(runs, independent, by),
         figures_markdown(figures),
         findings_markdown(items, runs.equivalence_margin, judged),
         *(compare_markdown(runs, other, metric) for other in others for metric in compare_metrics(runs)),

@@ -7,8 +7,9 @@ ASHA. ``resume_study(name)`` continues an interrupted study from its Tune experi
 
 Layout of a study on the storage (local folder by default, ``s3://...`` on a cluster; any URI
 ``pyarrow.fs`` opens, ``study.run.storage``): ``<storage>/<name>/study.json`` (what resume needs),
-``<storage>/<name>/mlflow-spool.jsonl`` (undelivered MLflow writes) and
-``<storage>/<name>/{reference,search}`` (Tune).
+``<storage>/<name>/mlflow-spool.jsonl`` (undelivered MLflow writes),
+``<storage>/<name>/optuna.db`` (the study's Optuna copy, ``study.run.optuna_store``; on remote
+storage in this machine's folder of the study) and ``<storage>/<name>/{reference,search}`` (Tune).
 """
 
 from __future__ import annotations
@@ -243,8 +244,10 @@ def _run_new(spec: StudySpec, name: str, root: str, state_path: StorageFile, *, 
     check_tracking(tracking_uri)
     mix_hash = _build_data_once(base)
 
-    from study.run import mlflow_layout
+    from study.run import mlflow_layout, optuna_store
 
+    optuna_url = optuna_store.storage_url(_lock_folder(root, name))
+    optuna_name = optuna_store.free_study_name(optuna_url, name)
     experiment_id = mlflow_layout.ensure_experiment(
         tracking_uri, spec.experiment_name if spec.tracking.experiment else name, spec.description)
     parent_run_id = mlflow_layout.start_parent_run(
@@ -252,17 +255,21 @@ def _run_new(spec: StudySpec, name: str, root: str, state_path: StorageFile, *, 
         tags={naming.TAG_SPEC_HASH: spec.content_hash(),
               **({naming.TAG_REFERENCE_KEY: spec.reference_key()} if spec.reference.enabled else {}),
               naming.TAG_SEARCH_KEYS: ",".join(spec.search_keys),
-              naming.TAG_MIX_HASH: mix_hash},
+              naming.TAG_MIX_HASH: mix_hash,
+              naming.TAG_OPTUNA_STORAGE: optuna_url, naming.TAG_OPTUNA_STUDY: optuna_name},
     )
     mlflow_layout.set_study_view(tracking_uri, experiment_id, name, parent_run_id, spec.search_keys,
                                  spec.objective.metrics, spec.objective.modes)
+    optuna_store.create_study(optuna_url, optuna_name, spec.objective.modes, {
+        "mlflow_experiment_id": experiment_id, "mlflow_parent_run_id": parent_run_id})
     state = {
         "name": name, "spec": spec.to_dict(), "tracking_uri": tracking_uri,
         "experiment_id": experiment_id, "parent_run_id": parent_run_id, "storage": root,
-        "reference": None,
+        "reference": None, "optuna": {"storage": optuna_url, "study": optuna_name},
     }
     _write_state(state_path, state)
-    print(f"[{name}] MLflow experiment {experiment_id}, parent run {parent_run_id}", flush=True)
+    print(f"[{name}] MLflow experiment {experiment_id}, parent run {parent_run_id}; Optuna study "
+          f"{optuna_name}: optuna-dashboard {optuna_url}", flush=True)
     return _execute(spec, state, state_path, address=address, restore=False, on_success=on_success,
                     verbose=verbose)
 
@@ -506,6 +513,15 @@ def _search(spec: StudySpec, state: dict, available: dict, reference: dict, *, r
     )
     console = StudyConsole(study_name=state["name"], total=spec.num_trials, steps=spec.max_steps(),
                            objective=spec.objective.metrics[0], mode=modes[0])
+    recorders = [tracker]
+    if state.get("optuna"):  # a study started before the Optuna copy existed has none
+        from study.run.optuna_store import OptunaCopy
+        from study.run.tracking import OptunaRecorder
+        from study.spec.space import optuna_distributions
+
+        copy = OptunaCopy(state["optuna"]["storage"], state["optuna"]["study"],
+                          spec.objective.to_dict(), optuna_distributions(spec))
+        recorders.append(OptunaRecorder(copy, state["name"]))
     context = trial_context(spec, reference=reference, objective=spec.objective.to_dict(),
                             search_keys=tuple(spec.search_keys), eval_steps=tuple(spec.asha_rungs() or ()))
     tuner = tune.Tuner(
@@ -521,7 +537,7 @@ def _search(spec: StudySpec, state: dict, available: dict, reference: dict, *, r
         ),
         run_config=tune.RunConfig(
             name=SEARCH_DIR, storage_path=storage_path, storage_filesystem=storage_filesystem,
-            callbacks=[tracker, console, *_result_loggers()], verbose=0,
+            callbacks=[*recorders, console, *_result_loggers()], verbose=0,
             failure_config=tune.FailureConfig(max_failures=2),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),

@@ -703,6 +703,45 @@ class StudyTracker(Callback):
         self.queue.wait_for(handle, timeout_s=float(os.environ.get("MOE_STUDY_TRACKING_WAIT_S", "30")))
 
 
+class OptunaRecorder(Callback):
+    """Tune callback: the study's Optuna copy (``study.run.optuna_store``) gets one trial per
+    Tune trial that ends, with the first objective's reports as intermediate values. Pickled
+    with Tune's experiment state like the tracker, so a resumed study writes on into the same
+    Optuna study. A write that fails is reported and skipped: the study goes on."""
+
+    def __init__(self, copy, study_name: str):
+        self.copy, self.study_name = copy, study_name
+        objective = copy.objective
+        self.metric = objective["metric"][0]
+        # what the Optuna trial needs of a result (not the count tables a last result carries)
+        self.keys = {*objective["metric"], *(objective.get("constraints") or {}), naming.STEP, "time_total_s"}
+        self.reports: dict[str, dict[int, float]] = {}
+        self.last: dict[str, dict] = {}
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        # Tune updates trial.last_result after the callbacks: the last result is kept here
+        self.last[trial.trial_id] = {k: result[k] for k in self.keys if k in result}
+        value = result.get(self.metric)
+        if isinstance(value, (int, float)) and naming.STEP in result:
+            self.reports.setdefault(trial.trial_id, {})[int(result[naming.STEP])] = float(value)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._record(trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._record(trial, error=trial_error_text(trial) or "trial failed")
+
+    def _record(self, trial, error: str | None = None) -> None:
+        try:
+            result = self.last.pop(trial.trial_id, None) or trial.last_result  # restored: Tune's
+            self.copy.record(trial.trial_id, trial.config, result,
+                             intermediate=self.reports.pop(trial.trial_id, None), error=error)
+        except Exception as exc:  # noqa: BLE001 - the Optuna copy must not end the study
+            print(f"[{self.study_name}] could not add trial {trial.trial_id} to the Optuna study "
+                  f"{self.copy.study_name} in {self.copy.storage_url}: {type(exc).__name__}: {exc}",
+                  flush=True)
+
+
 def _result_tags(result: dict) -> dict[str, str]:
     """Tags a finished trial's run takes from its last result: where it ran, which text."""
     tags = {}
@@ -730,6 +769,6 @@ def check_tracking_reachable(tracking_uri: str) -> None:
 
 
 __all__ = [
-    "StudyTracker", "check_tracking_reachable",
+    "OptunaRecorder", "StudyTracker", "check_tracking_reachable",
     "metric_items", "mlflow",
 ]

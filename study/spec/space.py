@@ -56,6 +56,25 @@ def grid_points(spec: StudySpec) -> list[dict[str, Any]]:
     return expand_points(spec.params, spec.exclude)
 
 
+def optuna_distributions(spec: StudySpec) -> dict[str, Any]:
+    """Each searched key's Optuna distribution, by its real name, for grids too: a ``choice`` is a
+    ``CategoricalDistribution`` over its choices, a range the ``suggest_int``/``suggest_float``
+    distribution ``SearchParam.suggest`` asks for. What the study's Optuna copy records
+    (``study.run.optuna_store``); the searcher itself sees ``_grid_point`` for a grid."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    out: dict[str, Any] = {}
+    for p in spec.params:
+        if p.is_choice:
+            out[p.key] = CategoricalDistribution(list(p.choices))
+        elif p.is_int:
+            out[p.key] = IntDistribution(int(p.low), int(p.high), log=p.log, step=int(p.step or 1))
+        else:
+            out[p.key] = FloatDistribution(float(p.low), float(p.high), log=p.log,
+                                           step=None if p.step is None else float(p.step))
+    return out
+
+
 def make_sampler(spec: StudySpec):
     """The Optuna sampler the spec asks for."""
     import optuna

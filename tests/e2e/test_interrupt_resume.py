@@ -1,5 +1,6 @@
 """Interrupting a study (Ctrl-C, or a driver killed with SIGKILL) and resuming it finishes the
-budget with no lost or duplicated trial in Tune, Optuna or MLflow."""
+budget with no lost or duplicated trial in Tune, Optuna (the searcher's and the study's Optuna
+copy) or MLflow."""
 
 from __future__ import annotations
 
@@ -78,6 +79,14 @@ def _check_complete(d: Path, uri: str, killed: bool) -> None:
         assert steps == sorted(set(steps)) and steps[-1] == 40
     parents = [r for r in runs if r.data.tags.get(naming.TAG_ROLE) == naming.ROLE_STUDY]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    # the study's Optuna copy (study.run.optuna_store): each finished trial once, though the
+    # resume gives some trial ends again
+    import optuna
+
+    tags = parents[0].data.tags
+    copied = optuna.load_study(study_name=tags[naming.TAG_OPTUNA_STUDY], storage=tags[naming.TAG_OPTUNA_STORAGE]).trials
+    assert sorted(t.user_attrs[naming.TAG_TRIAL_ID] for t in copied) == sorted(ids)
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in copied)
     # Tune: the experiment state holds exactly the budget, all terminated
     search = d / "runs" / "interrupt" / "search"
     trial_dirs = [p for p in search.iterdir() if p.is_dir() and (p / "params.json").exists()]

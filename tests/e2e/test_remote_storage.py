@@ -41,3 +41,13 @@ def test_a_study_runs_and_resumes_on_storage_given_as_a_uri(tmp_path):
     trials = [x for x in client.search_runs([exp.experiment_id])
               if x.data.tags.get(naming.TAG_ROLE) == naming.ROLE_TRIAL]
     assert len(trials) == 1 and trials[0].info.status == "FINISHED"
+    # the Optuna copy: sqlite cannot live in an object store, so it is in this machine's folder
+    # of the study (beside its lock), named on the parent run; the resume did not duplicate
+    import optuna
+
+    parent = next(x for x in client.search_runs([exp.experiment_id])
+                  if x.data.tags.get(naming.TAG_ROLE) == naming.ROLE_STUDY)
+    url = parent.data.tags[naming.TAG_OPTUNA_STORAGE]
+    assert url.startswith("sqlite:///") and "bucket" not in url and url.endswith("/loopback/optuna.db")
+    copied = optuna.load_study(study_name=parent.data.tags[naming.TAG_OPTUNA_STUDY], storage=url).trials
+    assert [t.user_attrs[naming.TAG_TRIAL_ID] for t in copied] == [trials[0].data.tags[naming.TAG_TRIAL_ID]]

@@ -142,6 +142,45 @@ def test_study_writes_parent_run_and_nested_trial_runs_with_gaps(smoke_study, tm
     assert {r.data.tags.get(naming.TAG_MIX_HASH) for r in [parents[0], *refs, *trials]} == {mix_hash}
 
 
+def test_the_optuna_study_holds_each_trial_once_with_its_real_params(smoke_study):
+    """The study's Optuna copy, named on the parent run, is what Optuna's own tools open: one
+    trial per Tune trial, the spec's param names, COMPLETE for full-length trials with the raw
+    objective, PRUNED for those ASHA stopped, and `optuna best-trial` gives the best feasible one."""
+    import optuna
+
+    d, uri, stdout = smoke_study
+    _, runs = _runs(uri)
+    parent = next(r for r in runs if r.data.tags.get(naming.TAG_ROLE) == naming.ROLE_STUDY)
+    url, name = parent.data.tags[naming.TAG_OPTUNA_STORAGE], parent.data.tags[naming.TAG_OPTUNA_STUDY]
+    assert (url, name) == (f"sqlite:///{d / 'runs' / 'smoke' / naming.OPTUNA_DB_FILE}", "smoke")
+    assert f"optuna-dashboard {url}" in stdout
+    trials = {r.data.tags[naming.TAG_TRIAL_ID]: r for r in runs
+              if r.data.tags.get(naming.TAG_ROLE) == naming.ROLE_TRIAL}
+    study = optuna.load_study(study_name=name, storage=url)
+    assert sorted(t.user_attrs[naming.TAG_TRIAL_ID] for t in study.trials) == sorted(trials)
+    for t in study.trials:
+        run = trials[t.user_attrs[naming.TAG_TRIAL_ID]]
+        params = run.data.params
+        assert set(t.params) == {"router.method", "router.scope"} | (
+            {"router.lbl_coef"} if params["router.method"] == "lbl" else set())
+        assert {k: str(v) for k, v in t.params.items()} == {k: params[k] for k in t.params}
+        if run.data.tags[naming.TAG_STOPPED_EARLY] == "true":
+            assert t.state == optuna.trial.TrialState.PRUNED and t.intermediate_values
+        else:
+            assert t.state == optuna.trial.TrialState.COMPLETE
+            assert t.value == pytest.approx(run.data.metrics["gap_purity"])
+            assert t.constraints == {"load_entropy >= 0.5": pytest.approx(0.5 - run.data.metrics["load_entropy"])}
+    feasible = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE
+                and all(v <= 0 for v in t.constraints.values())]
+    best = subprocess.run([str(Path(sys.executable).parent / "optuna"), "best-trial", "--study-name", name,
+                           "--storage", url, "-f", "json"], capture_output=True, text=True, timeout=120)
+    if feasible:
+        assert best.returncode == 0, best.stderr
+        assert json.loads(best.stdout)["number"] == min(feasible, key=lambda t: t.value).number
+    else:  # no feasible full-length trial: Optuna has no best trial either
+        assert best.returncode != 0
+
+
 @pytest.mark.parametrize("fmt", ["json", "csv", "table"])
 def test_best_returns_trials_in_gap_order_in_every_format(smoke_study, fmt):
     d, uri, _ = smoke_study
