@@ -265,6 +265,7 @@ def next_commands(name: str, tracking_uri: str, experiment: str) -> list[str]:
     runs table (its shared view: the trials flat, sorted by the objective)."""
     from mlflow.tracking import MlflowClient
 
+    from study import naming
     from study.run.mlflow_layout import runs_page
 
     found = MlflowClient(tracking_uri).get_experiment_by_name(experiment)
@@ -276,6 +277,13 @@ def next_commands(name: str, tracking_uri: str, experiment: str) -> list[str]:
     else:
         lines += [f"  mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000",
                   f"  then open {runs_page('http://127.0.0.1:5000', found.experiment_id, name)}"]
+    parents = MlflowClient(tracking_uri).search_runs(
+        [found.experiment_id], filter_string=f"tags.`{naming.TAG_ROLE}` = '{naming.ROLE_STUDY}' AND "
+        f"tags.`{naming.TAG_STUDY}` = {naming.filter_literal(name)}", max_results=1)
+    tags = parents[0].data.tags if parents else {}
+    if tags.get(naming.TAG_OPTUNA_STORAGE):  # pip install optuna-dashboard
+        lines.append(f"  optuna-dashboard {tags[naming.TAG_OPTUNA_STORAGE]} --host 127.0.0.1    "
+                     f"# study {tags.get(naming.TAG_OPTUNA_STUDY, name)}")
     return lines
 
 

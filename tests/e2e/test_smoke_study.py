@@ -113,6 +113,7 @@ def test_study_writes_parent_run_and_nested_trial_runs_with_gaps(smoke_study, tm
     for chatter in ("╭", "Trial status", "_objective", "TBX", "snapshotting", "\033[", "View detailed results"):
         assert chatter not in stdout, chatter
     assert sum(("] done " in ln) or ("] stopped early " in ln) for ln in lines) == 4
+    assert "optuna-dashboard sqlite:///" in stdout  # the study's Optuna copy, opened by its tool
     assert "next:" in stdout and f"#/experiments/{client.get_experiment_by_name('smoke').experiment_id}/runs" in stdout
     # what the MLflow UI shows without clicking: the runs view, the spec's search settings and the
     # study's outcome on the parent, the reference's zero gaps, provenance on every run
