@@ -48,10 +48,14 @@ class StudyFailed(RuntimeError):
 # -- locations -------------------------------------------------------------------------------
 def storage_root(storage: str | None) -> str:
     """``--storage``, else $MOE_STUDY_STORAGE, else ./runs: a local folder (made absolute) or a
-    URI (``s3://bucket/prefix``); ConfigError if pyarrow cannot open the URI."""
+    URI (``s3://bucket/prefix``). ConfigError if pyarrow cannot open the URI, it holds
+    credentials or names a bucket that does not exist; StudyFailed if the store cannot be
+    reached (``study.run.storage.check_root``): before anything is written or opened."""
     root = study_storage.resolve_root(storage or os.environ.get("MOE_STUDY_STORAGE") or "runs")
-    if study_storage.is_uri(root):
-        study_storage.filesystem(root)
+    try:
+        study_storage.check_root(root)
+    except OSError as exc:  # network, refused credentials: not the input's fault
+        raise StudyFailed(f"--storage {root}: the storage cannot be reached ({exc})") from exc
     return root
 
 
@@ -288,13 +292,20 @@ def resume_study(name: str, *, tracking_uri: str | None = None, address: str | N
                           f"{did_you_mean(name, stored, otherwise=known)}")
     with hold_study_lock(_lock_folder(root, name), name, "moe-study resume",
                          create=study_storage.is_uri(root)):
-        return _resume(name, state_path, tracking_uri=tracking_uri, address=address, on_success=on_success,
-                       verbose=verbose)
+        return _resume(name, root, state_path, tracking_uri=tracking_uri, address=address,
+                       on_success=on_success, verbose=verbose)
 
 
-def _resume(name: str, state_path: StorageFile, *, tracking_uri: str | None, address: str | None,
-            on_success: OnSuccess | None, verbose: bool) -> int:
+def _resume(name: str, root: str, state_path: StorageFile, *, tracking_uri: str | None,
+            address: str | None, on_success: OnSuccess | None, verbose: bool) -> int:
     state = read_state(state_path, name)
+    if state["storage"] != root:
+        # the study is where its state was found: a folder moved or mounted elsewhere, an S3
+        # endpoint reached by another address from this machine. Its spool, Tune's experiment
+        # and the checkpoints are beside the state, not at the address the run recorded.
+        print(f"[{name}] note: the study ran with storage {state['storage']}; it continues in "
+              f"{root}, where its state is", flush=True)
+        state["storage"] = root
     spec = spec_from_dict(state["spec"], default_name=name)
     if tracking_uri and tracking_uri != state["tracking_uri"]:
         print(f"[{name}] note: the study tracks to {state['tracking_uri']}; ignoring {tracking_uri}")

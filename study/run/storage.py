@@ -19,6 +19,7 @@ import posixpath
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import urlsplit
 
 from trainables.errors import ConfigError
 
@@ -45,6 +46,36 @@ def filesystem(root: str) -> tuple[Any, str]:
     except (ValueError, TypeError) as exc:  # pyarrow.ArrowInvalid is a ValueError
         raise ConfigError(f"--storage {root}: not a storage pyarrow can open ({exc})") from None
     return fs, path.rstrip("/")
+
+
+BUCKET_STORES = ("s3", "gcs")
+"""pyarrow filesystems whose first path component is a bucket, which must exist beforehand."""
+
+
+def check_root(root: str) -> None:
+    """Refuse, before a study starts, a storage URI it could not finish on: ConfigError for
+    credentials written in the URI (``s3://KEY:SECRET@bucket/...``: they would be kept in
+    ``study.json`` on the bucket and printed in every message naming a file) and for a bucket
+    that does not exist (a typo found only when the first file is written, after the MLflow
+    runs were opened); OSError when the store cannot be reached or refuses the credentials.
+    A local root passes: its folders are made as needed."""
+    if not is_uri(root):
+        return
+    parts = urlsplit(root)
+    if parts.username is not None or parts.password is not None:
+        shown = parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]).geturl()
+        raise ConfigError(f"--storage {shown}: credentials in the storage URI would be written to "
+                          "the study's state and its messages; give them through the environment "
+                          "(AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE) or an "
+                          "instance profile")
+    import pyarrow.fs as pafs
+
+    fs, path = filesystem(root)
+    if fs.type_name in BUCKET_STORES:
+        bucket = path.split("/", 1)[0]
+        if fs.get_file_info(bucket).type != pafs.FileType.Directory:
+            raise ConfigError(f"--storage {root}: the bucket {bucket!r} does not exist (a study does "
+                              "not create buckets: make it first, e.g. `aws s3 mb s3://BUCKET`)")
 
 
 def display(root: str, *parts: str) -> str:

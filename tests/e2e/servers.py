@@ -22,8 +22,13 @@ class MlflowServer:
     """`mlflow server` on 127.0.0.1 with a sqlite backend; can be stopped and started again on
     the same port and store (for the outage tests)."""
 
-    def __init__(self, root: Path, port: int | None = None):
+    def __init__(self, root: Path, port: int | None = None, artifacts_destination: str | None = None,
+                 env: dict[str, str] | None = None):
         self.root, self.port = root, port or free_port()
+        # where the server puts artifacts (a local folder by default; s3://... with the
+        # server's boto3 reading MLFLOW_S3_ENDPOINT_URL and AWS_* from ``env``)
+        self.artifacts_destination = artifacts_destination or str(root / "artifacts")
+        self.env = env
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -36,9 +41,10 @@ class MlflowServer:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "server",
              "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
-             "--artifacts-destination", str(self.root / "artifacts"),
+             "--artifacts-destination", self.artifacts_destination,
              "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, **self.env} if self.env else None,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -187,3 +187,108 @@ def test_a_missing_checkpoint_is_put_back_on_an_object_store(object_store, tmp_p
     moved = tmp_path / search / "t" / "checkpoint_000002" / CHECKPOINT_FILE
     assert moved.read_bytes() == b"step 3"  # copied, since the folder could not be renamed
     assert not (tmp_path / search / "t" / "checkpoint_000003").exists()
+
+
+# -- the same on S3: moto's S3 server on loopback (tests/conftest.py), through pyarrow's S3
+# filesystem as Tune uses it ----------------------------------------------------------------------
+@pytest.fixture
+def s3_root(s3_bucket):
+    endpoint, bucket = s3_bucket
+    return f"s3://{bucket}/tune?endpoint_override={endpoint}&scheme=http"
+
+
+def test_the_state_and_the_spool_live_on_s3(s3_root):
+    from study.run.tracking import _DeliveryQueue
+
+    root = storage_root(s3_root)
+    state = {"name": "s1", "storage": root}
+    path = _state_path(root, "s1")
+    assert not path.exists()
+    _write_state(path, state)
+    fs, base = storage.filesystem(root)
+    assert base == "moe-study/tune" and fs.type_name == "s3"
+    with fs.open_input_stream("moe-study/tune/s1/study.json") as f:
+        assert json.loads(f.read()) == state
+    spool = _spool(state)
+    assert str(spool) == s3_root.replace("/tune?", "/tune/s1/mlflow-spool.jsonl?")
+    down = _DeliveryQueue(None, spool)
+    down.pending = [("batch", {"trial": "t", "tags": {"k": "v1"}})]
+    assert down.spool()
+    down.pending = [("batch", {"trial": "t", "tags": {"k": "v2"}})]
+    assert down.spool()  # after what is there: S3 has no append, the object is written again
+    assert [json.loads(x)["tags"]["k"] for x in spool.read_text().splitlines()] == ["v1", "v2"]
+    up = _DeliveryQueue(None, spool)
+
+    def take_all():
+        up.delivered += len(up.pending)
+        up.pending = []
+        return True
+
+    up.flush = take_all
+    assert up.replay_spool() == 2 and not spool.exists()
+    assert fs.get_file_info("moe-study/tune/s1/mlflow-spool.jsonl").type == pafs.FileType.NotFound
+
+
+def test_a_missing_checkpoint_is_put_back_on_s3(s3_root):
+    fs, base = storage.filesystem(storage_root(s3_root))
+    search = f"{base}/s1/search"
+    for n, content in ((2, b"step 2"), (3, b"step 3"), (4, b"")):  # 4: cut while written
+        with fs.open_output_stream(f"{search}/t/checkpoint_{n:06d}/{CHECKPOINT_FILE}") as f:
+            f.write(content)  # as Tune uploads: objects only, the folders are implied
+    fs.delete_dir(f"{search}/t/checkpoint_000002")  # the one Tune's state names
+    assert str(newest_checkpoint_dir(f"{search}/t", fs)) == f"{search}/t/checkpoint_000003"
+    [fix] = repair([("RUNNING", f"{search}/t/checkpoint_000002")], search, fs)
+    assert fix.moved_from == f"{search}/t/checkpoint_000003"
+    with fs.open_input_stream(f"{search}/t/checkpoint_000002/{CHECKPOINT_FILE}") as f:
+        assert f.read() == b"step 3"  # copied: S3 cannot rename a folder
+    assert fs.get_file_info(f"{search}/t/checkpoint_000003").type == pafs.FileType.NotFound
+    assert str(newest_checkpoint_dir(f"{search}/t", fs)) == f"{search}/t/checkpoint_000002"
+
+
+def test_a_bucket_that_does_not_exist_is_bad_input(s3_root):
+    with pytest.raises(ConfigError, match="the bucket 'no-such-bucket' does not exist"):
+        storage_root(s3_root.replace("moe-study", "no-such-bucket"))
+
+
+def test_credentials_in_the_storage_uri_are_refused_without_repeating_them(s3_root):
+    with pytest.raises(ConfigError, match="credentials in the storage URI") as err:
+        storage_root(s3_root.replace("s3://", "s3://AKIAEXAMPLE:s3cr3t@"))
+    assert "s3cr3t" not in str(err.value) and "AKIAEXAMPLE" not in str(err.value)
+
+
+def test_a_storage_that_cannot_be_reached_fails_the_study(monkeypatch):
+    from study.run.runner import StudyFailed
+
+    def unreachable(root):
+        raise OSError("AWS Error NETWORK_CONNECTION during HeadBucket operation")
+
+    monkeypatch.setattr(storage, "check_root", unreachable)
+    with pytest.raises(StudyFailed, match="cannot be reached .*NETWORK_CONNECTION"):
+        storage_root("s3://b/p")
+
+
+def test_resume_continues_where_the_state_was_found(tmp_path, monkeypatch, capsys):
+    """A study folder moved (or an S3 endpoint reached by another address): the spool, Tune's
+    experiment and the checkpoints are beside study.json, not where the run recorded them."""
+    from study.run import runner
+
+    _write_state(_state_path(str(tmp_path / "moved"), "s1"), {
+        "name": "s1", "spec": {}, "tracking_uri": "sqlite:///x.db", "experiment_id": "1",
+        "parent_run_id": "p", "storage": "s3://old-bucket/tune?endpoint_override=10.0.0.1:9000",
+        "reference": None})
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def spool_of(state):
+        seen.update(state)
+        raise Stop
+
+    monkeypatch.setattr(runner, "spec_from_dict", lambda spec, default_name: None)
+    monkeypatch.setattr(runner, "check_tracking", lambda uri: None)
+    monkeypatch.setattr(runner, "_spool", spool_of)
+    with pytest.raises(Stop):
+        runner.resume_study("s1", storage=str(tmp_path / "moved"))
+    assert seen["storage"] == str(tmp_path / "moved")
+    assert "it continues in " + str(tmp_path / "moved") in capsys.readouterr().out
