@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import traceback
 from typing import Any, Sequence
@@ -242,8 +243,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_resume(args: argparse.Namespace) -> int:
     from study.run.runner import resume_study
 
+    # only a store the user named: the study's own is in its state (a default is no request)
     return _exit_code(resume_study(
-        args.name, tracking_uri=_tracking_uri(args), address=args.address, storage=args.storage,
+        args.name, tracking_uri=args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"),
+        address=args.address, storage=args.storage,
         on_success=_print_best, verbose=args.verbose,
     ))
 

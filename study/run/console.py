@@ -72,8 +72,6 @@ class StudyConsole(Callback):
         self.started = clock()
         self.last_line = self.started
         self.trial_started: dict[str, float] = {}
-        self.done = self.failed = self.stopped = 0
-        self.best: tuple[float, str, float] | None = None  # (objective, label, gap_purity)
 
     # Tune pickles callbacks into its experiment state: the stream stays behind (stdout again
     # when restored), and the time so far travels as a duration (clocks differ by process)
@@ -99,12 +97,6 @@ class StudyConsole(Callback):
         print(line, file=self.stream, flush=True)
         self.last_line = self.clock()
 
-    def _finished_count(self) -> int:
-        return self.done + self.failed + self.stopped
-
-    def _prefix(self) -> str:
-        return f"[{self.study_name} {self._finished_count()}/{self.total}]"
-
     def _metrics_text(self, result: Mapping[str, Any]) -> str:
         parts = []
         for name in (self.objective, *_SHOWN_METRICS):
@@ -126,43 +118,68 @@ class StudyConsole(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         result = trial.last_result or {}
+        steps = self._steps(trial)
         step = int(result.get(naming.STEP, 0) or 0)
-        steps = int(trial.config.get("train.steps", self.steps))
-        label = trial_label(trial.config)
-        took = self.clock() - self.trial_started.get(trial.trial_id, self.started)
         if step < steps:
-            self.stopped += 1
             event = self._colour("stopped early", "33") + f" at step {step}/{steps}"
         else:
-            self.done += 1
             event = self._colour("done", "32")
-            value = result.get(self.objective)
-            if isinstance(value, (int, float)) and math.isfinite(value):
-                better = self.best is None or (value < self.best[0] if self.mode == "min" else value > self.best[0])
-                if better:
-                    self.best = (float(value), label, float(result.get(naming.GAP_PURITY, math.nan)))
-        self._print(f"{self._prefix()} {event}  {label}  {self._metrics_text(result)}  ({duration(took)})")
-        self._progress(trials)
+        tally = self._tally(trials, trial, "TERMINATED")
+        took = self.clock() - self.trial_started.get(trial.trial_id, self.started)
+        self._print(f"{self._prefix(tally)} {event}  {trial_label(trial.config)}  "
+                    f"{self._metrics_text(result)}  ({duration(took)})")
+        self._progress(tally)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.failed += 1
+        tally = self._tally(trials, trial, "ERROR")
         reason = _last_error_line(trial)
-        self._print(f"{self._prefix()} {self._colour('FAILED', '31')}  {trial_label(trial.config)}: {reason}")
-        self._progress(trials)
+        self._print(f"{self._prefix(tally)} {self._colour('FAILED', '31')}  {trial_label(trial.config)}: {reason}")
+        self._progress(tally)
 
-    def _progress(self, trials) -> None:
-        running = sum(1 for t in trials if t.status == "RUNNING")
+    # -- counts, from Tune's trials (a resumed study's list holds the trials that ended before) -
+    def _steps(self, trial) -> int:
+        return int(trial.config.get("train.steps", self.steps))
+
+    def _tally(self, trials, current, current_status: str) -> dict:
+        """Trials done (full length), stopped early, failed and running, and the best done trial
+        by the objective; ``current`` counts as ``current_status`` (its event is being told)."""
+        tally = {"done": 0, "stopped": 0, "failed": 0, "running": 0, "best": None}
+        for t in trials:
+            status = current_status if t is current else t.status
+            if status == "RUNNING":
+                tally["running"] += 1
+            elif status == "ERROR":
+                tally["failed"] += 1
+            elif status == "TERMINATED":
+                result = t.last_result or {}
+                if int(result.get(naming.STEP, 0) or 0) < self._steps(t):
+                    tally["stopped"] += 1
+                    continue
+                tally["done"] += 1
+                value = result.get(self.objective)
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    best = tally["best"]
+                    if best is None or (value < best[0] if self.mode == "min" else value > best[0]):
+                        tally["best"] = (float(value), trial_label(t.config),
+                                         float(result.get(naming.GAP_PURITY, math.nan)))
+        return tally
+
+    def _prefix(self, tally: dict) -> str:
+        ended = tally["done"] + tally["stopped"] + tally["failed"]
+        return f"[{self.study_name} {ended}/{self.total}]"
+
+    def _progress(self, tally: dict) -> None:
         elapsed = self.clock() - self.started
-        finished = self._finished_count()
-        remaining = max(0, self.total - finished)
-        eta = f", ETA {duration(elapsed / finished * remaining)}" if finished and remaining else ""
+        ended = tally["done"] + tally["stopped"] + tally["failed"]
+        remaining = max(0, self.total - ended)
+        eta = f", ETA {duration(elapsed / ended * remaining)}" if ended and remaining else ""
         best = ""
-        if self.best is not None:
-            value, label, gap = self.best
+        if tally["best"] is not None:
+            value, label, gap = tally["best"]
             gap_text = f", gap_purity {gap:.3f}" if math.isfinite(gap) and self.objective != naming.GAP_PURITY else ""
             best = f" | best {self.objective} {value:+.3f} ({label}{gap_text})"
-        self._print(f"[{self.study_name}] {self.done}/{self.total} done, {running} running, "
-                    f"{self.failed} failed" + (f", {self.stopped} stopped early" if self.stopped else "")
+        self._print(f"[{self.study_name}] {tally['done']}/{self.total} done, {tally['running']} running, "
+                    f"{tally['failed']} failed" + (f", {tally['stopped']} stopped early" if tally["stopped"] else "")
                     + f" | {duration(elapsed)} elapsed{eta}{best}")
 
 

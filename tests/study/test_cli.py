@@ -164,6 +164,11 @@ def test_resume_and_report_dispatch(monkeypatch, capsys, tmp_path):
     assert seen["resume"] == ("quick", {"tracking_uri": "sqlite:///env.db", "address": None,
                                         "storage": str(tmp_path), "on_success": cli._print_best,
                                         "verbose": False})
+    # no store named: the study's own (in its state) is used, and no "ignoring" note is due
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    seen.clear()
+    assert main(["resume", "quick", "--storage", str(tmp_path)]) == 0
+    assert seen["resume"][1]["tracking_uri"] is None
 
     fake_module(monkeypatch, "study.results.report",
                 write_report=lambda exp, out_dir=None, tracking_uri=None, compare=(): (

@@ -87,3 +87,19 @@ def test_names_and_durations():
     assert trial_label(config) == "lbl window8 cap1 s2"
     assert tune_trial_name(SimpleNamespace(config=config, trial_id="ab12_00003")) == "lbl-window8-cap1-s2_ab12_00003"
     assert [duration(s) for s in (5, 65, 3700)] == ["5s", "1m05s", "1h01m"]
+
+
+def test_a_resumed_study_counts_the_trials_that_ended_before():
+    """After `moe-study resume`, Tune's trial list holds the trials that ended in the first
+    process: the counts and the best come from it, so nothing is counted twice or forgotten."""
+    out, clock = io.StringIO(), Clock()
+    console = StudyConsole(study_name="s", total=3, steps=300, objective="purity", mode="max",
+                           stream=out, clock=clock)
+    before = trial(0, "lbl", "global_batch", 0, status="TERMINATED", step=300, purity=0.4)
+    failed = trial(1, "eb", "micro_batch", 0, status="ERROR")
+    now = trial(2, "eb", "global_batch", 1, step=300, purity=0.3)
+    console.on_trial_complete(0, [before, failed, now], now)  # Tune may still say RUNNING here
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("[s 3/3] done  eb global_batch s1")
+    assert lines[1].startswith("[s] 2/3 done, 0 running, 1 failed |")
+    assert lines[1].endswith("best purity +0.400 (lbl global_batch s0)")
