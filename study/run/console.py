@@ -22,7 +22,7 @@ from ray.tune import Callback
 
 from study import naming
 
-HEARTBEAT_S = 30.0
+HEARTBEAT_S = 60.0
 """A trial's intermediate report is printed when the console has been silent this long."""
 _SHOWN_METRICS = (naming.PURITY, naming.LOAD_ENTROPY)
 
@@ -64,8 +64,10 @@ class StudyConsole(Callback):
     """Tune callback printing the study's progress for a person (driver side)."""
 
     def __init__(self, *, study_name: str, total: int, steps: int, objective: str, mode: str,
-                 stream: TextIO | None = None, clock=time.time):
+                 concurrency: int = 1, stream: TextIO | None = None, clock=time.time):
         self.study_name, self.total, self.steps = study_name, total, steps
+        self.concurrency = max(1, concurrency)
+        self.durations: list[float] = []  # of the trials that ended in this process
         self.objective, self.mode = objective, mode
         self.stream = stream or sys.stdout
         self.clock = clock
@@ -126,12 +128,14 @@ class StudyConsole(Callback):
             event = self._colour("done", "32")
         tally = self._tally(trials, trial, "TERMINATED")
         took = self.clock() - self.trial_started.get(trial.trial_id, self.started)
+        self.durations.append(took)
         self._print(f"{self._prefix(tally)} {event}  {trial_label(trial.config)}  "
                     f"{self._metrics_text(result)}  ({duration(took)})")
         self._progress(tally)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         tally = self._tally(trials, trial, "ERROR")
+        self.durations.append(self.clock() - self.trial_started.get(trial.trial_id, self.started))
         reason = _last_error_line(trial)
         self._print(f"{self._prefix(tally)} {self._colour('FAILED', '31')}  {trial_label(trial.config)}: {reason}")
         self._progress(tally)
@@ -172,7 +176,9 @@ class StudyConsole(Callback):
         elapsed = self.clock() - self.started
         ended = tally["done"] + tally["stopped"] + tally["failed"]
         remaining = max(0, self.total - ended)
-        eta = f", ETA {duration(elapsed / ended * remaining)}" if ended and remaining else ""
+        # the trials left, run `concurrency` at a time, at the mean length of those that ended
+        mean = sum(self.durations) / len(self.durations) if self.durations else 0.0
+        eta = f", ETA {duration(mean * math.ceil(remaining / self.concurrency))}" if mean and remaining else ""
         best = ""
         if tally["best"] is not None:
             value, label, gap = tally["best"]

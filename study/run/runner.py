@@ -523,7 +523,8 @@ def _search(spec: StudySpec, state: dict, available: dict, reference: dict, *, r
         role=naming.ROLE_TRIAL, spool_path=_spool(state),
     )
     console = StudyConsole(study_name=state["name"], total=spec.num_trials, steps=spec.max_steps(),
-                           objective=spec.objective.metrics[0], mode=modes[0])
+                           objective=spec.objective.metrics[0], mode=modes[0],
+                           concurrency=max_concurrent(spec, available))
     recorders = [tracker]
     if state.get("optuna"):  # a study started before the Optuna copy existed has none
         from study.run.optuna_store import OptunaCopy

@@ -27,13 +27,13 @@ def trial(i, method, scope, seed, status="RUNNING", **result):
 def test_events_and_progress_read_as_sentences():
     out, clock = io.StringIO(), Clock()
     console = StudyConsole(study_name="quick", total=4, steps=300, objective="cmi_lift/layer1",
-                           mode="max", stream=out, clock=clock)
+                           mode="max", concurrency=2, stream=out, clock=clock)
     a = trial(0, "lbl", "global_batch", 1)
     b = trial(1, "eb", "micro_batch", 0)
     for t in (a, b):
         console.on_trial_start(0, [a, b], t)
     clock.now += 10
-    console.on_trial_result(0, [a, b], a, {"step": 100, "purity": 0.3})  # within 30 s: silent
+    console.on_trial_result(0, [a, b], a, {"step": 100, "purity": 0.3})  # within 60 s: silent
     clock.now += 80
     a.last_result = {"step": 300, "cmi_lift/layer1": 0.081, "purity": 0.312, "load_entropy": 0.98,
                      "gap_purity": 0.688}
@@ -46,10 +46,10 @@ def test_events_and_progress_read_as_sentences():
     lines = out.getvalue().splitlines()
     assert lines == [
         "[quick 1/4] done  lbl global_batch s1  cmi_lift/layer1 +0.081  purity 0.312  load_entropy 0.980  (1m30s)",
-        "[quick] 1/4 done, 1 running, 0 failed | 1m30s elapsed, ETA 4m30s | "  # 90 s a trial x 3 left
+        "[quick] 1/4 done, 1 running, 0 failed | 1m30s elapsed, ETA 3m00s | "  # 90 s a trial, 3 left, 2 at a time
         "best cmi_lift/layer1 +0.081 (lbl global_batch s1, gap_purity 0.688)",
         "[quick 2/4] stopped early at step 100/300  eb micro_batch s0  cmi_lift/layer1 +0.010  purity 0.200  (2m00s)",
-        "[quick] 1/4 done, 0 running, 0 failed, 1 stopped early | 2m00s elapsed, ETA 2m00s | "
+        "[quick] 1/4 done, 0 running, 0 failed, 1 stopped early | 2m00s elapsed, ETA 1m45s | "  # mean 105 s
         "best cmi_lift/layer1 +0.081 (lbl global_batch s1, gap_purity 0.688)",
     ]
     assert "\033[" not in out.getvalue()  # a StringIO is no terminal: no colour codes
@@ -60,7 +60,7 @@ def test_a_long_silence_prints_a_heartbeat_and_a_failure_its_reason(tmp_path):
     console = StudyConsole(study_name="s", total=2, steps=300, objective="purity", mode="max",
                            stream=out, clock=clock)
     t = trial(0, "sh", "global_batch", 2)
-    clock.now += 45
+    clock.now += 65
     console.on_trial_result(0, [t], t, {"step": 150, "purity": 0.31})
     error = tmp_path / "error.txt"
     error.write_text("Traceback (most recent call last):\n  ...\nRuntimeError: sinkhorn diverged\n")
@@ -69,7 +69,7 @@ def test_a_long_silence_prints_a_heartbeat_and_a_failure_its_reason(tmp_path):
     lines = out.getvalue().splitlines()
     assert lines[0].startswith("[s] sh global_batch s2: step 150/300  purity +0.310")
     assert lines[1] == "[s 1/2] FAILED  sh global_batch s2: RuntimeError: sinkhorn diverged"
-    assert lines[2].startswith("[s] 0/2 done, 0 running, 1 failed | 45s elapsed, ETA 45s")
+    assert lines[2].startswith("[s] 0/2 done, 0 running, 1 failed | 1m05s elapsed, ETA 1m05s")
 
 
 def test_a_restored_console_keeps_its_elapsed_time():
