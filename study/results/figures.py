@@ -169,6 +169,8 @@ def bars_figure(ranked: Sequence[RunRecord], reference: RunRecord | None, path: 
     if not bars:
         return "", f"no trial logged {metric}"
     ref = reference.metric(metric) if reference is not None else math.nan
+    if naming.LIFT_SUFFIX in metric:  # the reference router is one from its first step: lift 0
+        ref = math.nan
     highest = max(abs(mean) + (hw or 0.0) for _, _, mean, hw, _ in bars)
     drawn = math.isfinite(ref) and abs(ref) <= REFERENCE_LINE_REACH * highest
     save_figure(interval_bars(bars, ylabel=metric, reference=ref if drawn else None), path)

@@ -200,7 +200,7 @@ def interval_bars(
     ax.set_xticks(list(positions), labels=[b[0] for b in bars], rotation=45 if crowded else 0,
                   ha="right" if crowded else "center", fontsize=8)
     ax.set_ylabel(ylabel)
-    ax.set_title(title or f"mean {ylabel} per method x scope (95% CI over seeds)")
+    ax.set_title(title or f"mean {ylabel} per method x scope\n(95% CI over seeds)", fontsize=10)
     ax.grid(True, axis="y", alpha=0.3)
     return fig
 

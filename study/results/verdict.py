@@ -69,7 +69,8 @@ def real_line(items: Sequence[Finding], by: str) -> str:
     name = f"`{judged}`" + (f" (which `{by}` ranks by)" if judged != by else "")
     if not on_metric:
         return (f"- **Is it real?** No comparison on {name} could be made (it needs one method at two "
-                "scopes, or capacity twins, over shared seeds): the ranking above is as measured.")
+                "scopes, or capacity twins, over shared seeds): the ranking above is as measured."
+                + _shown_elsewhere(items, judged))
     called = [f for f in on_metric if f.verdict.startswith((HOLDS, DOES_NOT_HOLD))]
     counts = (f"holds {sum(f.verdict.startswith(HOLDS) for f in on_metric)}, "
               f"does not hold {sum(f.verdict.startswith(DOES_NOT_HOLD) for f in on_metric)}, "
@@ -82,7 +83,23 @@ def real_line(items: Sequence[Finding], by: str) -> str:
     context = f" ({strongest.context})" if strongest.context else ""
     return (f"- **Is it real?** Of {len(on_metric)} comparisons on {name}: {counts}. Clearest: "
             f"{strongest.topic}{context}, difference {e.mean:+.3f} {interval}{p_text}: "
-            f"**{strongest.verdict}**.")
+            f"**{strongest.verdict}**." + _shown_elsewhere(items, judged))
+
+
+def _shown_elsewhere(items: Sequence[Finding], judged: str, most: int = 3) -> str:
+    """Comparisons shown on the other metrics (a difference on raw purity is not one on the
+    objective, but it is a difference): the reader should not have to dig for them."""
+    shown = [f for f in items if f.metric != judged and f.comparison is not None
+             and f.comparison.estimate.half_width is not None and f.verdict.startswith((HOLDS, DOES_NOT_HOLD))]
+    if not shown:
+        return ""
+    parts = []
+    for f in sorted(shown, key=_adjusted_p)[:most]:
+        e = f.comparison.estimate
+        context = f" ({f.context})" if f.context else ""
+        parts.append(f"{f.topic}{context} on `{f.metric}`, {e.mean:+.3f} [{e.low:+.3f}, {e.high:+.3f}]: {f.verdict}")
+    more = f" and {len(shown) - most} more" if len(shown) > most else ""
+    return " Shown on other metrics: " + "; ".join(parts) + more + " (Findings, below)."
 
 
 def _adjusted_p(f: Finding) -> float:

@@ -781,3 +781,26 @@ def test_header_names_the_code_the_study_ran_on(store, tmp_path):
     assert "- code: moe-routing-study 0.4.0 (git commit `abc123`), torch 2.13.0" in md
     old = write_report("paper_like", out_dir=tmp_path / "old", tracking_uri=store.uri).read_text()
     assert "- code: not recorded" in old
+
+
+def test_the_verdict_names_what_is_shown_on_other_metrics():
+    """The objective's comparison not shown, raw purity's shown: the verdict says both, with
+    the intervals, and points to the findings."""
+    from study.results.findings import Comparison, Finding
+    from study.results.stats import Estimate
+    from study.results.verdict import real_line
+
+    def finding(metric, mean, hw, verdict, p):
+        return Finding("global_batch vs micro_batch", "lbl", "", verdict, metric=metric,
+                       comparison=Comparison(Estimate(mean, hw, 3), p, True, 3), kind="directional",
+                       p_values=(p,), p_adjusted=(p,))
+
+    items = [finding("cmi_lift/layer1", 0.055, 0.039, "not shown", 0.062),
+             finding("purity", 0.113, 0.013, "holds", 0.0014),
+             finding("cmi", 0.01, 0.05, "not shown", 0.6)]
+    line = real_line(items, "cmi_lift/layer1")
+    assert "Of 1 comparisons on `cmi_lift/layer1`: holds 0, does not hold 0, not shown 1" in line
+    assert "difference +0.055 [+0.016, +0.094], Holm p = 0.062: **not shown**" in line
+    assert ("Shown on other metrics: global_batch vs micro_batch (lbl) on `purity`, "
+            "+0.113 [+0.100, +0.126]: holds (Findings, below).") in line
+    assert "`cmi`," not in line  # not shown there: not listed
