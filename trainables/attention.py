@@ -7,12 +7,13 @@ path in blocks of query rows is faster for the short sequences of this project: 
 are scored against keys 0..r1 only, so with 32-row blocks 5/8 of the full L x L score matrix is
 computed at L = 128, in plain batched matrix products (MKL) with a softmax in between. The
 probabilities are kept for the backward pass (no recomputation as in a flash kernel): about
-N x L^2 / 2 floats per layer. SDPA's CPU flash kernel, with one thread, fp32, forward +
-backward (BENCHMARKS.md, "Step utilisation"): L = 128, Dh = 32: 11.6 ms against 9.1 ms here;
-L = 64: 7.5 / 6.6; L = 256: 20.1 / 15.2; L = 512: 38.8 / 25.3; Dh = 16 and 64 likewise.
-With more threads SDPA is kept (its flash kernel splits batch x heads x query blocks over the
-threads; the blocked path was not measured on a quiet machine there), as on GPUs, in other
-dtypes and beyond ``MAX_BLOCKED_LEN``, where the probabilities' memory grows as L^2.
+N x L^2 / 2 floats per layer. Against SDPA's CPU flash kernel, one thread, fp32, forward +
+backward in the model's layout, 3072 tokens (``bench/attention.py``; BENCHMARKS.md, "Step
+utilisation"): 1.09x as fast at L = 128 (Dh 16, 32, 64: 1.09, 1.09, 1.08), 1.01-1.13x at
+L = 64, 1.12-1.20x at 256, 1.33-1.37x at 512; forward alone 1.0-1.2x. With more threads SDPA is
+kept (its flash kernel splits batch x heads x query blocks over the threads; the blocked path
+was not measured on a quiet machine there), as on GPUs, in other dtypes and beyond
+``MAX_BLOCKED_LEN``, where the probabilities' memory grows as L^2.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 BLOCK_ROWS = 32
-"""Query rows per block (measured at L = 128: 64-row blocks 9.9 ms, 32: 9.1, 16: 9.9)."""
+"""Query rows per block (an earlier version measured at L = 128, Dh = 32: blocks of 64 rows
+9.9 ms, 32 rows 9.1, 16 rows 9.9, one block of all 128 rows 12.0)."""
 MAX_BLOCKED_LEN = 512
 """Longest sequence the blocked path takes (the longest measured)."""
 IMPLEMENTATION = "auto"
