@@ -1,15 +1,16 @@
 """A small byte-level decoder-only transformer whose feed-forward layers are MoE.
 
-RMSNorm, rotary positions, PyTorch SDPA attention (causal). Shape legend: B batch, L sequence,
+RMSNorm, rotary positions, causal attention (``trainables.attention``: PyTorch SDPA, or on CPU
+at one thread the math path in blocks of query rows). Shape legend: B batch, L sequence,
 D model width, Hd heads, Dh head width, V vocabulary (256 bytes).
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from trainables.attention import causal_attention
 from trainables.config import TrialConfig
 from trainables.moe import MoELayer, SwiGLU
 from trainables.routers import RoutingContext
@@ -57,7 +58,7 @@ class CausalSelfAttention(nn.Module):
         B, L, D = x_BLD.shape
         q, k, v = self.qkv(x_BLD).view(B, L, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
         q, k = apply_rotary(q, cos_LF, sin_LF), apply_rotary(k, cos_LF, sin_LF)  # [B, Hd, L, Dh]
-        y_BHLDh = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        y_BHLDh = causal_attention(q, k, v)
         return self.proj(y_BHLDh.transpose(1, 2).reshape(B, L, D))
 
 

@@ -21,7 +21,9 @@ def test_values_and_gradients_match_autograd():
     (grad_ours,) = torch.autograd.grad(ours, x, upstream)
     ref = _reference(x)
     (grad_ref,) = torch.autograd.grad(ref, x, upstream)
-    assert torch.equal(ours, ref)
+    # not bit for bit: silu of the contiguous gate copy takes the vectorised kernel, autograd's
+    # silu of the strided half the scalar one (they differ in the last bit in float64)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-12)
     torch.testing.assert_close(grad_ours, grad_ref, rtol=0, atol=1e-12)
     assert torch.autograd.gradcheck(swiglu, (x[:1, :2].detach().requires_grad_(),))
 
