@@ -232,3 +232,16 @@ def setting_parts(params) -> list[str]:
         parts.append(f"cap{capacity:g}")
     return [*parts, f"s{params.get('train.seed', 0)}"]
 
+
+def count_trials(children) -> dict[str, int]:
+    """Trial runs by outcome, from ``(status, stopped-early tag)`` pairs: finished the full
+    ``train.steps``, stopped early by the scheduler, failed, still running. The parent run logs
+    the first three at the study's end (``study.run.mlflow_layout``); ``moe-study studies``
+    counts all four."""
+    children = list(children)
+    return {
+        "trials_finished": sum(status == "FINISHED" and stopped != "true" for status, stopped in children),
+        "trials_stopped_early": sum(status == "FINISHED" and stopped == "true" for status, stopped in children),
+        "trials_failed": sum(status == "FAILED" for status, _ in children),
+        "trials_running": sum(status == "RUNNING" for status, _ in children),
+    }

@@ -157,13 +157,7 @@ def trial_counts(children: list[tuple[str, str | None]], metrics: dict[str, floa
 
         return {"trials_finished": metric("trials_finished"), "trials_stopped_early": metric("trials_stopped_early"),
                 "trials_failed": metric("trials_failed"), "trials_running": None}
-    finished = [stopped for status, stopped in children if status == "FINISHED"]
-    return {
-        "trials_finished": sum(stopped != "true" for stopped in finished),
-        "trials_stopped_early": sum(stopped == "true" for stopped in finished),
-        "trials_failed": sum(status == "FAILED" for status, _ in children),
-        "trials_running": sum(status == "RUNNING" for status, _ in children),
-    }
+    return naming.count_trials(children)
 
 
 def _sqlite_parent(uri: str, run_id: str):

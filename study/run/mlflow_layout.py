@@ -165,18 +165,14 @@ def study_outcome(runs: list, objective: str, mode: str) -> dict[str, float]:
     stopped early, failed, the CPU- and GPU-seconds all its runs held (the reference's too), and
     the best final objective of the full-length trials."""
     trials = [r for r in runs if r.data.tags.get(naming.TAG_ROLE) == naming.ROLE_TRIAL]
-    finished = [r for r in trials if r.info.status == "FINISHED"]
-    early = {r.info.run_id for r in finished if r.data.tags.get(naming.TAG_STOPPED_EARLY) == "true"}
-    out = {
-        "trials_finished": float(len(finished) - len(early)),
-        "trials_stopped_early": float(len(early)),
-        "trials_failed": float(sum(r.info.status == "FAILED" for r in trials)),
-    }
+    counts = naming.count_trials((r.info.status, r.data.tags.get(naming.TAG_STOPPED_EARLY)) for r in trials)
+    out = {k: float(v) for k, v in counts.items() if k != "trials_running"}
     for cost in (naming.COST_CPU_S, naming.COST_GPU_S):  # every run the study paid for
         out[cost] = float(sum(r.data.metrics.get(cost, 0.0) for r in runs
                               if r.data.tags.get(naming.TAG_ROLE) in (naming.ROLE_TRIAL, naming.ROLE_REFERENCE)))
-    values = [r.data.metrics[objective] for r in finished
-              if r.info.run_id not in early and objective in r.data.metrics]
+    values = [r.data.metrics[objective] for r in trials
+              if r.info.status == "FINISHED" and r.data.tags.get(naming.TAG_STOPPED_EARLY) != "true"
+              and objective in r.data.metrics]
     if values:
         out[f"best_{objective.replace('/', '_')}"] = min(values) if mode == "min" else max(values)
     return out

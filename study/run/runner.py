@@ -67,25 +67,16 @@ def check_study_name(name: str, what: str) -> None:
         raise ConfigError(f"{what} {brief(name)}: the study name {problem}")
 
 
-def _state_path(root: str, name: str) -> StorageFile:
-    return StorageFile(root, f"{name}/{STATE_FILE}")
-
-
 def state_file(root: str, name: str) -> StorageFile:
     """Where study ``name`` keeps its state under a storage root."""
-    return _state_path(root, name)
-
-
-def lock_folder(root: str, name: str) -> Path:
-    """Where study ``name``'s lock file lives (``_lock_folder``)."""
-    return _lock_folder(root, name)
+    return StorageFile(root, f"{name}/{STATE_FILE}")
 
 
 def stored_study_names(root: str) -> list[str]:
     """The studies kept under a storage root: the folders holding a ``study.json`` (sorted;
     empty when the root is not there)."""
     return [n for n in study_storage.folder_names(root) or []
-            if not name_problem(n) and _state_path(root, n).exists()]
+            if not name_problem(n) and state_file(root, n).exists()]
 
 
 # -- pre-flight checks ------------------------------------------------------------------------
@@ -219,13 +210,13 @@ def run_study(
     name = name or spec.name
     check_study_name(name, "--name")
     root = storage_root(storage)
-    state_path = _state_path(root, name)
-    with hold_study_lock(_lock_folder(root, name), name, "moe-study run"):
+    state_path = state_file(root, name)
+    with hold_study_lock(lock_folder(root, name), name, "moe-study run"):
         return _run_new(spec, name, root, state_path, tracking_uri=tracking_uri, address=address,
                         on_success=on_success, verbose=verbose)
 
 
-def _lock_folder(root: str, name: str) -> Path:
+def lock_folder(root: str, name: str) -> Path:
     """Where the study's lock file lives: its folder on local storage; on remote storage (no
     locks on an object store) a folder of this machine's cache for that root, so two drivers on
     one machine still exclude each other (two machines on one bucket do not: docs/faults.md)."""
@@ -250,7 +241,7 @@ def _run_new(spec: StudySpec, name: str, root: str, state_path: StorageFile, *, 
 
     from study.run import mlflow_layout, optuna_store
 
-    optuna_url = optuna_store.storage_url(_lock_folder(root, name))
+    optuna_url = optuna_store.storage_url(lock_folder(root, name))
     optuna_name = optuna_store.free_study_name(optuna_url, name)
     experiment_id = mlflow_layout.ensure_experiment(
         tracking_uri, spec.experiment_name if spec.tracking.experiment else name, spec.description)
@@ -283,14 +274,14 @@ def resume_study(name: str, *, tracking_uri: str | None = None, address: str | N
                  verbose: bool = False) -> int:
     check_study_name(name, "NAME")
     root = storage_root(storage)
-    state_path = _state_path(root, name)
+    state_path = state_file(root, name)
     if not state_path.exists():
         stored = stored_study_names(root)
         known = (f"; the studies there: {', '.join(stored[:20])}{' ...' if len(stored) > 20 else ''}"
                  if stored else "; no study is stored there (--storage, $MOE_STUDY_STORAGE)")
         raise ConfigError(f"NAME {name}: no study of that name in {root} (looked for {state_path})"
                           f"{did_you_mean(name, stored, otherwise=known)}")
-    with hold_study_lock(_lock_folder(root, name), name, "moe-study resume",
+    with hold_study_lock(lock_folder(root, name), name, "moe-study resume",
                          create=study_storage.is_uri(root)):
         return _resume(name, root, state_path, tracking_uri=tracking_uri, address=address,
                        on_success=on_success, verbose=verbose)

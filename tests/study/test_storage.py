@@ -11,7 +11,7 @@ import pytest
 
 from study.run import storage
 from study.run.checkpoint_repair import CHECKPOINT_FILE, newest_checkpoint_dir, repair
-from study.run.runner import _spool, _state_path, _write_state, storage_root
+from study.run.runner import _spool, state_file, _write_state, storage_root
 from study.run.storage import StorageFile, as_storage_file, display, tune_location
 from trainables.errors import ConfigError
 
@@ -97,7 +97,7 @@ def object_store(tmp_path, monkeypatch):
 
 def test_a_state_file_on_a_file_uri(tmp_path):
     root = storage_root(f"file://{tmp_path}/runs")
-    state = _state_path(root, "s1")
+    state = state_file(root, "s1")
     assert str(state) == f"file://{tmp_path}/runs/s1/study.json" and not state.exists()
     _write_state(state, {"name": "s1", "storage": root})
     assert state.exists() and json.loads(state.read_text())["storage"] == root
@@ -130,7 +130,7 @@ def test_uri_query_options_stay_at_the_end():
 def test_files_on_an_object_store_are_written_whole(object_store, tmp_path):
     root, _ = object_store
     state = {"name": "s1", "storage": root}
-    _write_state(_state_path(root, "s1"), state)
+    _write_state(state_file(root, "s1"), state)
     on_disk = tmp_path / "bucket" / "prefix" / "s1" / "study.json"
     assert json.loads(on_disk.read_text()) == state
     spool = _spool(state)
@@ -202,7 +202,7 @@ def test_the_state_and_the_spool_live_on_s3(s3_root):
 
     root = storage_root(s3_root)
     state = {"name": "s1", "storage": root}
-    path = _state_path(root, "s1")
+    path = state_file(root, "s1")
     assert not path.exists()
     _write_state(path, state)
     fs, base = storage.filesystem(root)
@@ -272,7 +272,7 @@ def test_resume_continues_where_the_state_was_found(tmp_path, monkeypatch, capsy
     experiment and the checkpoints are beside study.json, not where the run recorded them."""
     from study.run import runner
 
-    _write_state(_state_path(str(tmp_path / "moved"), "s1"), {
+    _write_state(state_file(str(tmp_path / "moved"), "s1"), {
         "name": "s1", "spec": {}, "tracking_uri": "sqlite:///x.db", "experiment_id": "1",
         "parent_run_id": "p", "storage": "s3://old-bucket/tune?endpoint_override=10.0.0.1:9000",
         "reference": None})
