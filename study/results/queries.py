@@ -296,12 +296,12 @@ def _table(header: list[str], body: list[list[str]]) -> str:
 
 TABLE_WIDTH = 120
 """Most characters a line of the ``best`` table takes (json and csv keep every field)."""
-_TABLE_METRICS = ("val_loss", "purity_lift", "cmi_lift", "purity", "cmi", "gap_purity", "gap_loss",
-                  "load_entropy", "max_vio", "reference_agreement", "nmi", "dead_expert_fraction",
-                  "dropped_fraction")
+_TABLE_METRICS = (naming.VAL_LOSS, naming.lift_of(naming.PURITY), naming.lift_of(naming.CMI), naming.PURITY,
+                  naming.CMI, naming.GAP_PURITY, naming.GAP_LOSS, naming.LOAD_ENTROPY, naming.MAX_VIO,
+                  naming.REFERENCE_AGREEMENT, naming.NMI, naming.DEAD_EXPERT_FRACTION, naming.DROPPED_FRACTION)
 """The metric columns of the ``best`` table, most wanted first: as many as fit are shown."""
-_SHORT = {"reference_agreement": "ref_agree", "dead_expert_fraction": "dead", "dropped_fraction": "dropped",
-          "load_entropy": "load_ent"}
+_SHORT = {naming.REFERENCE_AGREEMENT: "ref_agree", naming.DEAD_EXPERT_FRACTION: "dead",
+          naming.DROPPED_FRACTION: "dropped", naming.LOAD_ENTROPY: "load_ent"}
 _MAX_TRIAL = 28
 
 

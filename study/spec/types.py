@@ -274,7 +274,7 @@ class StudySpec:
     """Searched params, ordered so that every ``when`` key comes before the params it guards."""
     exclude: list[dict[str, list]] = field(default_factory=list)
     """Grid only: combinations left out (each maps searched choice keys to excluded values)."""
-    objective: Objective = field(default_factory=lambda: Objective(["gap_purity"], ["min"]))
+    objective: Objective = field(default_factory=lambda: Objective([naming.GAP_PURITY], ["min"]))
     sampler: SamplerSpec = field(default_factory=SamplerSpec)
     scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
     budget: BudgetSpec = field(default_factory=BudgetSpec)
