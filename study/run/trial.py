@@ -65,10 +65,10 @@ CHECKPOINT_FILE = "trial_state.pt"
 
 
 def trial_function(config: dict) -> None:
-    cfg, context = split_tune_config(config)
-    if context.workers > 1:
-        data_parallel_trial(config)
+    if TrialContext.from_tune_config(config).workers > 1:
+        data_parallel_trial(config)  # validates the config itself, before any worker starts
         return
+    cfg, context = split_tune_config(config)
     _match_threads_to_cpus(cfg)
     build_result = result_builder(context)
     # only checkpoints Tune handed back for this very trial, from the study's own storage
