@@ -121,9 +121,16 @@ def baseline_line(cells, by: str, reference: RunRecord | None) -> str:
         else:
             parts.append("its interval reaches 0: training is not shown to have added anything")
     purity = mean_ci(r.metric(naming.PURITY) for r in members)
+    untrained = mean_ci(r.metric(naming.init_of(naming.PURITY)) for r in members)
     if reference is not None and purity is not None and math.isfinite(reference.metric(naming.PURITY)):
-        parts.append(f"purity {purity.mean:.3f} against the reference router's "
+        step0 = (f" (its untrained router's {untrained.mean:.3f}, from the bytes alone)"
+                 if untrained is not None else "")
+        parts.append(f"purity {purity.mean:.3f}{step0} against the reference router's "
                      f"{reference.metric(naming.PURITY):.3f} (each domain on its own experts)")
+    cmi = mean_ci(r.metric(naming.CMI) for r in members)
+    if cmi is not None:
+        parts.append(f"`cmi` {cmi.mean:.3f}, where a router that sees only the current byte scores ~0 "
+                     "and the reference 1")
     if not parts:
         return ""
     return f"- **Against its baselines**, {cell_name(key)}: " + "; ".join(parts) + "."

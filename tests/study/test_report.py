@@ -804,3 +804,20 @@ def test_the_verdict_names_what_is_shown_on_other_metrics():
     assert ("Shown on other metrics: global_batch vs micro_batch (lbl) on `purity`, "
             "+0.113 [+0.100, +0.126]: holds (Findings, below).") in line
     assert "`cmi`," not in line  # not shown there: not listed
+
+
+def test_the_best_cell_is_set_against_its_untrained_router_the_byte_and_the_reference():
+    from study.results.records import RunRecord
+    from study.results.verdict import baseline_line, ranked_cells
+
+    def run(name, role, seed, **metrics):
+        return RunRecord(run_id=name, name=name, role=role, status="FINISHED", parent_id=None,
+                         params={"router.method": "lbl", "router.scope": "global_batch", "train.seed": str(seed)},
+                         metrics=metrics)
+
+    trials = [run(f"t{k}", "trial", k, purity=0.33 + 0.01 * k, purity_init=0.32 + 0.01 * k, cmi=0.1,
+                  cmi_lift=0.05 + 0.01 * k) for k in range(3)]
+    line = baseline_line(ranked_cells(trials, "cmi_lift", False), "cmi_lift", run("r", "reference", 0, purity=1.0))
+    assert "purity 0.340 (its untrained router's 0.330, from the bytes alone)" in line
+    assert "against the reference router's 1.000" in line
+    assert "`cmi` 0.100, where a router that sees only the current byte scores ~0 and the reference 1" in line
