@@ -39,6 +39,10 @@ from study.run.trial_context import TrialContext
 STATE_FILE = "study.json"
 SEARCH_DIR = "search"
 EXIT_INTERRUPTED = 130
+GCS_START_WAIT_S = 60
+"""Seconds a local Ray start waits for its GCS (Ray's default is about 20)."""
+REFERENCE_START_WAIT_S = 120
+"""How long the search waits for a reference running beside it to get its resources."""
 
 
 class StudyFailed(RuntimeError):
@@ -160,6 +164,9 @@ def local_ray(**init_kwargs):
     from ray._raylet import AuthenticationTokenLoader
 
     AuthenticationTokenLoader.instance().reset_cache()
+    # Ray waits ~20 s for its new GCS to answer, which a loaded 2-core machine can miss (a
+    # ConnectionError before any work): a minute, unless the user set Ray's own knob
+    os.environ.setdefault("RAY_gcs_server_port_wait_time_s", str(GCS_START_WAIT_S))
     # Ray's notice "set RAY_AUTH_MODE=disabled to opt out" does not hold for a study's Ray
     notice = logging.getLogger("ray._private.authentication.authentication_token_setup")
     level = notice.level
@@ -349,16 +356,20 @@ def _execute(spec: StudySpec, state: dict, state_path: StorageFile, *, address: 
             include_dashboard=None if spec.resources.workers > 1 else False,
             log_to_driver=verbose, configure_logging=False))
     status, code = "FAILED", 1
+    beside = None  # the reference's run beside the search, when it has one
     try:
         if address is not None:
             check_resources(spec, _largest_node(ray.nodes(), _autoscaler_node_types()))
         available = ray.cluster_resources()
-        reference = state.get("reference")
+        reference = _known_reference(spec, state, state_path)
         if spec.reference.enabled and reference is None:
-            reference = run_reference(spec, state, available)
-            state["reference"] = reference
-            _write_state(state_path, state)
+            beside = _reference_beside(spec, state)
+            beside.wait_started(REFERENCE_START_WAIT_S)
         grid, interrupted = _search(spec, state, available, reference or {}, restore=restore)
+        if beside is not None:
+            reference = _end_reference_beside(beside, state, state_path, stop=interrupted)
+        if reference and not _spool(state).exists():
+            _fill_gaps(state, reference)
         if interrupted:
             print(f"[{name}] interrupted; continue with: moe-study resume {name}", flush=True)
             status, code = "KILLED", EXIT_INTERRUPTED
@@ -375,6 +386,9 @@ def _execute(spec: StudySpec, state: dict, state_path: StorageFile, *, address: 
         print(f"[{name}] interrupted; continue with: moe-study resume {name}", flush=True)
         status, code = "KILLED", EXIT_INTERRUPTED
     finally:
+        if beside is not None and not beside.ended:  # interrupted, or the search failed
+            with contextlib.suppress(Exception):  # the search's error is the one to tell
+                _end_reference_beside(beside, state, state_path, stop=True)
         ray_session.close()
         if status != "RUNNING":  # RUNNING: tracking is down, resume closes the runs later
             try:
@@ -396,74 +410,65 @@ def _execute(spec: StudySpec, state: dict, state_path: StorageFile, *, address: 
     return code
 
 
+def _known_reference(spec: StudySpec, state: dict, state_path: StorageFile) -> dict | None:
+    """The reference's metrics when they can be known before the search: kept in the study's
+    state, reused from MLflow, or (when trials need them) from a reference run now."""
+    from study.run import reference as study_reference
+
+    known = state.get("reference")
+    if not spec.reference.enabled or known is not None:
+        return known
+    known = study_reference.reused_reference(spec, state)
+    if known is None and spec.trials_need_reference:
+        known = study_reference.run_reference(spec, state)
+    if known is not None:
+        state["reference"] = known
+        _write_state(state_path, state)
+    return known
+
+
+def _reference_beside(spec: StudySpec, state: dict):
+    """Start the reference beside the search (``ReferenceBeside``)."""
+    from study.run.reference import ReferenceBeside
+
+    print(f"[{state['name']}] the reference router runs beside the first trials; their gaps to it "
+          f"are written to MLflow when it has finished", flush=True)
+    return ReferenceBeside(spec, state)
+
+
+def _end_reference_beside(beside, state: dict, state_path: StorageFile, *, stop: bool) -> dict | None:
+    """Wait for the reference beside the search (stopping it first if ``stop``: an unfinished
+    reference runs again on resume), keep its metrics in the study's state, give them."""
+    if stop:
+        beside.stop()
+    reference = beside.join()
+    if reference is not None:
+        state["reference"] = reference
+        _write_state(state_path, state)
+    else:
+        print(f"[{state['name']}] the reference router was stopped before its end; the resume "
+              f"runs it again", flush=True)
+    return reference
+
+
+def _fill_gaps(state: dict, reference: dict) -> None:
+    """Gaps to the reference for the trial runs that ran without it (idempotent)."""
+    from study.run.reference import fill_gaps
+
+    try:
+        filled = fill_gaps(state["tracking_uri"], state["experiment_id"], state["parent_run_id"], reference)
+    except Exception as exc:  # noqa: BLE001 - tracking down: the next resume fills them
+        print(f"[{state['name']}] could not write the gaps to the reference ({exc}); "
+              f"`moe-study resume {state['name']}` writes them later", flush=True)
+        return
+    if filled:
+        print(f"[{state['name']}] gaps to the reference written for {filled} trials", flush=True)
+
+
 def spec_base_config(spec: StudySpec) -> TrialConfig:
     """The fixed part of every trial (searched keys at their defaults, so not validated alone:
     ``load_spec`` has validated every trial the spec can produce)."""
     return spec.base_config()
-
-
-def run_reference(spec: StudySpec, state: dict, available: dict) -> dict[str, float]:
-    """Reuse a finished reference run with the same config from MLflow, or run it now."""
-    from ray import tune
-
-    from study.run.tracking import StudyTracker
-    from study.run.trial import trial_function
-
-    flat = spec.reference_config().to_flat()
-    key = spec.reference_key()
-    if spec.reference.reuse:
-        found = _find_reference(state["tracking_uri"], key)
-        if found is not None:
-            print(f"[{state['name']}] reusing reference run {found[0]}", flush=True)
-            return found[1]
-    tracker = StudyTracker(
-        tracking_uri=state["tracking_uri"], experiment_id=state["experiment_id"],
-        parent_run_id=state["parent_run_id"], study_name=state["name"],
-        role=naming.ROLE_REFERENCE, spool_path=_spool(state),
-    )
-    storage_path, storage_filesystem = study_storage.tune_location(state["storage"], state["name"])
-    tuner = tune.Tuner(
-        _with_resources(trial_function, spec),
-        param_space=trial_context(spec, config_hash=key).tune_config(flat),
-        tune_config=tune.TuneConfig(num_samples=1),
-        run_config=tune.RunConfig(
-            name="reference", storage_path=storage_path, storage_filesystem=storage_filesystem,
-            callbacks=[tracker, *_result_loggers()], verbose=0,
-            failure_config=tune.FailureConfig(max_failures=2),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-        ),
-    )
-    grid, interrupted = fit_noting_interrupt(tuner)
-    if interrupted:
-        raise KeyboardInterrupt
-    result = grid[0]
-    if result.error is not None:
-        raise StudyFailed(f"the reference-router trial failed: {result.error}")
-    metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    print(f"[{state['name']}] reference: val_loss {metrics.get(naming.VAL_LOSS, float('nan')):.4f} "
-          f"purity {metrics.get(naming.PURITY, float('nan')):.3f}", flush=True)
-    return {k: metrics[k] for k in (naming.VAL_LOSS, naming.PURITY, naming.NMI, naming.REFERENCE_AGREEMENT)
-            if k in metrics}
-
-
-def _find_reference(tracking_uri: str, key: str) -> tuple[str, dict] | None:
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri)
-    exps = [e.experiment_id for e in client.search_experiments()]
-    if not exps:
-        return None
-    runs = client.search_runs(
-        exps,
-        filter_string=f"tags.{naming.TAG_ROLE} = '{naming.ROLE_REFERENCE}' AND "
-        f"tags.{naming.TAG_CONFIG_HASH} = {naming.filter_literal(key)} AND attributes.status = 'FINISHED'",
-        max_results=1,
-    )
-    if not runs:
-        return None
-    m = runs[0].data.metrics
-    return runs[0].info.run_id, {k: m[k] for k in (naming.VAL_LOSS, naming.PURITY, naming.NMI,
-                                                   naming.REFERENCE_AGREEMENT) if k in m}
 
 
 def _search(spec: StudySpec, state: dict, available: dict, reference: dict, *, restore: bool):

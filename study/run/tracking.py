@@ -118,6 +118,12 @@ def logged_params(tune_config: dict) -> dict:
     return {k: v for k, v in full.items() if k not in inactive}
 
 
+_SPOOL_REWRITE = threading.RLock()
+"""Held while a spool file is read and rewritten: the reference's tracker and the search's run
+in one driver at once when the reference runs beside the first trials (``study.run.reference``),
+and both spool to the study's one file."""
+
+
 class _DeliveryQueue:
     """Ordered MLflow writes that survive a tracking outage, delivered off the driver loop.
 
@@ -430,9 +436,10 @@ class _DeliveryQueue:
             log.warning("%d MLflow writes undelivered, and no spool file to keep them in", len(pending))
             return False
         try:
-            lines = [json.dumps(rec, default=str) for rec in self._read_spool()]
-            lines += [json.dumps({"op": op, **kw}, default=str) for op, kw in pending]
-            self.spool_path.write_text("".join(line + "\n" for line in lines))
+            with _SPOOL_REWRITE:  # another tracker of this driver may rewrite the same spool
+                lines = [json.dumps(rec, default=str) for rec in self._read_spool()]
+                lines += [json.dumps({"op": op, **kw}, default=str) for op, kw in pending]
+                self.spool_path.write_text("".join(line + "\n" for line in lines))
         except OSError as exc:
             log.error("could not spool %d undelivered MLflow writes to %s (%s); they stay pending",
                       len(pending), self.spool_path, exc)
@@ -651,7 +658,10 @@ class StudyTracker(Callback):
             "batch", trial=key, metrics={}, ts=0, step=0,
             tags={naming.TAG_STOPPED_EARLY: str(stopped_early).lower(), **_result_tags(result)},
         )
-        self._deliver_before_returning(self.queue.put("terminate", trial=key, status="FINISHED"))
+        # a reference stopped before its end (the search beside it was interrupted) is no
+        # reference: never FINISHED, so no study reuses it (study.run.reference)
+        status = "KILLED" if stopped_early and self.role == naming.ROLE_REFERENCE else "FINISHED"
+        self._deliver_before_returning(self.queue.put("terminate", trial=key, status=status))
         if table and domains:  # the picture only: drawn after, the report does not need it
             self.queue.put("heatmap", trial=key, table=table, domains=list(domains))
 

@@ -325,6 +325,15 @@ class StudySpec:
     def scheduler_mode(self) -> str:
         return self.objective.modes[0]
 
+    @property
+    def trials_need_reference(self) -> bool:
+        """Whether a trial must know the reference router's metrics while it runs: a gap to
+        the reference is an objective, ASHA's metric or a constraint. Otherwise the reference
+        can run beside the first trials and their gaps are filled in when it ends
+        (``study.run.reference``)."""
+        used = [*self.objective.metrics, *self.objective.constraints]
+        return any(naming.base_metric(name) in naming.GAP_METRICS for name in used)
+
     def max_steps(self) -> int:
         """Largest ``train.steps`` any trial can have (ASHA's ``max_t``)."""
         if "train.steps" in self.search_keys:

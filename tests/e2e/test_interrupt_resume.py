@@ -156,3 +156,38 @@ def test_interrupt_then_resume_finishes_the_budget(tmp_path, sig, hide):
         full = "".join(p.read_text() for p in tmp_path.glob("resume-*.log"))
         assert "was gone (ray-project/ray#27790): resuming from checkpoint_001" in full, logs
     _check_complete(tmp_path, uri, killed=sig == signal.SIGKILL)
+
+
+def test_ctrl_c_while_the_reference_runs_beside_the_search(tmp_path):
+    """No gap steers this search, so the reference runs beside it (study.run.reference). Ctrl-C
+    while it runs stops it too: its run is not FINISHED (no study may reuse half a reference),
+    and the resume runs it again and writes every trial's gaps."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    common = ["--tracking-uri", uri, "--storage", str(tmp_path / "runs")]
+    proc = _start(["run", str(SPEC), *common, "--set", "objective.metric=purity"], tmp_path)
+    log = next(tmp_path.glob("run-*.log"))
+    try:
+        _wait_for(lambda: "runs beside the first trials" in log.read_text(), 600, proc)
+        os.kill(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=300) == 130, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("interrupt")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    assert all(r.info.status != "RUNNING" for r in runs), "a run was left RUNNING"
+    state = json.loads((tmp_path / "runs" / "interrupt" / "study.json").read_text())
+    refs = [r for r in runs if r.data.tags.get(naming.TAG_ROLE) == naming.ROLE_REFERENCE]
+    stopped = "reference router was stopped before its end" in log.read_text()
+    assert stopped == (state["reference"] is None)
+    if stopped:  # (the usual case) no finished reference, its run KILLED
+        assert [r.info.status for r in refs] in ([], ["KILLED"])
+
+    resumed = _start(["resume", "interrupt", *common], tmp_path)
+    code = resumed.wait(timeout=900)
+    assert code == 0, "\n".join(p.read_text()[-3000:] for p in tmp_path.glob("resume-*.log"))
+    _check_complete(tmp_path, uri, killed=False)  # every trial has its gap_purity
+    finished = client.search_runs(
+        [exp.experiment_id], f"tags.{naming.TAG_ROLE} = 'reference' AND attributes.status = 'FINISHED'")
+    assert len(finished) == 1 and finished[0].data.tags[naming.TAG_STOPPED_EARLY] == "false"
