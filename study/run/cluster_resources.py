@@ -34,6 +34,7 @@ KINDS = ("CPU", "GPU")
 NODE_GROUP_LABEL = "ray.io/node-group"
 """The node label Ray sets from ``RAY_NODE_TYPE_NAME`` (the autoscaler's node type of the node,
 set by autoscaler v2, KubeRay and the fake multi-node provider)."""
+NODE_TYPE_ENV = "RAY_NODE_TYPE_NAME"
 BOOTSTRAP_CONFIG = Path.home() / "ray_bootstrap_config.yaml"
 _MONITOR_SCRIPTS = ("autoscaler/_private/monitor.py", "autoscaler/v2/monitor.py")
 _SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -107,6 +108,7 @@ def _monitor_config(gcs_address: str | None) -> list[dict[str, float]]:
     """The config file of the autoscaler monitor of this cluster, where it runs on this machine."""
     if not gcs_address:
         return []
+    import ray  # noqa: F401 - puts Ray's own psutil (ray/thirdparty_files) on the path
     import psutil
 
     for proc in psutil.process_iter(["cmdline"]):
@@ -156,12 +158,14 @@ def _config_file(path: Path) -> list[dict[str, float]]:
 
 
 def node_type_of_this_node() -> str | None:
-    """The autoscaler's node type of the node this Ray worker runs on (its ``ray.io/node-group``
-    label), None where the node has none (a node started by hand, ``ray up``'s v1 workers)."""
+    """The autoscaler's node type of the node this Ray worker runs on: its ``ray.io/node-group``
+    label, else ``RAY_NODE_TYPE_NAME``, the variable Ray derives the label from, which the node's
+    processes inherit (the fake multi-node provider sets only the variable). None where the node
+    has neither (a node started by hand, ``ray up``'s v1 workers)."""
     import ray
 
     labels = ray.get_runtime_context().get_node_labels() or {}
     value = labels.get(NODE_GROUP_LABEL)
     if isinstance(value, (list, tuple)):
         value = value[0] if value else None
-    return str(value) if value else None
+    return str(value or os.environ.get(NODE_TYPE_ENV) or "") or None
