@@ -40,6 +40,9 @@ TAG_ERROR = "moe_study.error"
 """Why a trial failed (the end of its traceback), on a failed trial run."""
 TAG_NODE = "moe_study.node_id"
 """The Ray node a trial finished on."""
+TAG_NODE_TYPE = "moe_study.node_type"
+"""The autoscaler's node type of that node (its ``ray.io/node-group`` label: cluster.yaml's or
+KubeRay's node type name), on trial runs whose node has one: what a GPU-second cost there."""
 TAG_MIX_HASH = "moe_study.mix_hash"
 """Content hash of the data mix's bytes (``DomainMix.content_hash``), on the parent run and on
 every trial run: studies on different text must not be compared silently."""

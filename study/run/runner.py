@@ -32,6 +32,9 @@ from study import naming
 from study.spec import spec_from_dict
 from study.spec.types import StudySpec
 from study.run import storage as study_storage
+# what the largest node offers, counting the node types the autoscaler may launch
+from study.run.cluster_resources import autoscaler_node_types as _autoscaler_node_types
+from study.run.cluster_resources import largest_node as _largest_node
 from study.run.storage import StorageFile
 from study.run.study_lock import hold_study_lock
 from study.run.trial_context import TrialContext
@@ -600,31 +603,6 @@ def trial_context(spec: StudySpec, **fields) -> TrialContext:
     share, plus ``fields``."""
     r = spec.resources
     return TrialContext(workers=r.workers, cpu_per_worker=r.cpu, gpu_per_worker=r.gpu, **fields)
-
-
-def _largest_node(nodes: list[dict], node_types: list[dict] | None = None) -> dict[str, float]:
-    """Per kind, the most any live node (or any node type the autoscaler may launch) offers."""
-    best = {"CPU": 0.0, "GPU": 0.0}
-    offers = [n.get("Resources", {}) for n in nodes if n.get("Alive")] + list(node_types or [])
-    for resources in offers:
-        for k in best:
-            best[k] = max(best[k], float(resources.get(k, 0)))
-    return best
-
-
-def _autoscaler_node_types() -> list[dict]:
-    """Resources of the node types in the autoscaler's config, where this driver runs on the
-    head of a cluster started by `ray up` (a cluster scaled to zero has no live GPU node yet)."""
-    import yaml
-
-    path = Path.home() / "ray_bootstrap_config.yaml"
-    if not path.exists():
-        return []
-    try:
-        cfg = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return []
-    return [t.get("resources", {}) for t in (cfg.get("available_node_types") or {}).values()]
 
 
 def _build_data_once(cfg: TrialConfig) -> str:

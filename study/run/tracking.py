@@ -61,7 +61,7 @@ TUNE_AUTO_KEYS = {
 
 # keys of a Tune result that are not metrics
 _SKIP_RESULT_KEYS = {naming.STEP, "count_table", "domains", "done", "training_iteration", "trial_id", "node_id",
-                     "mix_hash", "routing_counts"}
+                     "node_type", "mix_hash", "routing_counts"}
 
 
 class WriteRejected(Exception):
@@ -757,6 +757,8 @@ def _result_tags(result: dict) -> dict[str, str]:
     tags = {}
     if result.get("node_id"):
         tags[naming.TAG_NODE] = str(result["node_id"])
+    if result.get("node_type"):
+        tags[naming.TAG_NODE_TYPE] = str(result["node_type"])
     if result.get("mix_hash"):
         tags[naming.TAG_MIX_HASH] = str(result["mix_hash"])
     return tags

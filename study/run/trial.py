@@ -53,6 +53,7 @@ from ray import tune
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from study import naming
+from study.run.cluster_resources import node_type_of_this_node
 from study.run.trial_context import TrialContext, split_tune_config
 from trainables.config import TrialConfig
 from trainables import metric_names as names
@@ -98,6 +99,7 @@ def result_builder(context: TrialContext) -> Callable[[Report], dict]:
     reference = context.reference
     scorer = _objective_scorer(context.objective)
     node_id = ray.get_runtime_context().get_node_id()
+    node_type = node_type_of_this_node()
 
     def build(report: Report) -> dict:
         result = dict(report.metrics)
@@ -113,6 +115,8 @@ def result_builder(context: TrialContext) -> Callable[[Report], dict]:
             result[names.COST_CPU_S] = held * context.cpu_per_worker * context.workers
             result[names.COST_GPU_S] = held * context.gpu_per_worker * context.workers
         result["node_id"] = node_id  # where the trial ran (tagged on its MLflow run)
+        if node_type:
+            result["node_type"] = node_type  # on which kind of machine (tagged too)
         result["mix_hash"] = report.mix_hash  # which text it trained on (tagged too)
         if report.done and report.routing_counts is not None:  # kept as an artifact, once
             result["routing_counts"] = report.routing_counts.to_sparse()

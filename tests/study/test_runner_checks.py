@@ -36,14 +36,6 @@ def test_resources_and_concurrency_follow_the_cluster():
         check_resources(spec, {"CPU": 8, "GPU": 0})
 
 
-def test_largest_node_counts_node_types_the_autoscaler_can_launch():
-    from study.run.runner import _largest_node
-
-    live = [{"Alive": True, "Resources": {"CPU": 4.0}}, {"Alive": False, "Resources": {"GPU": 8.0}}]
-    assert _largest_node(live) == {"CPU": 4.0, "GPU": 0.0}  # dead nodes offer nothing
-    assert _largest_node(live, [{"CPU": 4, "GPU": 1}]) == {"CPU": 4.0, "GPU": 1.0}
-
-
 def test_a_spec_whose_fixed_part_alone_is_invalid_still_runs():
     """balance_window.yaml fixes scope: window and searches the window size: the fixed part alone
     (window 0) is no valid trial, every trial is (load_spec checked them all)."""
