@@ -40,6 +40,9 @@ TAG_ERROR = "moe_study.error"
 """Why a trial failed (the end of its traceback), on a failed trial run."""
 TAG_NODE = "moe_study.node_id"
 """The Ray node a trial finished on."""
+TAG_NODE_TYPE = "moe_study.node_type"
+"""The Ray node type a trial ran on (``ray.worker.gpu_a10g``), where the cluster names one; runs
+logged before it, or on a cluster without node types, lack it. Prices by node type read it."""
 TAG_MIX_HASH = "moe_study.mix_hash"
 """Content hash of the data mix's bytes (``DomainMix.content_hash``), on the parent run and on
 every trial run: studies on different text must not be compared silently."""
