@@ -219,6 +219,10 @@ def describe_spec(spec: Any) -> str:
     res = spec.resources.per_trial()
     lines.append(f"  per trial: {res['CPU']:g} CPU, {res['GPU']:g} GPU, {spec.resources.workers} worker(s); "
                  f"reference router: {'yes' if spec.reference.enabled else 'no'}")
+    if spec.cost is not None:
+        c = spec.cost
+        lines.append(f"  prices: {c.per_cpu_hour:g} {c.currency} a CPU-hour, {c.per_gpu_hour:g} a GPU-hour"
+                     + "".join(f"; {name} {p.per_hour:g} a node-hour" for name, p in c.per_node_type.items()))
     return "\n".join(lines)
 
 

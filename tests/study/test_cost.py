@@ -65,6 +65,7 @@ def test_a_bad_price_table_exits_2_naming_the_key(setting, problem, capsys):
 
 def test_a_price_table_given_with_set_passes_validate(capsys):
     assert main(["validate", str(SMOKE), "--set", "cost.per_cpu_hour=0.05"]) == 0
+    assert "  prices: 0.05 USD a CPU-hour, 0 a GPU-hour" in capsys.readouterr().out
     assert load_spec(SMOKE, sets=["cost.per_cpu_hour=0.05"]).cost.per_cpu_hour == 0.05
 
 
