@@ -108,7 +108,7 @@ class Head:
         self.port = free_port()
         # Ray's files under a short folder of its own (unix socket paths are short): its
         # ray_current_cluster file then points no other `ray.init()` on the machine at this head
-        self.temp_dir = tempfile.mkdtemp(prefix="rayh", dir="/tmp")
+        self.temp_dir = tempfile.mkdtemp(prefix="rayh")
         one_machine = {
             "--port": self.port, "--object-manager-port": free_port(),
             # every other fixed port of Ray's defaults, free ones: other Rays may run here
