@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     best.add_argument("--include-reference", action="store_true", help="rank the reference runs too")
     best.add_argument("--include-stopped", action="store_true",
                       help="rank trials the scheduler stopped early too (their metrics are from an earlier step)")
+    best.add_argument("--show-cost", action="store_true",
+                      help="add each run's CPU- and GPU-hours, and its money when the study's spec has a "
+                           "price table (cost:)")
     _format_arg(best)
     _tracking_args(best)
     best.set_defaults(handler=cmd_best)
@@ -216,6 +219,10 @@ def describe_spec(spec: Any) -> str:
     res = spec.resources.per_trial()
     lines.append(f"  per trial: {res['CPU']:g} CPU, {res['GPU']:g} GPU, {spec.resources.workers} worker(s); "
                  f"reference router: {'yes' if spec.reference.enabled else 'no'}")
+    if spec.cost is not None:
+        c = spec.cost
+        lines.append(f"  prices: {c.per_cpu_hour:g} {c.currency} a CPU-hour, {c.per_gpu_hour:g} a GPU-hour"
+                     + "".join(f"; {name} {p.per_hour:g} a node-hour" for name, p in c.per_node_type.items()))
     return "\n".join(lines)
 
 
@@ -296,6 +303,7 @@ def cmd_best(args: argparse.Namespace) -> int:
     rows = best_runs(
         _tracking_uri(args), args.experiment, top=args.top, by=args.by, where=args.where,
         include_reference=args.include_reference, mode=args.mode, include_stopped=args.include_stopped,
+        show_cost=args.show_cost,
     )
     _emit(format_best(rows, args.by, args.fmt))
     return EXIT_OK

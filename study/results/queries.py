@@ -53,13 +53,16 @@ def best_runs(
     include_reference: bool = False,
     mode: str | None = None,
     include_stopped: bool = False,
+    show_cost: bool = False,
 ) -> list[dict[str, Any]]:
     """The ``top`` finished trial runs of an experiment, best first by metric ``by``.
 
     Runs that did not log ``by`` are left out, and so are trials the scheduler stopped early
     unless ``include_stopped`` (their last metrics are from an earlier step). Each row holds
     ``run_id``, ``trial`` (run name), ``method``, ``scope``, the metrics of
-    ``naming.SUMMARY_METRICS`` (and ``by``), and the study's searched params.
+    ``naming.SUMMARY_METRICS`` (and ``by``), and the study's searched params; with
+    ``show_cost`` also what the run held (``cpu_h``, ``gpu_h``) and, when its study's spec has a
+    price table, what that cost (``cost`` in ``currency``).
     """
     check_experiment_name(experiment)
     problem = naming.metric_problem(by)
@@ -80,12 +83,52 @@ def best_runs(
     if fast is not None:
         runs, parent_tags = fast
         search_keys = _search_keys(runs, parent_tags.get)
-        return [_row(run, by, search_keys) for run in runs]
-    return _best_runs_with_client(tracking_uri, query)
+        rows = [_row(run, by, search_keys) for run in runs]
+    else:
+        runs, rows = _search_with_client(tracking_uri, query)
+    if show_cost:
+        _add_cost(tracking_uri, runs, rows)
+    return rows
+
+
+COST_FIELDS = ("cpu_h", "gpu_h", "cost", "currency")
+"""The fields ``best --show-cost`` adds to each row."""
+
+
+def _add_cost(tracking_uri: str, runs: list, rows: list[dict[str, Any]]) -> None:
+    """Each row's CPU- and GPU-hours, and its money under the price table of its study's spec
+    (the parent run's spec artifact; read through MLflow, which only this option imports)."""
+    from mlflow import MlflowClient
+
+    from study.results.cost import run_money
+    from study.results.records import study_spec
+
+    client = MlflowClient(tracking_uri)
+    prices: dict[str, Any] = {}
+    for run, row in zip(runs, rows):
+        metrics = run.data.metrics
+        for field, metric in (("cpu_h", naming.COST_CPU_S), ("gpu_h", naming.COST_GPU_S)):
+            value = metrics.get(metric)
+            row[field] = None if value is None or not math.isfinite(value) else value / 3600
+        parent = run.data.tags.get(naming.TAG_PARENT_RUN)
+        if parent and parent not in prices:
+            spec = study_spec(client, parent)
+            prices[parent] = spec.cost if spec is not None else None
+        table = prices.get(parent)
+        if table is not None and row["cpu_h"] is not None:
+            row["cost"], _ = run_money(metrics, run.data.tags, table)
+            row["currency"] = table.currency
+        else:
+            row["cost"] = row["currency"] = None
 
 
 def _best_runs_with_client(tracking_uri: str, query: Query) -> list[dict[str, Any]]:
     """The same query through ``MlflowClient`` (any store MLflow supports; imports MLflow)."""
+    return _search_with_client(tracking_uri, query)[1]
+
+
+def _search_with_client(tracking_uri: str, query: Query) -> tuple[list, list[dict[str, Any]]]:
+    """``_best_runs_with_client``'s runs and their rows."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
@@ -121,7 +164,7 @@ def _best_runs_with_client(tracking_uri: str, query: Query) -> list[dict[str, An
             return None
 
     search_keys = _search_keys(runs, parent_tags)
-    return [_row(run, query.by, search_keys) for run in runs]
+    return runs, [_row(run, query.by, search_keys) for run in runs]
 
 
 def check_experiment_name(experiment: str, what: str = "EXPERIMENT") -> None:
@@ -321,9 +364,9 @@ def format_best(rows: list[dict[str, Any]], by: str, fmt: str = "table", width: 
     trials = [t if len(t) <= _MAX_TRIAL else t[:_MAX_TRIAL - 1] + "~" for t in trials]
     head = [("#", [str(i) for i in range(1, len(rows) + 1)]), (by, cells(by)),
             ("trial", trials), ("method", cells("method")), ("scope", cells("scope")),
-            ("seed", cells("seed"))]
+            ("seed", cells("seed")), *_cost_columns(rows)]
     tail = [("run", [str(r.get("run_id") or "-")[:8] for r in rows])]
-    fixed = {"run_id", "trial", "method", "scope", "seed", by}
+    fixed = {"run_id", "trial", "method", "scope", "seed", by, *COST_FIELDS}
     params = [k for k in _columns(rows) if k not in fixed and k not in naming.SUMMARY_METRICS]
     metrics = [m for m in _TABLE_METRICS if m != by and any(r.get(m) is not None for r in rows)]
     headers = _param_headers(params)
@@ -348,6 +391,23 @@ def format_best(rows: list[dict[str, Any]], by: str, fmt: str = "table", width: 
         note = f"({len(left_out)} more column{'s' if len(left_out) > 1 else ''} in --format json or csv"
         text += "\n" + textwrap.fill(f"{note}: {', '.join(left_out)})", width, break_on_hyphens=False)
     return text
+
+
+def _cost_columns(rows: list[dict[str, Any]]) -> list[tuple[str, list[str]]]:
+    """``--show-cost`` columns: CPU-h, GPU-h (when any run held a GPU), and the money, headed by
+    its currency (each cell carries its own where the studies priced in several)."""
+    if not any("cpu_h" in r for r in rows):
+        return []
+    columns = [("CPU-h", [_cell(r.get("cpu_h")) for r in rows])]
+    if any(r.get("gpu_h") for r in rows):
+        columns.append(("GPU-h", [_cell(r.get("gpu_h")) for r in rows]))
+    currencies = {r["currency"] for r in rows if r.get("currency")}
+    if currencies:
+        one = len(currencies) == 1
+        columns.append((next(iter(currencies)) if one else "cost", [
+            "-" if r.get("cost") is None else f"{r['cost']:.4g}" + ("" if one else f" {r['currency']}")
+            for r in rows]))
+    return columns
 
 
 def _short_cell(v: Any) -> str:

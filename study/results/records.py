@@ -213,7 +213,7 @@ def load_study_runs(client: Any, experiment: str, tracking_uri: str) -> StudyRun
     if not study.references:
         study.references, study.reference_source = _reused_references(client, study.studies)
     # runs come newest first (search_all_runs orders by start time)
-    spec = _study_spec(client, study.studies[0].run_id) if study.studies else None
+    spec = study_spec(client, study.studies[0].run_id) if study.studies else None
     if spec is not None:
         study.spec = spec
         study.equivalence_margin = spec.report.equivalence_margin
@@ -258,14 +258,14 @@ def _reference_hashes(client: Any, parent_run_id: str) -> list[str]:
     tag = client.get_run(parent_run_id).data.tags.get(naming.TAG_REFERENCE_KEY)
     if tag:
         return [tag]
-    spec = _study_spec(client, parent_run_id)
+    spec = study_spec(client, parent_run_id)
     try:
         return spec.reference_keys_before_tags() if spec is not None else []
     except Exception:  # noqa: BLE001 - an old spec: the report goes on without
         return []
 
 
-def _study_spec(client: Any, parent_run_id: str):
+def study_spec(client: Any, parent_run_id: str):
     """The StudySpec a study ran with, from its parent run's artifact (None without one)."""
     from study.spec import safe_load, spec_from_dict
 

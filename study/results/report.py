@@ -131,7 +131,8 @@ def write_report(
     sections = [
         header_markdown(runs, uri),
         verdict_markdown(independent, runs.reference, items, by, ascending, histories,
-                         paid=[*runs.trials, *([] if runs.reference_source else runs.references)]),
+                         paid=[*runs.trials, *([] if runs.reference_source else runs.references)],
+                         prices=runs.spec.cost if runs.spec is not None else None),
         leaderboard_markdown(ranked, runs.reference, by, ascending, top, ranked_note,
                              constraints=runs.constraints, cpus_per_trial=runs.cpus_per_trial),
         cell_table_markdown(independent, repeats),

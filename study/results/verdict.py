@@ -12,7 +12,9 @@ from collections.abc import Mapping, Sequence
 
 from study import naming
 from study.results.findings import DOES_NOT_HOLD, HOLDS, Finding
+from study.results.cost import StudyMoney, study_money
 from study.results.records import RunRecord
+from study.spec.types import CostSpec
 from trainables.metric_names import GAPS
 from study.results.stats import CellKey, Estimate, capacity_label, group_cells, mean_ci
 
@@ -161,26 +163,42 @@ def curve_line(cells, by: str, histories: History) -> str:
             f"{steps[0]} to {last:+.3f} at step {steps[-1]} (mean over its runs).")
 
 
-def cost_line(paid: Sequence[RunRecord], items: Sequence[Finding]) -> str:
+def cost_line(paid: Sequence[RunRecord], items: Sequence[Finding], prices: CostSpec | None = None) -> str:
     """What the study's runs held (every run it paid for: failed, stopped early and the
-    reference included), and that over the findings it could call."""
+    reference included), and that over the findings it could call; in money too when the spec
+    has a price table (``study.results.cost``)."""
     cpu_s, gpu_s = (sum(r.metric(m) for r in paid if math.isfinite(r.metric(m)))
                     for m in (naming.COST_CPU_S, naming.COST_GPU_S))
     if not cpu_s and not gpu_s:
         return ""
     called = sum(1 for f in items if f.verdict.startswith((HOLDS, DOES_NOT_HOLD, "equivalent", "higher", "lower")))
+    money = study_money(paid, prices) if prices is not None else None
     total = f"{cpu_s / 3600:.2f} CPU-hours" + (f", {gpu_s / 3600:.2f} GPU-hours" if gpu_s else "")
+    if money is not None:
+        total += f", {money.amount()}"
     per = (f"; {called} finding(s) shown, so {cpu_s / 3600 / called:.2f} CPU-hours"
-           + (f" and {gpu_s / 3600 / called:.2f} GPU-hours" if gpu_s else "") + " a finding"
+           + (f" and {gpu_s / 3600 / called:.2f} GPU-hours" if gpu_s else "")
+           + (f" and {money.amount(money.total / called)}" if money is not None else "") + " a finding"
            if called else "; no finding shown")
-    return f"- **Cost**: {total} over {len(paid)} runs{per}."
+    return f"- **Cost**: {total} over {len(paid)} runs{per}.{_pricing_note(money)}"
+
+
+def _pricing_note(money: StudyMoney | None) -> str:
+    """How the money was priced: by node type (the runs' tags) or per CPU- and GPU-hour."""
+    if money is None:
+        return ""
+    parts = [f"{n} run(s) {how}" for n, how in (
+        (money.runs_by_node_type, "at their node type's price"),
+        (money.runs_by_resource_hour, "per CPU- and GPU-hour")) if n]
+    return f" Priced by the spec's `cost` table: {' and '.join(parts)}." if parts else ""
 
 
 def verdict_markdown(trials: Sequence[RunRecord], reference: RunRecord | None, items: Sequence[Finding],
-                     by: str, ascending: bool, histories: History, paid: Sequence[RunRecord] = ()) -> str:
+                     by: str, ascending: bool, histories: History, paid: Sequence[RunRecord] = (),
+                     prices: CostSpec | None = None) -> str:
     cells = ranked_cells(trials, by, ascending)
     if not cells:
         return ""
     lines = [best_line(cells, by), real_line(items, by), baseline_line(cells, by, reference),
-             curve_line(cells, by, histories), cost_line(paid, items)]
+             curve_line(cells, by, histories), cost_line(paid, items, prices)]
     return "\n".join(["## Verdict", "", *(line for line in lines if line)])

@@ -78,7 +78,7 @@ def apply_overrides(raw: Any, sets: Iterable[tuple[str, Any]]) -> Any:
 
 
 SPEC_SECTIONS = ("objective", "sampler", "scheduler", "budget", "resources", "reference", "tracking",
-                 "report")
+                 "report", "cost")
 """Sections of a spec other than ``fixed`` / ``search`` / ``exclude`` that ``--set`` reaches."""
 TOP_LEVEL_VALUES = ("name", "description")
 TYPE_OPTIONS = {"sampler": SAMPLER_OPTIONS, "scheduler": SCHEDULER_OPTIONS}

@@ -9,20 +9,21 @@ by ``study.spec.checks``.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Mapping
 
 from trainables.config import SECTIONS, TrialConfig, flat_field_types, flatten, read_fields, twice_given
 from trainables.errors import ConfigError, brief, did_you_mean, name_problem
 from study import naming
 from study.spec.types import (
-    DISTRIBUTIONS, MODES, SAMPLERS, SCHEDULERS, BudgetSpec, Objective, ReferenceSpec,
+    DISTRIBUTIONS, MODES, SAMPLERS, SCHEDULERS, BudgetSpec, CostSpec, NodePrice, Objective, ReferenceSpec,
     ReportSpec, ResourceSpec, SamplerSpec, SchedulerSpec, SearchParam, StudySpec, TrackingSpec,
     value_in,
 )
 
 TOP_LEVEL_KEYS = (
     "name", "description", "fixed", "search", "exclude", "objective", "sampler", "scheduler",
-    "budget", "resources", "reference", "tracking", "report",
+    "budget", "resources", "reference", "tracking", "report", "cost",
 )
 PARAM_KEYS = DISTRIBUTIONS + ("step", "when")
 SAMPLER_OPTIONS = {
@@ -86,6 +87,7 @@ def parse_spec(raw: Any, *, default_name: str | None, source: str | None) -> tup
         reference=parse_reference(section("reference"), problems),
         tracking=parse_tracking(section("tracking"), problems),
         report=parse_report(section("report"), problems),
+        cost=parse_cost(raw.get("cost"), problems),
         source=source,
     )
     if spec.is_grid:
@@ -490,6 +492,64 @@ def parse_tracking(raw: Any, problems: Problems) -> TrackingSpec:
 
 def parse_report(raw: Any, problems: Problems) -> ReportSpec:
     return _plain_section(ReportSpec, raw, "report", "{equivalence_margin: 0.01}", problems)
+
+
+CURRENCY = re.compile(r"[A-Z]{3}")
+"""An ISO 4217 currency code (``USD``, ``EUR``): what a report prints after an amount."""
+
+
+def parse_cost(raw: Any, problems: Problems) -> CostSpec | None:
+    """The optional price table; None when the spec has none (an empty ``cost:`` included)."""
+    if raw is None:
+        return None
+    example = "{per_gpu_hour: 1.2, per_cpu_hour: 0.05, currency: USD}"
+    if not isinstance(raw, dict):
+        problems.add("cost", f"expected a mapping such as {example} (got {_kind(raw)})")
+        return None
+    body = {k: v for k, v in raw.items() if k != "per_node_type"}
+    cost = read_fields(CostSpec, body, "cost", problems)
+    if not isinstance(cost.currency, str) or not CURRENCY.fullmatch(cost.currency):
+        problems.add("cost.currency", f"expected a three-letter ISO 4217 code such as USD or EUR "
+                                      f"(got {brief(cost.currency)})")
+        cost.currency = CostSpec().currency
+    cost.per_node_type = _parse_node_prices(raw.get("per_node_type"), problems)
+    if not (cost.per_cpu_hour or cost.per_gpu_hour or cost.per_node_type) and not _cost_problems(problems):
+        problems.add("cost", f"gives no price: set per_cpu_hour, per_gpu_hour or per_node_type (e.g. {example})")
+    return cost
+
+
+def _parse_node_prices(raw: Any, problems: Problems) -> dict[str, NodePrice]:
+    """``{node type: {per_hour, cpu, gpu}}``: the node's price and what it offers Ray (a run's
+    share of the node is the larger of its CPU and GPU shares)."""
+    if raw is None:
+        return {}
+    example = "{ray.worker.gpu_a10g: {per_hour: 1.006, cpu: 4, gpu: 1}}"
+    if not isinstance(raw, dict):
+        problems.add("cost.per_node_type", f"expected a mapping such as {example} (got {_kind(raw)})")
+        return {}
+    prices: dict[str, NodePrice] = {}
+    for name, body in raw.items():
+        path = f"cost.per_node_type.{name}"
+        if not isinstance(name, str) or not name.strip():
+            problems.add(f"cost.per_node_type.{brief(name)}", "a node type name must be a non-empty string")
+            continue
+        if not isinstance(body, dict):
+            problems.add(path, f"expected a mapping such as {{per_hour: 1.006, cpu: 4, gpu: 1}} "
+                               f"(got {_kind(body)} {brief(body)})")
+            continue
+        before = len(problems)
+        price = read_fields(NodePrice, body, path, problems)
+        if "per_hour" not in body:
+            problems.add(f"{path}.per_hour", "required: the node's price per hour")
+        if len(problems) == before and not (price.cpu > 0 or price.gpu > 0):
+            problems.add(path, "give what the node offers Ray: cpu and/or gpu above 0 (its share of "
+                               "the node is what a run is charged)")
+        prices[name] = price
+    return prices
+
+
+def _cost_problems(problems: Problems) -> bool:
+    return any(p.startswith("cost") for p in problems)
 
 
 def _plain_section(cls: type, raw: Any, path: str, example: str, problems: Problems) -> Any:

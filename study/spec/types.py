@@ -265,6 +265,41 @@ class ReportSpec:
 
 
 @dataclass
+class NodePrice:
+    """What one node of a Ray node type costs and offers (``cost.per_node_type.<name>``)."""
+
+    per_hour: float = field(default=0, metadata={"min": 0})
+    """The node's price per hour (the instance's on-demand price, say)."""
+    cpu: float = field(default=0, metadata={"min": 0})
+    """CPUs the node offers Ray (its ``resources`` in cluster.yaml)."""
+    gpu: float = field(default=0, metadata={"min": 0})
+    """GPUs the node offers Ray."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+@dataclass
+class CostSpec:
+    """Prices that turn the CPU- and GPU-seconds a study held into money (the report and
+    ``moe-study best --show-cost``). Not part of what a study runs: a spec's content hash leaves
+    it out, so prices may change between a run and its resume."""
+
+    per_cpu_hour: float = field(default=0, metadata={"min": 0})
+    per_gpu_hour: float = field(default=0, metadata={"min": 0})
+    currency: str = "USD"
+    """An ISO 4217 code: three capital letters."""
+    per_node_type: dict[str, NodePrice] = field(default_factory=dict)
+    """Ray node type name -> its price: a run tagged with that node type is charged its share of
+    the node (``study.results.cost``); any other run per CPU- and GPU-hour."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"per_cpu_hour": self.per_cpu_hour, "per_gpu_hour": self.per_gpu_hour,
+                "currency": self.currency,
+                "per_node_type": {k: v.to_dict() for k, v in self.per_node_type.items()}}
+
+
+@dataclass
 class StudySpec:
     name: str
     description: str = ""
@@ -282,6 +317,8 @@ class StudySpec:
     reference: ReferenceSpec = field(default_factory=ReferenceSpec)
     tracking: TrackingSpec = field(default_factory=TrackingSpec)
     report: ReportSpec = field(default_factory=ReportSpec)
+    cost: CostSpec | None = None
+    """The price table (optional section ``cost``); None: the study states no money."""
     source: str | None = None
     """Path the spec was loaded from (not part of its content)."""
 
@@ -402,6 +439,8 @@ class StudySpec:
         }
         if self.exclude:
             d["exclude"] = [{k: list(v) for k, v in rule.items()} for rule in self.exclude]
+        if self.cost is not None:
+            d["cost"] = self.cost.to_dict()
         return d
 
     # -- the reference run's identity --------------------------------------------------------
@@ -428,11 +467,11 @@ class StudySpec:
         return list(dict.fromkeys([self.reference_key(), _reference_hash(old, self.resources.workers)]))
 
     def content_hash(self) -> str:
-        """Hash of what the study runs: everything but its name, description, tracking and
-        report settings."""
+        """Hash of what the study runs: everything but its name, description, tracking, report
+        and cost settings."""
         d = self.to_dict()
-        for key in ("name", "description", "tracking", "report"):
-            d.pop(key)
+        for key in ("name", "description", "tracking", "report", "cost"):
+            d.pop(key, None)
         text = json.dumps(d, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -562,7 +601,7 @@ def _same_number(a: Any, b: Any) -> bool:
 
 
 __all__ = [
-    "BudgetSpec", "Objective", "ReferenceSpec", "ResourceSpec", "SamplerSpec",
+    "BudgetSpec", "CostSpec", "NodePrice", "Objective", "ReferenceSpec", "ResourceSpec", "SamplerSpec",
     "SchedulerSpec", "SearchParam", "StudySpec", "TrackingSpec", "expand_points",
     "reference_flat", "count_points", "count_grid", "grid_size", "MAX_GRID_POINTS", "value_in",
     "is_excluded",
