@@ -122,6 +122,21 @@ def check_resources(spec: StudySpec, available: dict[str, float]) -> None:
         raise ConfigError(problems)
 
 
+def check_cluster_resources(spec: StudySpec, address: str) -> None:
+    """``check_resources`` against the cluster at ``address``: its live nodes and the node types
+    its autoscaler may launch (``study.run.cluster_resources``). Connects and leaves again."""
+    import ray
+
+    joined = not ray.is_initialized()
+    if joined:
+        ray.init(address=address, log_to_driver=False, configure_logging=False)
+    try:
+        check_resources(spec, _largest_node(ray.nodes(), _autoscaler_node_types()))
+    finally:
+        if joined:
+            ray.shutdown()
+
+
 def max_concurrent(spec: StudySpec, available: dict[str, float]) -> int:
     if spec.resources.max_concurrent != "auto":
         return int(spec.resources.max_concurrent)
@@ -175,7 +190,9 @@ def local_ray(**init_kwargs):
     level = notice.level
     notice.setLevel(logging.ERROR)
     try:
-        ray.init(_node_ip_address=LOOPBACK, dashboard_host=LOOPBACK, **init_kwargs)
+        # "local": a new cluster, never one a `ray start` on this machine left in Ray's
+        # address file (ray.init() without an address would join that one)
+        ray.init(address="local", _node_ip_address=LOOPBACK, dashboard_host=LOOPBACK, **init_kwargs)
     finally:
         notice.setLevel(level)
         if saved[0] is None:
@@ -246,6 +263,8 @@ def _run_new(spec: StudySpec, name: str, root: str, state_path: StorageFile, *, 
     base = spec_base_config(spec)
     if address is None:
         check_resources(spec, local_resources())
+    else:  # before the experiment, the parent run or the state exist
+        check_cluster_resources(spec, address)
     check_tracking(tracking_uri)
     mix_hash = _build_data_once(base)
 

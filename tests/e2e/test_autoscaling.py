@@ -129,6 +129,9 @@ def test_gpu_study_scales_a_cluster_up_from_zero_and_back(tmp_path, autoscaling_
     assert r.returncode == 2, r.stdout[-3000:] + r.stderr[-3000:]
     assert "resources" in r.stderr and "GPU 2" in r.stderr, r.stderr[-3000:]
     assert not _gpu_nodes(cluster)
+    # refused before any work: no study state, no MLflow experiment
+    assert not (tmp_path / "runs" / "too-big").exists()
+    assert MlflowClient(uri).get_experiment_by_name("too-big") is None
 
     # half a GPU a trial (two share a worker), then a whole one: accepted from the node type
     # while no GPU node exists
