@@ -22,7 +22,7 @@ from trainables.metric_names import (  # noqa: F401 - the metric vocabulary, re-
     NMI_DOMAIN, PURITY, REFERENCE_AGREEMENT, SHARED_COVERAGE, SHARED_PURITY,
     SPECIALISATION_METRIC_NAMES, TRAIN_LOSS, VAL_LOSS, baseline_names,
     BALANCE_WINDOW_TOKENS, ELAPSED_S, GLOBAL_COUNTS_TOTAL, INIT_EVAL_S, LR, STEP, TOKENS, TOKENS_PER_S,
-    TRAIN_S, TRIAL_WALL_S, COST_CPU_S, COST_GPU_S,
+    TRAIN_S, EVAL_S, TRIAL_WALL_S, COST_CPU_S, COST_GPU_S,
 )
 
 # -- run tags ----------------------------------------------------------------------------------

@@ -19,6 +19,8 @@ TOKENS_PER_S = "tokens_per_s"
 ELAPSED_S, TRAIN_S = "elapsed_s", "train_s"
 INIT_EVAL_S = "init_eval_s"
 """Seconds of the step-0 evaluation (the baseline's cost)."""
+EVAL_S = "eval_s"
+"""Seconds this attempt spent in the evaluations at its reports (part of elapsed_s and train_s)."""
 TRIAL_WALL_S = "trial_wall_s"
 """Seconds the trial has held its resources, data and step-0 evaluation included, summed over
 its attempts (a trial resumed from a checkpoint goes on from the last report's value)."""
@@ -103,7 +105,8 @@ DEFINITIONS = {
     GAP_LOSS: "val_loss minus the reference router's (lower is better)",
     GAP_PURITY: "the reference router's purity minus this run's (lower is better)",
     TOKENS_PER_S: "training tokens per second of the trial",
-    TRAIN_S: "seconds the trial trained (reporting and checkpoints excluded)",
+    TRAIN_S: "seconds the trial trained, its evaluations included (reporting and checkpoints excluded)",
+    EVAL_S: "seconds of train_s spent in the evaluations at the reports",
     COST_CPU_S: "CPU-seconds the trial held (its wall time over all attempts x CPUs reserved)",
     COST_GPU_S: "GPU-seconds the trial held (its wall time over all attempts x GPUs reserved)",
 }

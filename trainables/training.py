@@ -204,7 +204,7 @@ def train(
     window = cfg.balance_window_tokens(world_size)
     tokens_per_step = cfg.train.micro_batch_size * cfg.train.grad_accum * cfg.data.seq_len * world_size
     t0 = time.perf_counter()
-    paused_s = 0.0
+    paused_s = eval_s = 0.0
     train_losses: list[float] = []
     model.train()
 
@@ -253,7 +253,9 @@ def train(
         train_losses.append(step_loss)
 
         if report_now:
+            eval_started = time.perf_counter()
             val, count_table, raw = evaluate(model, val_batches, cfg, domains, device)
+            eval_s += time.perf_counter() - eval_started
             val.update(baseline_metrics(val, init_metrics))
             elapsed = time.perf_counter() - t0
             val.update({
@@ -266,6 +268,7 @@ def train(
                 names.TRAIN_S: elapsed - paused_s,
                 names.TOKENS_PER_S: (step + 1 - start_step) * tokens_per_step / max(elapsed, 1e-9),
                 names.INIT_EVAL_S: init_eval_s,
+                names.EVAL_S: eval_s,
                 names.TRIAL_WALL_S: earlier_s + time.perf_counter() - started,
             })
             if window_counts > 0:

@@ -133,6 +133,8 @@ def test_time_the_caller_holds_the_run_is_not_training_time(small_mix_config):
     last = list(gen)[-1]
     assert first.metrics["train_s"] == pytest.approx(first.metrics["elapsed_s"])
     assert last.metrics["elapsed_s"] - last.metrics["train_s"] >= 0.3
+    # the evaluations at the reports are part of train_s, counted up over the reports
+    assert 0 < first.metrics["eval_s"] < last.metrics["eval_s"] < last.metrics["train_s"]
 
 
 def test_extra_eval_steps_add_reports_without_changing_the_run(small_mix_config):
