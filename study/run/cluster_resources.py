@@ -35,6 +35,9 @@ NODE_GROUP_LABEL = "ray.io/node-group"
 """The node label Ray sets from ``RAY_NODE_TYPE_NAME`` (the autoscaler's node type of the node,
 set by autoscaler v2, KubeRay and the fake multi-node provider)."""
 NODE_TYPE_ENV = "RAY_NODE_TYPE_NAME"
+NODE_TYPE_LABEL = "moe-study/node-type"
+"""The label cluster.yaml gives each worker type (``labels``), since the ``ray up`` launcher of
+Ray 2.60 sets neither of the above on its workers."""
 BOOTSTRAP_CONFIG = Path.home() / "ray_bootstrap_config.yaml"
 _MONITOR_SCRIPTS = ("autoscaler/_private/monitor.py", "autoscaler/v2/monitor.py")
 _SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -159,13 +162,14 @@ def _config_file(path: Path) -> list[dict[str, float]]:
 
 def node_type_of_this_node() -> str | None:
     """The autoscaler's node type of the node this Ray worker runs on: its ``ray.io/node-group``
-    label, else ``RAY_NODE_TYPE_NAME``, the variable Ray derives the label from, which the node's
-    processes inherit (the fake multi-node provider sets only the variable). None where the node
-    has neither (a node started by hand, ``ray up``'s v1 workers)."""
+    label, else the ``moe-study/node-type`` label of cluster.yaml's worker types, else
+    ``RAY_NODE_TYPE_NAME``, the variable Ray derives the first from, which the node's processes
+    inherit (the fake multi-node provider sets only the variable). None where the node has none
+    of them (a node started by hand)."""
     import ray
 
     labels = ray.get_runtime_context().get_node_labels() or {}
-    value = labels.get(NODE_GROUP_LABEL)
+    value = labels.get(NODE_GROUP_LABEL) or labels.get(NODE_TYPE_LABEL)
     if isinstance(value, (list, tuple)):
         value = value[0] if value else None
     return str(value or os.environ.get(NODE_TYPE_ENV) or "") or None

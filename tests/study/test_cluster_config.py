@@ -342,6 +342,16 @@ def test_gpu_workers_autoscale_from_zero_and_time_out(cluster):
         assert worker["node_config"]["InstanceType"].split(".")[0][0] in "gp", name  # GPU family
     assert cluster["idle_timeout_minutes"] > 0
     head = cluster["available_node_types"][cluster["head_node_type"]]
+    # each worker type names itself in a label its trials' runs are tagged with (prices by
+    # node type read it), a label key Ray accepts for a custom label
+    from ray._private.label_utils import validate_label_key, validate_node_labels
+
+    from study.run.cluster_resources import NODE_TYPE_LABEL
+
+    for name, worker in workers.items():
+        assert worker["labels"] == {NODE_TYPE_LABEL: name}, name
+        assert validate_label_key(NODE_TYPE_LABEL) is None
+        validate_node_labels(worker["labels"])
     assert head["resources"].get("GPU", 0) == 0 and head["resources"]["CPU"] == 0
 
 
