@@ -38,6 +38,26 @@ def setup_process(tune: bool, threads: int, flush: bool = False) -> str:
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
+def add_device_arg(p) -> None:
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="auto: CUDA when present, under bf16 autocast as training runs it")
+
+
+def device_from_args(args) -> torch.device:
+    """The ``--device`` of ``add_device_arg``; SystemExit when CUDA is asked for and absent."""
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch sees no CUDA device here")
+    use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    return torch.device("cuda" if use_cuda else "cpu")
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work: a CUDA call returns before the GPU has done it, so a
+    timed case ends here (a no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def add_process_args(p) -> None:
     """The process settings every benchmark takes: threads, clock, allocator, subnormals."""
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")

@@ -11,6 +11,11 @@ of the domain mix; steps alternate between the models (interleaved), medians rep
 index_add_) for a before/after within the run.
 
     python bench/train_step.py [--steps 15] [--set key=value ...] [--ablations] [--no-tune-allocator]
+                               [--device auto|cpu|cuda]
+
+On a CUDA machine (``--device auto``, the default, picks it) the models and batches live on the
+GPU and the step runs under bf16 autocast, as ``trainables.training`` runs a ``train.device:
+cuda`` trial; every timed step ends with a device synchronize.
 
 The last line is the headline: MoE / dense tokens-per-second ratio.
 """
@@ -26,7 +31,8 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/common.py, run as a script
-from common import add_process_args, format_table, load_average, medians, setup_from_args, spread, time_interleaved  # noqa: E402
+from common import (add_device_arg, add_process_args, device_from_args, format_table, load_average,  # noqa: E402
+                    medians, setup_from_args, spread, synchronize, time_interleaved)
 from moe_layer import previous_routed  # noqa: E402
 
 from trainables.config import TrialConfig  # noqa: E402
@@ -36,10 +42,11 @@ from trainables.training import apply_update, build_optimizer, forward_backward 
 
 
 def training_step(cfg: TrialConfig, micro_batch_sets: list, previous_dispatch: bool = False,
-                  fused_adamw: bool = True, whole_step: bool | None = None):
+                  fused_adamw: bool = True, whole_step: bool | None = None,
+                  device: torch.device = torch.device("cpu")):
     """A closure that runs one optimizer step per call, cycling through the pre-drawn steps."""
     torch.manual_seed(cfg.train.seed)
-    model = MoETransformer(cfg).train()
+    model = MoETransformer(cfg).to(device).train()
     if previous_dispatch:
         for layer in model.moe_layers():
             layer.routed_experts = types.MethodType(
@@ -49,14 +56,14 @@ def training_step(cfg: TrialConfig, micro_batch_sets: list, previous_dispatch: b
     if whole_step is None:
         whole_step = runs_whole_step_forward(cfg)  # what training does for this config
     state = {"i": 0}
-    cpu = torch.device("cpu")
 
     def step() -> None:
         micro_batches = micro_batch_sets[state["i"] % len(micro_batch_sets)]
         state["i"] += 1
-        forward_backward(model, micro_batches, cpu, whole_step)
+        forward_backward(model, micro_batches, device, whole_step)  # bf16 autocast on CUDA
         apply_update(model, optimizer, cfg.train.grad_clip)
         model.post_step()
+        synchronize(device)
 
     return step, sum(p.numel() for p in model.parameters())
 
@@ -85,6 +92,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=15, help="timed steps per model")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     add_process_args(p)
+    add_device_arg(p)
     p.add_argument("--random-tokens", action="store_true", help="random bytes instead of the domain mix")
     p.add_argument("--no-previous", action="store_true", help="skip the moe-previous case")
     p.add_argument("--ablations", action="store_true",
@@ -95,7 +103,8 @@ def main() -> None:
     overrides.update({k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)})
     moe_cfg = TrialConfig.from_flat(overrides)
     dense_cfg = TrialConfig.from_flat({**overrides, "model.dense": True})
-    print(setup_from_args(args))
+    device = device_from_args(args)
+    print(setup_from_args(args) + f"; device {device}" + (" (bf16 autocast)" if device.type == "cuda" else ""))
     steps = draw_steps(moe_cfg, 4, args.random_tokens)
     tokens_per_step = moe_cfg.train.micro_batch_size * moe_cfg.train.grad_accum * moe_cfg.data.seq_len
     m = moe_cfg.model
@@ -108,18 +117,18 @@ def main() -> None:
           f"load average before: {load_average()}")
 
     cases, n_params = {}, {}
-    cases["dense"], n_params["dense"] = training_step(dense_cfg, steps)
-    cases["moe"], n_params["moe"] = training_step(moe_cfg, steps)
+    cases["dense"], n_params["dense"] = training_step(dense_cfg, steps, device=device)
+    cases["moe"], n_params["moe"] = training_step(moe_cfg, steps, device=device)
     if not args.no_previous:
-        cases["moe-previous"], n_params["moe-previous"] = training_step(moe_cfg, steps, previous_dispatch=True)
+        cases["moe-previous"], n_params["moe-previous"] = training_step(moe_cfg, steps, device=device, previous_dispatch=True)
     if args.ablations:
-        cases["moe, unfused AdamW"], n_params["moe, unfused AdamW"] = training_step(moe_cfg, steps, fused_adamw=False)
-        cases["dense, unfused AdamW"], n_params["dense, unfused AdamW"] = training_step(dense_cfg, steps, fused_adamw=False)
+        cases["moe, unfused AdamW"], n_params["moe, unfused AdamW"] = training_step(moe_cfg, steps, device=device, fused_adamw=False)
+        cases["dense, unfused AdamW"], n_params["dense, unfused AdamW"] = training_step(dense_cfg, steps, device=device, fused_adamw=False)
         if runs_whole_step_forward(moe_cfg):
             cases["moe, micro-batch passes"], n_params["moe, micro-batch passes"] = training_step(
-                moe_cfg, steps, whole_step=False)
+                moe_cfg, steps, device=device, whole_step=False)
             cases["dense, micro-batch passes"], n_params["dense, micro-batch passes"] = training_step(
-                dense_cfg, steps, whole_step=False)
+                dense_cfg, steps, device=device, whole_step=False)
     times = time_interleaved(cases, args.steps, warmup=2, clock=args.clock)
     med = medians(times)
     rows = [
