@@ -7,7 +7,7 @@ histories (learning curves) need a call per run, and the report asks for few of 
 
 A study that reused a reference run from an earlier study has no reference run in its own
 experiment; the reference is then looked up across experiments by the config hash of the
-study's reference config (the same key the runner reuses it by, see ``runner.run_reference``).
+study's reference config (the same key the runner reuses it by, see ``study.run.reference.find_reference``).
 """
 
 from __future__ import annotations
