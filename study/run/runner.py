@@ -380,8 +380,8 @@ def _execute(spec: StudySpec, state: dict, state_path: StorageFile, *, address: 
     status, code = "FAILED", 1
     beside = None  # the reference's run beside the search, when it has one
     try:
-        if address is not None:
-            check_resources(spec, _largest_node(ray.nodes(), _autoscaler_node_types()))
+        if address is not None and restore:  # a new study was checked before its first write
+            check_cluster_resources(spec, address)
         available = ray.cluster_resources()
         reference = _known_reference(spec, state, state_path)
         if spec.reference.enabled and reference is None:
