@@ -20,6 +20,10 @@ from study.results.stats import CellKey, Estimate, capacity_label, group_cells, 
 
 History = Mapping[str, Sequence[tuple[int, float]]]
 """(step, value) points of the ranking metric per run id."""
+CALLED_VERDICTS = (HOLDS, DOES_NOT_HOLD, "equivalent", "higher", "lower")
+"""Verdicts that call a comparison (the rest are "not shown" or verdicts of their own)."""
+SAME_NUMBERS = 1e-9
+"""Two findings' differences closer than this are the same numbers (one comparison)."""
 FLAT_SHARE = 0.1
 """The curve is "flat" at the end when its last interval moved it by less than this share of
 its whole change from the first evaluation."""
@@ -165,22 +169,67 @@ def curve_line(cells, by: str, histories: History) -> str:
 
 def cost_line(paid: Sequence[RunRecord], items: Sequence[Finding], prices: CostSpec | None = None) -> str:
     """What the study's runs held (every run it paid for: failed, stopped early and the
-    reference included), and that over the findings it could call; in money too when the spec
-    has a price table (``study.results.cost``)."""
+    reference included), and that over the findings it could call, each distinct comparison
+    once (``distinct_comparisons``); in money too when the spec has a price table
+    (``study.results.cost``)."""
     cpu_s, gpu_s = (sum(r.metric(m) for r in paid if math.isfinite(r.metric(m)))
                     for m in (naming.COST_CPU_S, naming.COST_GPU_S))
     if not cpu_s and not gpu_s:
         return ""
-    called = sum(1 for f in items if f.verdict.startswith((HOLDS, DOES_NOT_HOLD, "equivalent", "higher", "lower")))
+    shown = [f for f in items if f.verdict.startswith(CALLED_VERDICTS)]
+    comparisons = distinct_comparisons(shown)
+    called = len(comparisons)
     money = study_money(paid, prices) if prices is not None else None
     total = f"{cpu_s / 3600:.2f} CPU-hours" + (f", {gpu_s / 3600:.2f} GPU-hours" if gpu_s else "")
     if money is not None:
         total += f", {money.amount()}"
-    per = (f"; {called} finding(s) shown, so {cpu_s / 3600 / called:.2f} CPU-hours"
+    per = (f"; {called} finding(s) shown{_repeats_note(comparisons)}, so {cpu_s / 3600 / called:.2f} CPU-hours"
            + (f" and {gpu_s / 3600 / called:.2f} GPU-hours" if gpu_s else "")
            + (f" and {money.amount(money.total / called)}" if money is not None else "") + " a finding"
            if called else "; no finding shown")
     return f"- **Cost**: {total} over {len(paid)} runs{per}.{_pricing_note(money)}"
+
+
+def distinct_comparisons(shown: Sequence[Finding]) -> list[list[Finding]]:
+    """The shown findings grouped into distinct comparisons: findings of the same claim and
+    setting whose paired differences are the same numbers are one comparison seen on several
+    metrics. Arms that share their step-0 router (same seed, same init) have the same
+    ``purity`` and ``purity_lift`` differences (the lift subtracts the same step-0 value from
+    both arms), and counting both would halve the cost of a finding."""
+    groups: list[list[Finding]] = []
+    for f in shown:
+        same = next((g for g in groups if _same_comparison(g[0], f)), None)
+        if same is None:
+            groups.append([f])
+        else:
+            same.append(f)
+    return groups
+
+
+def _same_comparison(a: Finding, b: Finding) -> bool:
+    if (a.topic, a.context) != (b.topic, b.context) or a.comparison is None or b.comparison is None:
+        return False
+    ea, eb = a.comparison.estimate, b.comparison.estimate
+    if ea.n != eb.n or (ea.half_width is None) != (eb.half_width is None):
+        return False
+    return _same_number(ea.mean, eb.mean) and (ea.half_width is None
+                                               or _same_number(ea.half_width, eb.half_width))
+
+
+def _same_number(x: float, y: float) -> bool:
+    # the two metrics' differences agree up to float rounding of the subtraction, no further
+    return math.isclose(x, y, rel_tol=SAME_NUMBERS, abs_tol=SAME_NUMBERS)
+
+
+def _repeats_note(comparisons: Sequence[Sequence[Finding]]) -> str:
+    """Which shown findings repeated another's numbers and were counted once."""
+    repeated = [group for group in comparisons if len(group) > 1]
+    if not repeated:
+        return ""
+    metrics = "; ".join(" and ".join(f"`{f.metric}`" for f in group) + f" of {group[0].topic}"
+                        + (f" ({group[0].context})" if group[0].context else "") for group in repeated)
+    return (f" ({sum(map(len, comparisons))} on their metrics, counted once where the paired "
+            f"differences are the same numbers: {metrics})")
 
 
 def _pricing_note(money: StudyMoney | None) -> str:

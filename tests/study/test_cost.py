@@ -163,6 +163,54 @@ def test_report_states_the_study_total_and_the_cost_per_finding_in_money(priced_
                          "3 run(s) per CPU- and GPU-hour.")
 
 
+def shared_init_runs(init_by_arm) -> list[RunRecord]:
+    """LBL at two scopes over three seeds, global above micro on every seed, 0.5 CPU-hours each;
+    ``init_by_arm(scope, seed)`` is the step-0 purity each run's lift is taken from."""
+    purity = {"global_batch": [0.60, 0.64, 0.68], "micro_batch": [0.40, 0.42, 0.47]}
+    runs = []
+    for scope, values in purity.items():
+        for seed, p in enumerate(values):
+            init = init_by_arm(scope, seed)
+            runs.append(RunRecord(
+                run_id=f"{scope}{seed}", name=f"{scope}-{seed}", role=naming.ROLE_TRIAL, status="FINISHED",
+                parent_id=None, params={"router.method": "lbl", "router.scope": scope, "train.seed": str(seed)},
+                metrics={naming.PURITY: p, naming.init_of(naming.PURITY): init,
+                         naming.lift_of(naming.PURITY): p - init, **cost_metrics(1800, 0)}))
+    return runs
+
+
+def shown_on(items, metric):
+    return [f for f in items if f.metric == metric and f.verdict == "holds"]
+
+
+def test_purity_and_its_lift_over_a_shared_step0_router_count_as_one_finding():
+    """Arms with the same step-0 router per seed (same init): ``purity_lift`` differences are
+    ``purity`` differences, so the two findings are one comparison and pay the cost once."""
+    from study.results.findings import findings
+    from study.results.verdict import cost_line
+
+    runs = shared_init_runs(lambda scope, seed: 0.30 + 0.02 * seed)
+    items = findings(runs, None)
+    assert len(shown_on(items, naming.PURITY)) == len(shown_on(items, naming.lift_of(naming.PURITY))) == 1
+    line = cost_line(runs, items)
+    # 6 runs x 0.5 CPU-hours over one comparison
+    assert line.startswith("- **Cost**: 3.00 CPU-hours over 6 runs; 1 finding(s) shown (2 on their metrics"), line
+    assert "`purity` and `purity_lift` of global_batch vs micro_batch (lbl)" in line
+    assert line.endswith(", so 3.00 CPU-hours a finding."), line
+
+
+def test_purity_and_its_lift_from_different_step0_routers_count_twice():
+    from study.results.findings import findings
+    from study.results.verdict import cost_line
+
+    # the global-batch arm starts 0.05 purer on seed 0 only: the lift's differences differ
+    runs = shared_init_runs(lambda scope, seed: 0.30 + (0.05 if (scope, seed) == ("global_batch", 0) else 0))
+    items = findings(runs, None)
+    assert shown_on(items, naming.PURITY) and shown_on(items, naming.lift_of(naming.PURITY))
+    line = cost_line(runs, items)
+    assert "; 2 finding(s) shown, so 1.50 CPU-hours a finding." in line, line
+
+
 def test_report_without_a_price_table_states_hours_only(priced_store, tmp_path):
     from study.results.report import write_report
 
