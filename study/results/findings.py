@@ -17,7 +17,8 @@ controls it: ``purity_lift`` (final - the same trial at step 0), ``cmi`` (token-
   report, ``report.equivalence_margin`` in the spec), else *not shown*;
 - "scope vs method" comes from a two-way decomposition (method, scope, seed as block) with F
   tests and partial eta squared, not from ranges of cell means (ranges grow with the number of
-  levels).
+  levels); its method x scope interaction is tested with them, and the verdict says when it is
+  shown (then the scope effect differs by method, and the main effects alone mislead).
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ NOT_SHOWN = "not shown"
 ALPHA = 0.05
 DEFAULT_EQUIVALENCE_MARGIN = 0.01
 """Differences within ±this (in the metric's units) count as equivalent, if TOST shows it."""
+INTERACTION_TERM = "method x scope"
+EFFECT_TERMS = ("scope", "method", INTERACTION_TERM)
+"""The terms of the two-way decomposition, in the order of an ``effects`` finding's p-values."""
+INTERACTION_SHOWN = "the interaction is shown"
+"""What an ``effects`` verdict says when the method x scope interaction is shown."""
 FINDING_METRICS = (naming.PURITY, naming.lift_of(naming.PURITY), naming.CMI, naming.lift_of(naming.CMI))
 
 
@@ -97,7 +103,7 @@ class Finding:
     kind: str = ""
     """``directional``, ``two-sided``, ``effects`` or empty (a verdict of its own)."""
     p_values: tuple[float | None, ...] = ()
-    """Raw p-values (a comparison has one; ``effects`` has scope's then method's)."""
+    """Raw p-values (a comparison has one; ``effects`` has one per EFFECT_TERMS entry)."""
     p_adjusted: tuple[float | None, ...] = ()
     partial_eta: tuple[float | None, ...] = ()
 
@@ -107,7 +113,7 @@ class Finding:
         p = ""
         if self.kind == "effects" and shown:
             p = "; Holm-adjusted p: " + ", ".join(
-                f"{name} {q:.3g}" for name, q in zip(("scope", "method"), self.p_adjusted) if q is not None)
+                f"{name} {q:.3g}" for name, q in zip(EFFECT_TERMS, self.p_adjusted) if q is not None)
         elif shown:
             p = f", Holm-adjusted p = {shown[0]:.3g}"
         return f"- **{self.topic}**{context}, `{self.metric}`: {self.text}{p}: **{self.verdict}**"
@@ -219,7 +225,7 @@ def _adjust(items: list[Finding], margin: float) -> list[Finding]:
         elif f.kind == "two-sided":
             f = replace(f, verdict=two_sided_verdict(f.comparison, first, f.verdict, margin))
         elif f.kind == "effects":
-            f = replace(f, verdict=effects_verdict(*qs, *f.partial_eta))
+            f = replace(f, verdict=_effects_verdict_of(f))
         out.append(f)
     return out
 
@@ -318,26 +324,51 @@ def effect_size_finding(values: Mapping[CellKey, SeedValues], metric: str) -> li
             f"{result.n_seeds} seeds; " + "; ".join(
                 describe(e) for e in (result.scope, result.method, result.interaction) if e is not None))
     context = f"two-way decomposition, capacity {capacity_label(cap)}, {dpmb} domain(s)/micro-batch"
+    # the interaction's p joins the metric's Holm family: it is one more test of the same data
+    terms = (result.scope, result.method, result.interaction)
     return [Finding("scope effect vs method effect", context, text, "", metric, kind="effects",
-                    p_values=(result.scope.p_value, result.method.p_value),
-                    partial_eta=(result.scope.partial_eta_sq, result.method.partial_eta_sq))]
+                    p_values=tuple(None if e is None else e.p_value for e in terms),
+                    partial_eta=tuple(None if e is None else e.partial_eta_sq for e in terms))]
 
 
-def effects_verdict(p_scope: float | None, p_method: float | None,
-                    eta_scope: float | None = None, eta_method: float | None = None) -> str:
+def _effects_verdict_of(f: Finding) -> str:
+    """The verdict of an ``effects`` finding from its adjusted p-values, by term name."""
+    p = dict(zip(EFFECT_TERMS, f.p_adjusted))
+    eta = dict(zip(EFFECT_TERMS, f.partial_eta))
+    return effects_verdict(p_scope=p.get("scope"), p_method=p.get("method"),
+                           p_interaction=p.get(INTERACTION_TERM),
+                           eta_scope=eta.get("scope"), eta_method=eta.get("method"),
+                           eta_interaction=eta.get(INTERACTION_TERM))
+
+
+def effects_verdict(*, p_scope: float | None, p_method: float | None, p_interaction: float | None = None,
+                    eta_scope: float | None = None, eta_method: float | None = None,
+                    eta_interaction: float | None = None) -> str:
     """Which factor is shown to matter (adjusted p < 0.05). "More than" is said only when one
-    effect is shown and the other is not; when both are, their partial eta squared are given."""
+    effect is shown and the other is not; when both are, their partial eta squared are given.
+    A shown interaction is always said: then the scope effect is not one number but differs
+    by method, and "scope matters more" describes an average over methods."""
     if p_scope is None or p_method is None:
         return f"{NOT_SHOWN} (no residual variance to test against)"
     scope, method = p_scope < ALPHA, p_method < ALPHA
     if scope and not method:
-        return "scope matters more than method"
-    if method and not scope:
-        return "method matters more than scope"
-    if scope and method:
-        return (f"both shown (partial eta² scope {eta_scope:.2f}, method {eta_method:.2f}); "
+        main = "scope matters more than method"
+    elif method and not scope:
+        main = "method matters more than scope"
+    elif scope and method:
+        main = (f"both shown (partial eta² scope {eta_scope:.2f}, method {eta_method:.2f}); "
                 "which matters more is not tested")
-    return f"{NOT_SHOWN} (neither effect shown)"
+    else:
+        main = f"{NOT_SHOWN} (neither main effect shown)"
+    return main + _interaction_clause(p_interaction, eta_interaction, also=scope or method)
+
+
+def _interaction_clause(p_interaction: float | None, eta_interaction: float | None, also: bool) -> str:
+    if p_interaction is None or p_interaction >= ALPHA:
+        return ""
+    eta = "" if eta_interaction is None else f" (partial eta² {eta_interaction:.2f})"
+    return (f"; {INTERACTION_SHOWN}{' too' if also else ''}{eta}: the scope effect differs "
+            "by method, read the cells")
 
 
 def reference_finding(trials: Sequence[RunRecord], reference: RunRecord | None, metric: str) -> list[Finding]:
@@ -374,4 +405,4 @@ def _split(values: Mapping[CellKey, SeedValues], vary: str) -> dict[tuple, dict]
     return out
 
 
-__all__ = ["Finding", "findings", "HOLDS", "DOES_NOT_HOLD", "NOT_SHOWN"]
+__all__ = ["Finding", "findings", "HOLDS", "DOES_NOT_HOLD", "NOT_SHOWN", "INTERACTION_SHOWN"]

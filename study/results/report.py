@@ -37,7 +37,7 @@ from study.results.figures import (
     BARS_FILE, CURVES_FILE, EXPERT_CHOICE, FIGURE_FILES, HEATMAPS_FILE, PARETO_FILE, WINDOW_FILE,
     bars_figure, curves_figure, heatmap_figures, pareto_figure, window_figure,
 )
-from study.results.findings import Finding, finding_metrics, findings
+from study.results.findings import INTERACTION_SHOWN, Finding, finding_metrics, findings
 from study.results.importance import importance_markdown
 from study.results.stats import Estimate, capacity_label, cell_estimates, group_cells, layer_count, varying_params
 from study.results.verdict import ranked_cells, verdict_markdown
@@ -517,7 +517,9 @@ def findings_markdown(items: Sequence[Finding], margin: float, metrics: Sequence
         "otherwise. \"No difference\" is only said through a paired equivalence test (TOST) with "
         f"margin ±{margin:g} (`report.equivalence_margin` in the spec). Scope against method is a "
         "two-way decomposition (method, scope, seed as block): F tests, partial eta squared, and "
-        "the spread (SD) of each factor's level means.",
+        "the spread (SD) of each factor's level means; the method x scope interaction is tested "
+        "with them (its p-value is in the metric's Holm family), and when it is shown the scope "
+        "effect differs by method: read the cells, not only the main effects.",
         "",
     ]
     if not items:
@@ -545,8 +547,12 @@ def _family_sizes(items: Sequence[Finding]) -> str:
 
 
 def _short_verdict(f: Finding) -> str:
-    """The verdict without its parenthesis: "not shown (n=1, no interval)" -> "not shown"."""
-    return f.verdict.split(" (", 1)[0]
+    """The verdict without its parenthesis: "not shown (n=1, no interval)" -> "not shown"; a
+    shown interaction stays said ("scope matters more than method, interaction shown")."""
+    short = f.verdict.split(" (", 1)[0].split("; ", 1)[0]
+    if f.kind == "effects" and INTERACTION_SHOWN in f.verdict:
+        short += ", interaction shown"
+    return short
 
 
 def verdict_matrix_markdown(items: Sequence[Finding]) -> list[str]:

@@ -320,3 +320,26 @@ def test_two_way_exact_additive_fit_has_no_f():
     assert r.method.partial_eta_sq == pytest.approx(1.0)
     assert r.method.range_diff == Estimate(pytest.approx(1.0), 0.0, 4)
     assert r.interaction.ss == pytest.approx(0.0, abs=1e-20)
+
+
+def test_two_way_interaction_f_and_p_by_hand():
+    """2 methods x 2 scopes x 2 seeds. Cell means 0, 0, 0 and 1 (only eb at global_batch is
+    up): grand mean 1/4, every interaction term m_ab - m_a - m_b + m = +-1/4, so
+    SS_int = S * 4 * (1/4)^2 = 2 * 1/4 = 1/2 on 1 df. Residuals +-0.1 on two cells, opposite in
+    the two seeds (no seed effect): SS_error = 4 * 0.01 = 0.04 on (4 - 1)(2 - 1) = 3 df. So
+    F = 0.5 / (0.04 / 3) = 37.5, and for F(1, 3), p = P(|t_3| > sqrt(37.5))."""
+    residual = {("lbl", "micro_batch"): -0.1, ("eb", "global_batch"): 0.1}
+    values = {(m, s, k): (1.0 if (m, s) == ("eb", "global_batch") else 0.0)
+              + residual.get((m, s), 0.0) * (1 if k == "0" else -1)
+              for m in ("lbl", "eb") for s in ("micro_batch", "global_batch") for k in ("0", "1")}
+    r = two_way_effects(values)
+    assert r.df_error == 3 and r.ms_error == pytest.approx(0.04 / 3)
+    assert r.ss_seed == pytest.approx(0.0, abs=1e-20)
+    i = r.interaction
+    assert (i.ss, i.df) == (pytest.approx(0.5), 1)
+    assert i.f == pytest.approx(37.5)
+    assert i.p_value == pytest.approx(2 * stats.t.sf(math.sqrt(37.5), 3))
+    assert i.partial_eta_sq == pytest.approx(0.5 / 0.54)
+    assert i.spread == pytest.approx(0.25)
+    # the main effects: level means 0 and 1/2 each, SS = (B S = 4) * 2 * (1/4)^2 = 1/2
+    assert r.method.f == pytest.approx(37.5) and r.scope.f == pytest.approx(37.5)

@@ -222,31 +222,89 @@ def test_pareto_front_keeps_only_non_dominated_points():
     assert pareto_front(points) == [0, 1, 2]
 
 
-def test_effect_size_verdict_when_scope_clearly_dominates():
+def grid_run(method, scope, seed, purity):
     from study.results.records import RunRecord
+
+    return RunRecord(run_id=f"{method}{scope}{seed}", name=f"{method}-{scope}-{seed}",
+                     role="trial", status="FINISHED", parent_id=None,
+                     params={"router.method": method, "router.scope": scope, "train.seed": str(seed)},
+                     metrics={"purity": purity})
+
+
+def grid_runs(cell_means: dict[tuple[str, str], float]):
+    """Three seeds of each (method, scope) cell: its mean, seeds 0.001 apart, plus noise of
+    +-0.005 that no factor explains."""
+    noise = iter(np.random.default_rng(3).uniform(-0.005, 0.005, size=3 * len(cell_means)))
+    return [grid_run(m, s, seed, mean + 0.001 * seed + next(noise))
+            for (m, s), mean in cell_means.items() for seed in range(3)]
+
+
+def effects_finding(runs):
     from study.results.findings import findings
 
-    def run(method, scope, seed, purity):
-        return RunRecord(run_id=f"{method}{scope}{seed}", name=f"{method}-{scope}-{seed}",
-                         role="trial", status="FINISHED", parent_id=None,
-                         params={"router.method": method, "router.scope": scope, "train.seed": str(seed)},
-                         metrics={"purity": purity})
+    return next(f for f in findings(runs, None) if f.topic == "scope effect vs method effect")
 
-    # scopes differ by 0.3 within each method, methods not at all, seeds by 0.001, plus noise
-    # of +-0.005 that no factor explains
-    noise = iter(np.random.default_rng(3).uniform(-0.005, 0.005, size=12))
-    runs = [run(m, s, seed, base + shift + 0.001 * seed + next(noise))
-            for m, shift in (("lbl", 0.0), ("eb", 0.0))
-            for s, base in (("micro_batch", 0.3), ("global_batch", 0.6)) for seed in range(3)]
-    line = next(f for f in findings(runs, None) if f.topic == "scope effect vs method effect")
+
+def test_effect_size_verdict_when_scope_clearly_dominates():
+    # scopes differ by 0.3 within each method, methods not at all: no interaction
+    runs = grid_runs({(m, s): base for m in ("lbl", "eb")
+                      for s, base in (("micro_batch", 0.3), ("global_batch", 0.6))})
+    line = effects_finding(runs)
     assert line.verdict == "scope matters more than method", line
     assert "2 methods x 2 scopes x 3 seeds" in line.text
     # the scope's F test: the same numbers by a direct least-squares fit
-    from study.results.paired_stats import two_way_effects
+    from study.results.paired_stats import holm, two_way_effects
 
     result = two_way_effects({(r.method, r.scope, r.seed): r.metric("purity") for r in runs})
     assert f"F(1, {result.df_error}) = {result.scope.f:.2f}" in line.text
     assert result.scope.p_value < 0.001 < result.method.p_value
+    # the interaction is tested with the main effects, in the same Holm family
+    raw = (result.scope.p_value, result.method.p_value, result.interaction.p_value)
+    assert line.p_values == pytest.approx(raw)
+    assert line.p_adjusted == pytest.approx(tuple(holm(list(raw))))
+    assert line.p_adjusted[2] >= 0.05
+    assert f"method x scope {line.p_adjusted[2]:.3g}" in line.markdown()
+
+
+def test_effect_size_verdict_says_when_the_interaction_is_shown():
+    """Scope adds 0.4 for lbl and nothing for eb: on average scope matters (0.2) and method
+    not (both average 0.5), but the scope effect is all in one method."""
+    runs = grid_runs({("lbl", "micro_batch"): 0.3, ("lbl", "global_batch"): 0.7,
+                      ("eb", "micro_batch"): 0.5, ("eb", "global_batch"): 0.5})
+    line = effects_finding(runs)
+    from study.results.paired_stats import two_way_effects
+
+    result = two_way_effects({(r.method, r.scope, r.seed): r.metric("purity") for r in runs})
+    assert line.p_adjusted[0] < 0.05 <= line.p_adjusted[1] and line.p_adjusted[2] < 0.05
+    assert line.verdict == (
+        f"scope matters more than method; the interaction is shown too (partial eta² "
+        f"{result.interaction.partial_eta_sq:.2f}): the scope effect differs by method, read the cells")
+    assert "method x scope: spread" in line.text
+    # the tally keeps the interaction in its short verdict
+    from study.results.report import verdict_tally
+
+    assert verdict_tally([line]) == {"scope effect vs method effect, purity":
+                                     {"scope matters more than method, interaction shown": 1}}
+
+
+def test_effects_verdict_adds_a_shown_interaction_to_every_main_effect_verdict():
+    from study.results.findings import effects_verdict
+
+    clause = "the interaction is shown{} (partial eta² 0.96): the scope effect differs by method, read the cells"
+    main = dict(eta_scope=0.96, eta_method=0.98, eta_interaction=0.96)
+    assert effects_verdict(p_scope=0.001, p_method=0.002, p_interaction=0.01, **main) == (
+        "both shown (partial eta² scope 0.96, method 0.98); which matters more is not tested; "
+        + clause.format(" too"))
+    assert effects_verdict(p_scope=0.3, p_method=0.002, p_interaction=0.01, **main) == (
+        "method matters more than scope; " + clause.format(" too"))
+    assert effects_verdict(p_scope=0.3, p_method=0.2, p_interaction=0.01, **main) == (
+        "not shown (neither main effect shown); " + clause.format(""))
+    # an interaction not shown, or not tested, changes nothing
+    for p_interaction in (0.05, 0.6, None):
+        assert effects_verdict(p_scope=0.001, p_method=0.2, p_interaction=p_interaction,
+                               **main) == "scope matters more than method"
+    assert effects_verdict(p_scope=None, p_method=None, p_interaction=None).startswith(
+        "not shown (no residual variance")
 
 
 # -- the report -------------------------------------------------------------------------------
@@ -335,9 +393,9 @@ def test_findings_verdicts_follow_the_numbers(report):
     assert f"95% CI [{ci.low:.3f}, {ci.high:.3f}] (paired over 3 seeds, 3 of 3 agree in sign)" in line
     diff = np.mean(purities("lbl", "global_batch")) - np.mean(purities("lbl", "micro_batch"))
     assert f"difference {diff:.3f}" in line
-    # Holm over the report's 6 p-values (4 comparisons, the two-way's scope and method)
+    # Holm over the report's 7 p-values (4 comparisons, the two-way's scope, method and interaction)
     adjusted = float(re.search(r"Holm-adjusted p = ([0-9.e-]+)", line).group(1))
-    assert p < adjusted <= min(1.0, 6 * p) * 1.001
+    assert p < adjusted <= min(1.0, 7 * p) * 1.001
     # eb: the two scopes overlap, nothing shown
     line = finding(md, "global_batch vs micro_batch", "eb, capacity dropless")
     ci, _ = paired(purities("eb", "global_batch"), purities("eb", "micro_batch"))
@@ -354,7 +412,7 @@ def test_findings_verdicts_follow_the_numbers(report):
     tally = {r[0]: r[1] for r in table_rows(section(md, "Findings"))}
     assert tally["global_batch vs micro_batch, purity"] == "holds 1, not shown 1"
     assert tally["micro_batch vs sequence, purity"] == "does not hold 1"
-    assert "Holm-adjusted within each metric (one family per metric, `purity` 6 p-values)" in md
+    assert "Holm-adjusted within each metric (one family per metric, `purity` 7 p-values)" in md
     assert "margin ±0.01" in md
 
 
@@ -372,8 +430,13 @@ def test_effect_size_and_reference_findings(report):
     assert f"scope: spread {result.scope.spread:.3f}, F(1, {result.df_error}) = {result.scope.f:.2f}" in line
     assert f"partial eta² {result.method.partial_eta_sq:.2f}" in line
     line_verdict = verdict(line)
-    assert line_verdict in ("scope matters more than method", "method matters more than scope") or \
-        line_verdict.startswith(("both shown", "not shown"))
+    assert line_verdict.startswith(("scope matters more than method", "method matters more than scope",
+                                    "both shown", "not shown"))
+    # lbl gains 0.21 from the wider scope, eb nothing: the interaction is tested and shown
+    assert f"method x scope: spread {result.interaction.spread:.3f}, F(1, {result.df_error})" in line
+    interaction_p = float(re.search(r"Holm-adjusted p: .*method x scope ([0-9.e-]+)", line).group(1))
+    assert result.interaction.p_value <= interaction_p < 0.05
+    assert f"the interaction is shown too (partial eta² {result.interaction.partial_eta_sq:.2f})" in line_verdict
     line = next(ln for ln in section(md, "Findings").splitlines() if ln.startswith("- **reference router on top"))
     assert verdict(line) == "yes" and "best trial trial-ec-global_batch-cap0-s0" in line
 
