@@ -135,7 +135,7 @@ def write_report(
                          prices=runs.spec.cost if runs.spec is not None else None),
         leaderboard_markdown(ranked, runs.reference, by, ascending, top, ranked_note,
                              constraints=runs.constraints, cpus_per_trial=runs.cpus_per_trial),
-        cell_table_markdown(independent, repeats),
+        cell_table_markdown(independent, repeats, objective=by),
         per_layer_markdown(independent),
         importance_markdown(runs, independent, by),
         figures_markdown(figures),
@@ -401,21 +401,41 @@ def _metric_cell(run: RunRecord, metric: str) -> str:
     return text
 
 
-def cell_table_markdown(ranked: Sequence[RunRecord], repeats: dict[str, str] | None = None) -> str:
+def learned_metric(objective: str) -> str:
+    """The lift whose interval above 0 makes a cell *specialised*: the study's objective when it
+    is a lift (``*_lift`` or ``*_lift/layerN``), which the Verdict judges the best cell by, so
+    the two cannot disagree; else ``cmi_lift``, the mean over layers."""
+    if objective and naming.base_metric(objective).endswith(naming.LIFT_SUFFIX):
+        return objective
+    return CMI_LIFT
+
+
+def _learned_why(learned: str) -> str:
+    if naming.base_metric(learned).startswith(naming.CMI):
+        return "routing learned domain information the current byte does not give"
+    return f"training added to the untrained router's `{learned.replace(naming.LIFT_SUFFIX, '')}`"
+
+
+def cell_table_markdown(ranked: Sequence[RunRecord], repeats: dict[str, str] | None = None,
+                        objective: str = "") -> str:
+    """``objective``: the metric the report ranks by (the study's objective when its trials
+    report it); a lift objective decides *training did* (``learned_metric``)."""
     cells = group_cells(ranked)
-    header = ["method", "scope", "capacity", "domains/micro-batch", "n", "training did",
-              *TABLE_METRICS]
+    learned = learned_metric(objective)
+    # the label's own interval gets a column (a per-layer objective is not among TABLE_METRICS)
+    metrics = list(dict.fromkeys([*TABLE_METRICS, learned]))
+    header = ["method", "scope", "capacity", "domains/micro-batch", "n", "training did", *metrics]
     rows, pooled = [], []
     for key, members in cells.items():
-        estimates = cell_estimates(members, TABLE_METRICS)
+        estimates = cell_estimates(members, metrics)
         ec = key.method == EXPERT_CHOICE
         rows.append([
             key.method + (f" {EC_MARK}" if ec else ""), key.scope, capacity_label(key.capacity),
             key.domains_per_micro_batch, str(len(members)),
-            lift_verdict(estimates[PURITY_LIFT], estimates[CMI_LIFT]),
+            lift_verdict(estimates[PURITY_LIFT], estimates[learned]),
             *[_estimate(estimates[m], len(members)) + (EC_MARK if ec and m in LOSS_METRICS
                                                        and estimates[m] is not None else "")
-              for m in TABLE_METRICS],
+              for m in metrics],
         ])
         varying = varying_params(members, ignore=("train.seed",))
         if varying:
@@ -428,12 +448,14 @@ def cell_table_markdown(ranked: Sequence[RunRecord], repeats: dict[str, str] | N
         "trials only (as in the leaderboard). `_lift` is the final value minus the same trial's "
         "value before its first update (same seed, same evaluation set): what training added. "
         f"*training did*: **{ERASED}** when the interval of `{PURITY_LIFT}` lies below 0 (the "
-        f"step-0 router was purer), **{LEARNED}** when the interval of `{CMI_LIFT}` lies above 0 "
-        "(routing learned domain information the current byte does not give), *not shown* "
+        f"step-0 router was purer), **{LEARNED}** when the interval of `{learned}` lies above 0 "
+        f"({_learned_why(learned)}), *not shown* "
         "otherwise. Raw `purity` includes what the byte alone gives away (an untrained router "
         "already separates scripts); `cmi` does not.",
         "",
         _table(header, rows),
+        "",
+        _training_did_note(learned, objective),
     ]
     if any(k.method == EXPERT_CHOICE for k in cells):
         parts += ["", EC_NOTE]
@@ -447,15 +469,24 @@ def cell_table_markdown(ranked: Sequence[RunRecord], repeats: dict[str, str] | N
     return "\n".join(parts)
 
 
-def lift_verdict(purity_lift: Estimate | None, cmi_lift: Estimate | None) -> str:
-    """What training did to the step-0 router, from the cell's lift intervals."""
+def _training_did_note(learned: str, objective: str) -> str:
+    """The line under the table naming the metrics *training did* read."""
+    read = " and ".join(f"`{m}`" for m in dict.fromkeys([PURITY_LIFT, learned]))
+    why = (" (the study's objective, which the Verdict judges too)" if learned == objective
+           else " (means over layers)")
+    return f"*training did* read {read}{why}."
+
+
+def lift_verdict(purity_lift: Estimate | None, learned_lift: Estimate | None) -> str:
+    """What training did to the step-0 router, from the cell's lift intervals: ``purity_lift``
+    below 0 erased structure, ``learned_lift`` (``learned_metric``) above 0 specialised."""
     parts = []
     if purity_lift is not None and purity_lift.half_width is not None and purity_lift.high < 0:
         parts.append(ERASED)
-    if cmi_lift is not None and cmi_lift.half_width is not None and cmi_lift.low > 0:
+    if learned_lift is not None and learned_lift.half_width is not None and learned_lift.low > 0:
         parts.append(LEARNED)
     if not parts:
-        known = [e for e in (purity_lift, cmi_lift) if e is not None]
+        known = [e for e in (purity_lift, learned_lift) if e is not None]
         if not known:
             return "–"
         return "not shown (n=1)" if all(e.half_width is None for e in known) else "not shown"

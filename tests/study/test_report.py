@@ -711,6 +711,8 @@ def test_lift_verdicts_per_layer_table_and_lift_findings(store, tmp_path):
     rows = {r[1]: r for r in table_rows(table)}
     assert rows["micro_batch"][header.index("training did")] == "balancing erased structure"
     assert rows["global_batch"][header.index("training did")] == "specialised"
+    # no objective in this study: the means over layers decide
+    assert "*training did* read `purity_lift` and `cmi_lift` (means over layers)." in table
     half = stats.t.ppf(0.975, 2) * stats.sem(lifts["micro_batch"][0])
     assert rows["micro_batch"][header.index("purity_lift")] == f"{np.mean(lifts['micro_batch'][0]):.3f} ± {half:.3f}"
     layers = section(md, "Per layer")
@@ -741,6 +743,54 @@ def test_lift_verdicts_per_layer_table_and_lift_findings(store, tmp_path):
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[columns.index("`cmi_lift/layer1`")] == last_line.split(": **")[-1].rstrip("*").split(" (")[0] + \
         f" ({2 * diffs.mean():+.3f})"
+
+
+def objective_lift_runs():
+    """LBL at two scopes whose last layer learned (``cmi_lift/layer1`` above 0 at global batch)
+    while the mean over layers does not show it (``cmi_lift``'s interval reaches 0), as in the
+    quick study."""
+    from study.results.records import RunRecord
+
+    lifts = {"global_batch": ([0.05, -0.02, 0.04], [0.08, 0.07, 0.09]),
+             "micro_batch": ([0.00, 0.01, -0.01], [0.02, -0.01, 0.00])}
+    return [RunRecord(run_id=f"{scope}{seed}", name=f"{scope}-{seed}", role="trial", status="FINISHED",
+                      parent_id=None, params={"router.method": "lbl", "router.scope": scope, "train.seed": str(seed)},
+                      metrics={"purity": 0.3, "purity_lift": 0.01 * (seed - 1), "cmi_lift": mean,
+                               "cmi_lift/layer1": last})
+            for scope, (means, lasts) in lifts.items() for seed, (mean, last) in enumerate(zip(means, lasts))]
+
+
+def training_did(table: str) -> dict[str, str]:
+    header = [c.strip() for c in table.splitlines()[4].strip("|").split("|")]
+    return {r[1]: r[header.index("training did")] for r in table_rows(table)}
+
+
+def test_training_did_reads_a_lift_objective_as_the_verdict_does():
+    from study.results.report import cell_table_markdown
+    from study.results.verdict import baseline_line, ranked_cells
+
+    runs, objective = objective_lift_runs(), "cmi_lift/layer1"
+    table = cell_table_markdown(runs, objective=objective)
+    assert training_did(table) == {"global_batch": "specialised", "micro_batch": "not shown"}
+    header = [c.strip() for c in table.splitlines()[4].strip("|").split("|")]
+    half = stats.t.ppf(0.975, 2) * stats.sem([0.08, 0.07, 0.09])
+    assert {r[1]: r[header.index(objective)] for r in table_rows(table)}["global_batch"] == f"0.080 ± {half:.3f}"
+    assert ("*training did* read `purity_lift` and `cmi_lift/layer1` (the study's objective, which "
+            "the Verdict judges too).") in table
+    assert "**specialised** when the interval of `cmi_lift/layer1` lies above 0" in table
+    # the Verdict says the same of the best cell
+    line = baseline_line(ranked_cells(runs, objective, False), objective, None)
+    assert "`lbl` at `global_batch`: its interval lies above 0" in line
+    # an objective that is not a lift, or none: the mean over layers, which does not show it
+    for other in ("purity", "gap_purity", ""):
+        table = cell_table_markdown(runs, objective=other)
+        assert training_did(table) == {"global_batch": "not shown", "micro_batch": "not shown"}
+        assert "*training did* read `purity_lift` and `cmi_lift` (means over layers)." in table
+        assert f"| {objective} |" not in table
+    # a purity lift objective: one metric for both labels
+    table = cell_table_markdown(runs, objective="purity_lift")
+    assert "*training did* read `purity_lift` (the study's objective" in table
+    assert "(training added to the untrained router's `purity`)" in table
 
 
 def finding_line(md: str, topic: str, metric: str) -> str:
@@ -796,6 +846,11 @@ def test_report_opens_with_a_verdict_and_shows_cost_constraints_and_definitions(
     diffs = [g - m for g, m in zip(lifts["global_batch"], lifts["micro_batch"])]  # 0.06 each
     assert f"difference {sum(diffs) / 3:+.3f}" in verdict and "**holds**" in verdict
     assert "its interval lies above 0: training added" in verdict
+    # the method x scope table reads the same objective, and says so
+    table = section(md, "Method x scope")
+    # global 0.08 +- 0.025 lies above 0; micro 0.02 +- 0.025 reaches it
+    assert training_did(table) == {"global_batch": "specialised", "micro_batch": "not shown"}
+    assert f"*training did* read `purity_lift` and `{objective}` (the study's objective" in table
     assert f"rose, flat at the end, from +0.040 at step 10 to +0.080 at step {STEPS}" in verdict
     assert "- **Cost**: 0.60 CPU-hours over 6 runs;" in verdict and "CPU-hours a finding" in verdict
 
