@@ -163,24 +163,42 @@ class ReferenceBeside:
     run raised (StudyFailed when the reference trial failed)."""
 
     def __init__(self, spec: StudySpec, state: dict):
+        import ray
+
         self.stop_event, self.started = threading.Event(), threading.Event()
         self._outcome: dict[str, Any] = {}
+        self._need = {k: v for k, v in spec.resources.per_trial().items() if v > 0}
+        self._free_before = ray.available_resources()
         self._thread = threading.Thread(target=self._run, args=(spec, state), name="moe-study-reference",
                                          daemon=True)
         self._thread.start()
 
     def wait_started(self, timeout_s: float) -> bool:
-        """Wait until the reference trial runs (or its run ended), at most ``timeout_s``.
+        """Wait until the reference trial holds its resources (or its run ended), at most
+        ``timeout_s``.
 
         The search must not start first: it would take every free CPU, and Tune hands a
         finished trial's actor straight to the next trial (``reuse_actors``), so the reference
-        would wait for the whole search and run alone at its end. A cluster that must first
-        launch a node for it does not hold the search longer than ``timeout_s``."""
+        would wait for the whole search and run alone at its end. Its resources are held once
+        Tune's placement group for it is ready, seconds before its worker process has started
+        and imported the trainable (Tune's ``on_trial_start``): the search's trials start
+        meanwhile. A cluster that must first launch a node for it does not hold the search
+        longer than ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
-        while not self.started.wait(0.5):
-            if not self._thread.is_alive() or time.monotonic() > deadline:
+        while not self.started.wait(0.2):
+            if self._holds_resources() or not self._thread.is_alive():
+                return self._thread.is_alive() or self.started.is_set()
+            if time.monotonic() > deadline:
                 return False
         return True
+
+    def _holds_resources(self) -> bool:
+        """Ray's free resources fell by the reference's need since it was started (nothing else
+        of this study runs yet; another job on a shared cluster can only make this early)."""
+        import ray
+
+        free = ray.available_resources()
+        return all(self._free_before.get(k, 0.0) - free.get(k, 0.0) >= v - 1e-9 for k, v in self._need.items())
 
     def _run(self, spec: StudySpec, state: dict) -> None:
         try:

@@ -1,9 +1,10 @@
 """Run a study: reference router first, then the search, on Ray Tune with Optuna and MLflow.
 
-``run_study(spec)``: check everything that can be checked before any work starts (spec,
-tracking reachable, data sources, resources), start or join Ray, open the MLflow experiment and
-the study's parent run, run (or reuse) the reference-router trial, then the Optuna search with
-ASHA. ``resume_study(name)`` continues an interrupted study from its Tune experiment state.
+``run_study(spec)``: check what can be checked before any work starts (spec, name, storage,
+resources), then start or join Ray while a thread checks the tracking store, builds (or checks)
+the data mix and opens the MLflow experiment, the study's parent run and the Optuna copy; run
+(or reuse) the reference-router trial, before or beside the search (``study.run.reference``),
+and the Optuna search with ASHA. ``resume_study(name)`` continues an interrupted study from its Tune experiment state.
 
 Layout of a study on the storage (local folder by default, ``s3://...`` on a cluster; any URI
 ``pyarrow.fs`` opens, ``study.run.storage``): ``<storage>/<name>/study.json`` (what resume needs),
@@ -21,6 +22,7 @@ import logging
 import math
 import os
 import secrets
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -265,6 +267,30 @@ def _run_new(spec: StudySpec, name: str, root: str, state_path: StorageFile, *, 
         check_resources(spec, local_resources())
     else:  # before the experiment, the parent run or the state exist
         check_cluster_resources(spec, address)
+    # Starting Ray is mostly waiting for Ray's own processes, on the other cores: the study's
+    # tracking store, data mix, parent run and Optuna copy are prepared meanwhile, in a thread.
+    # Ray itself starts in the main thread: the processes it starts die with the thread that
+    # started them, and its driver's SIGTERM handler is only installed there.
+    started_at = time.monotonic()
+    preparing = _Background(_prepare_new, spec, name, root, state_path, tracking_uri, base)
+    try:
+        ray_session = _start_ray(spec, address, verbose)
+    except BaseException:
+        preparing.wait()  # its writes end before the error is told
+        raise
+    try:
+        state = preparing.result()
+    except BaseException:
+        ray_session.close()
+        raise
+    return _execute(spec, state, state_path, address=address, restore=False, on_success=on_success,
+                    verbose=verbose, ray_session=ray_session, started_at=started_at)
+
+
+def _prepare_new(spec: StudySpec, name: str, root: str, state_path: StorageFile, tracking_uri: str,
+                 base: TrialConfig) -> dict:
+    """Check the tracking store, build (or check) the data mix, open the MLflow experiment and
+    parent run and the Optuna copy, write the study's state: the state."""
     check_tracking(tracking_uri)
     mix_hash = _build_data_once(base)
 
@@ -294,8 +320,62 @@ def _run_new(spec: StudySpec, name: str, root: str, state_path: StorageFile, *, 
     _write_state(state_path, state)
     print(f"[{name}] MLflow experiment {experiment_id}, parent run {parent_run_id}; Optuna study "
           f"{optuna_name}: optuna-dashboard {optuna_url}", flush=True)
-    return _execute(spec, state, state_path, address=address, restore=False, on_success=on_success,
-                    verbose=verbose)
+    return state
+
+
+class _Background:
+    """A function run in a daemon thread; ``result()`` waits for it (a short timeout at a time,
+    so Ctrl-C still reaches the main thread) and returns its value or raises its error."""
+
+    def __init__(self, fn: Callable[..., Any], *args: Any):
+        self._outcome: dict[str, Any] = {}
+        self._thread = threading.Thread(target=self._run, args=(fn, *args), daemon=True,
+                                        name=f"moe-study-{fn.__name__.strip('_')}")
+        self._thread.start()
+
+    def _run(self, fn: Callable[..., Any], *args: Any) -> None:
+        try:
+            self._outcome["value"] = fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread by result()
+            self._outcome["error"] = exc
+
+    def wait(self) -> None:
+        while self._thread.is_alive():
+            self._thread.join(0.5)
+
+    def result(self) -> Any:
+        try:
+            self.wait()
+        except KeyboardInterrupt:
+            self._thread.join()  # no write of it goes on behind the interrupted study's back
+            raise
+        if "error" in self._outcome:
+            raise self._outcome["error"]
+        return self._outcome["value"]
+
+
+def _start_ray(spec: StudySpec, address: str | None, verbose: bool) -> contextlib.ExitStack:
+    """Start a local Ray, join the cluster at ``address`` or keep the caller's Ray; closing the
+    returned stack leaves again (a Ray this process did not start stays up)."""
+    import ray
+
+    from study.run.console import quiet_libraries
+
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    quiet_libraries(verbose)
+    session = contextlib.ExitStack()
+    if ray.is_initialized():
+        return session  # the caller's Ray: it stays up
+    if address is not None:
+        ray.init(address=address, log_to_driver=verbose, configure_logging=False)  # join a cluster
+        session.callback(ray.shutdown)
+    else:
+        # data-parallel trials need the dashboard: Ray Train frees a dead trial's workers
+        # through a cleanup actor that uses it (on loopback like the rest)
+        session.enter_context(local_ray(
+            include_dashboard=None if spec.resources.workers > 1 else False,
+            log_to_driver=verbose, configure_logging=False))
+    return session
 
 
 def resume_study(name: str, *, tracking_uri: str | None = None, address: str | None = None,
@@ -353,30 +433,21 @@ def _resume(name: str, root: str, state_path: StorageFile, *, tracking_uri: str 
 
 
 def _execute(spec: StudySpec, state: dict, state_path: StorageFile, *, address: str | None, restore: bool,
-             on_success: OnSuccess | None = None, verbose: bool = False) -> int:
+             on_success: OnSuccess | None = None, verbose: bool = False,
+             ray_session: contextlib.ExitStack | None = None, started_at: float | None = None) -> int:
+    """The study's Ray part, on ``ray_session`` (started by ``_start_ray`` when None); its
+    duration counts from ``started_at`` (now when None)."""
     import ray
     from mlflow.tracking import MlflowClient
 
-    from study.run.console import duration, quiet_libraries
+    from study.run.console import duration
 
-    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    quiet_libraries(verbose)
     _fail_tracking_requests_fast()
     name = state["name"]
     client = MlflowClient(state["tracking_uri"])
-    started_at = time.monotonic()
-    ray_session = contextlib.ExitStack()
-    if ray.is_initialized():
-        pass  # the caller's Ray: it stays up
-    elif address is not None:
-        ray.init(address=address, log_to_driver=verbose, configure_logging=False)  # join a cluster
-        ray_session.callback(ray.shutdown)
-    else:
-        # data-parallel trials need the dashboard: Ray Train frees a dead trial's workers
-        # through a cleanup actor that uses it (on loopback like the rest)
-        ray_session.enter_context(local_ray(
-            include_dashboard=None if spec.resources.workers > 1 else False,
-            log_to_driver=verbose, configure_logging=False))
+    started_at = time.monotonic() if started_at is None else started_at
+    if ray_session is None:
+        ray_session = _start_ray(spec, address, verbose)
     status, code = "FAILED", 1
     beside = None  # the reference's run beside the search, when it has one
     try:

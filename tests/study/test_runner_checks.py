@@ -1,4 +1,5 @@
-"""The runner's pre-flight checks: they fail before Ray starts or anything is written."""
+"""The runner's pre-flight checks: they fail before Ray starts or anything is written (the tracking
+store is checked while Ray starts: tests/study/test_runner_start.py)."""
 
 from __future__ import annotations
 
