@@ -23,8 +23,11 @@ search (``study.run.reference``), and prints both and their ratio. Reference fir
 a constraint on a gap that every trial meets (``gap_loss <= 1e9``): with a grid sampler and a
 FIFO scheduler the trials are the same; the constraint only makes the trials need the reference.
 
-    python bench/study.py [--spec search_spaces/quick.yaml] [--set train.steps=150] [--compare]
-                          [--workdir /tmp/moe-bench-study]
+``--before CHECKOUT`` runs it first with the code of another checkout (a ``git worktree`` of an
+older commit), then with this one: the before / after of a change, from one invocation.
+
+    python bench/study.py [--spec search_spaces/quick.yaml] [--set train.steps=150]
+                          [--compare | --before CHECKOUT] [--workdir /tmp/moe-bench-study]
 """
 
 from __future__ import annotations
@@ -98,8 +101,10 @@ def account(runs: list[RunTimes], wall_s: float, cores: float) -> dict[str, floa
     return out
 
 
-def run_study(spec: Path, sets: list[str], workdir: Path, name: str) -> tuple[float, list[RunTimes]]:
-    """Run the study in a fresh process: its wall seconds and its runs on the study's clock."""
+def run_study(spec: Path, sets: list[str], workdir: Path, name: str,
+              code: Path = REPO) -> tuple[float, list[RunTimes]]:
+    """Run the study in a fresh process with the code of checkout ``code``: its wall seconds and
+    its runs on the study's clock."""
     from mlflow import MlflowClient
 
     if workdir.exists():
@@ -110,7 +115,8 @@ def run_study(spec: Path, sets: list[str], workdir: Path, name: str) -> tuple[fl
            "--storage", str(workdir / "runs"), *(a for s in sets for a in ("--set", s))]
     started_ms = time.time() * 1000
     t0 = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
+    env = {**os.environ, "PYTHONPATH": str(code)}  # Ray's workers inherit it: trials run that code too
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir, env=env)
     wall = time.perf_counter() - t0
     (workdir / "study.log").write_text(done.stdout + done.stderr)
     if done.returncode:
@@ -150,26 +156,31 @@ def main() -> None:
     p.add_argument("--spec", default=str(REPO / "search_spaces" / "quick.yaml"))
     p.add_argument("--set", dest="sets", action="append", default=[], help="moe-study run --set, repeatable")
     p.add_argument("--compare", action="store_true", help="reference first vs beside the search, one run each")
+    p.add_argument("--before", metavar="CHECKOUT", type=Path,
+                   help="first run the spec with the code of this checkout (git worktree add ... OLD), then "
+                        "with this one, and print after / before")
     p.add_argument("--cores", type=float, default=float(os.cpu_count() or 1),
                    help="CPUs the study's local Ray holds (default: this machine's)")
     p.add_argument("--workdir", default="/tmp/moe-bench-study")
     args = p.parse_args()
     workdir = Path(args.workdir)
     print(f"load average before: {load_average()}", flush=True)
-    modes = {"beside": []}
+    modes = {"beside": ([], REPO)}
     if args.compare:
-        modes = {"reference first": [FORCE_REFERENCE_FIRST], "beside": []}
+        modes = {"reference first": ([FORCE_REFERENCE_FIRST], REPO), "beside": ([], REPO)}
+    if args.before:
+        modes = {"before": ([], args.before.resolve()), "after": ([], REPO)}
     results = {}
-    for label, extra in modes.items():
-        print(f"running {Path(args.spec).name} ({label}) ...", flush=True)
+    for label, (extra, code) in modes.items():
+        print(f"running {Path(args.spec).name} ({label}, code in {code}) ...", flush=True)
         wall, runs = run_study(Path(args.spec), [*args.sets, *extra], workdir / label.replace(" ", "_"),
-                               f"bench_study_{label.replace(' ', '_')}")
+                               f"bench_study_{label.replace(' ', '_')}", code)
         results[label] = summary(label, wall, runs, args.cores)
     print(f"load average after: {load_average()}")
-    if args.compare:
-        first, beside = results["reference first"], results["beside"]
-        print(f"beside / reference first: wall {beside['wall'] / first['wall']:.3f}, "
-              f"efficiency {beside['efficiency'] / first['efficiency']:.3f}")
+    if len(results) == 2:
+        (a_label, a), (b_label, b) = results.items()
+        print(f"{b_label} / {a_label}: wall {b['wall'] / a['wall']:.3f}, "
+              f"efficiency {b['efficiency'] / a['efficiency']:.3f}")
 
 
 if __name__ == "__main__":

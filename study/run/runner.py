@@ -107,7 +107,12 @@ def check_tracking(tracking_uri: str) -> None:
         raise StudyFailed(f"MLflow tracking at {tracking_uri} is not reachable: {exc}") from exc
 
 
-def local_resources() -> dict[str, float]:
+def local_resources(count_gpus: bool = True) -> dict[str, float]:
+    """This machine's CPUs and (``count_gpus``) CUDA devices. Counting GPUs imports torch, seconds
+    a CPU-only study spends before Ray starts; its data preparation imports torch beside Ray's
+    start instead."""
+    if not count_gpus:
+        return {"CPU": float(os.cpu_count() or 1), "GPU": 0.0}
     import torch
 
     return {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
@@ -264,7 +269,7 @@ def _run_new(spec: StudySpec, name: str, root: str, state_path: StorageFile, *, 
                           f"continue it with `moe-study resume {name}` or pick another --name")
     base = spec_base_config(spec)
     if address is None:
-        check_resources(spec, local_resources())
+        check_resources(spec, local_resources(count_gpus=spec.resources.per_trial()["GPU"] > 0))
     else:  # before the experiment, the parent run or the state exist
         check_cluster_resources(spec, address)
     # Starting Ray is mostly waiting for Ray's own processes, on the other cores: the study's
