@@ -272,22 +272,9 @@ def _run_new(spec: StudySpec, name: str, root: str, state_path: StorageFile, *, 
         check_resources(spec, local_resources(count_gpus=spec.resources.per_trial()["GPU"] > 0))
     else:  # before the experiment, the parent run or the state exist
         check_cluster_resources(spec, address)
-    # Starting Ray is mostly waiting for Ray's own processes, on the other cores: the study's
-    # tracking store, data mix, parent run and Optuna copy are prepared meanwhile, in a thread.
-    # Ray itself starts in the main thread: the processes it starts die with the thread that
-    # started them, and its driver's SIGTERM handler is only installed there.
     started_at = time.monotonic()
-    preparing = _Background(_prepare_new, spec, name, root, state_path, tracking_uri, base)
-    try:
-        ray_session = _start_ray(spec, address, verbose)
-    except BaseException:
-        preparing.wait()  # its writes end before the error is told
-        raise
-    try:
-        state = preparing.result()
-    except BaseException:
-        ray_session.close()
-        raise
+    ray_session, state = _prepared_beside_ray(spec, address, verbose, _prepare_new, spec, name, root,
+                                              state_path, tracking_uri, base)
     return _execute(spec, state, state_path, address=address, restore=False, on_success=on_success,
                     verbose=verbose, ray_session=ray_session, started_at=started_at)
 
@@ -326,6 +313,28 @@ def _prepare_new(spec: StudySpec, name: str, root: str, state_path: StorageFile,
     print(f"[{name}] MLflow experiment {experiment_id}, parent run {parent_run_id}; Optuna study "
           f"{optuna_name}: optuna-dashboard {optuna_url}", flush=True)
     return state
+
+
+def _prepared_beside_ray(spec: StudySpec, address: str | None, verbose: bool,
+                         prepare: Callable[..., Any], *args: Any) -> tuple[contextlib.ExitStack, Any]:
+    """``prepare(*args)`` in a thread while Ray starts in this one: the Ray session and what
+    ``prepare`` returned; Ray is left again if ``prepare`` fails.
+
+    Starting Ray is mostly waiting for Ray's own processes, on the other cores, so the study's
+    tracking store, data mix and MLflow writes are done meanwhile. Ray itself starts in the main
+    thread: the processes it starts die with the thread that started them, and its driver's
+    SIGTERM handler is only installed there."""
+    preparing = _Background(prepare, *args)
+    try:
+        ray_session = _start_ray(spec, address, verbose)
+    except BaseException:
+        preparing.wait()  # its writes end before the error is told
+        raise
+    try:
+        return ray_session, preparing.result()
+    except BaseException:
+        ray_session.close()
+        raise
 
 
 class _Background:
@@ -414,6 +423,15 @@ def _resume(name: str, root: str, state_path: StorageFile, *, tracking_uri: str 
     spec = spec_from_dict(state["spec"], default_name=name)
     if tracking_uri and tracking_uri != state["tracking_uri"]:
         print(f"[{name}] note: the study tracks to {state['tracking_uri']}; ignoring {tracking_uri}")
+    started_at = time.monotonic()
+    ray_session, _ = _prepared_beside_ray(spec, address, verbose, _prepare_resume, name, state)
+    return _execute(spec, state, state_path, address=address, restore=True, on_success=on_success,
+                    verbose=verbose, ray_session=ray_session, started_at=started_at)
+
+
+def _prepare_resume(name: str, state: dict) -> None:
+    """Check the tracking store, deliver what an earlier driver spooled, mark the parent run
+    RUNNING again."""
     check_tracking(state["tracking_uri"])
     from mlflow.tracking import MlflowClient
 
@@ -433,8 +451,6 @@ def _resume(name: str, root: str, state_path: StorageFile, *, tracking_uri: str 
         print(f"[{name}] MLflow failed during the replay: the writes not yet delivered stay in "
               f"{_spool(state)}", flush=True)
     MlflowClient(state["tracking_uri"]).update_run(state["parent_run_id"], status="RUNNING")
-    return _execute(spec, state, state_path, address=address, restore=True, on_success=on_success,
-                    verbose=verbose)
 
 
 def _execute(spec: StudySpec, state: dict, state_path: StorageFile, *, address: str | None, restore: bool,
