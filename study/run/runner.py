@@ -327,8 +327,12 @@ def _prepared_beside_ray(spec: StudySpec, address: str | None, verbose: bool,
     preparing = _Background(prepare, *args)
     try:
         ray_session = _start_ray(spec, address, verbose)
-    except BaseException:
+    except BaseException as ray_error:
         preparing.wait()  # its writes end before the error is told
+        if preparing.error is not None and not isinstance(ray_error, KeyboardInterrupt):
+            # the preparation's check (tracking unreachable, a bad state) is the one to tell,
+            # as when it ran before Ray
+            raise preparing.error from ray_error
         raise
     try:
         return ray_session, preparing.result()
@@ -356,6 +360,11 @@ class _Background:
     def wait(self) -> None:
         while self._thread.is_alive():
             self._thread.join(0.5)
+
+    @property
+    def error(self) -> BaseException | None:
+        """What the function raised, once it has ended (None if it returned)."""
+        return self._outcome.get("error")
 
     def result(self) -> Any:
         try:

@@ -62,3 +62,22 @@ def test_the_reference_holds_its_resources_once_its_placement_group_is_ready():
             assert time.monotonic() < deadline, ray.available_resources()
             time.sleep(0.1)
         remove_placement_group(group)
+
+
+def test_when_both_fail_the_preparation_error_is_told_not_rays(monkeypatch):
+    """The preparation's checks ran before Ray did once: a study whose tracking store is down
+    and whose Ray cannot start reports the tracking store."""
+    from study.run import runner
+
+    def ray_fails(spec, address, verbose):
+        raise RuntimeError("Ray could not start")
+
+    def tracking_down():
+        raise StudyFailed("MLflow tracking at x is not reachable")
+
+    monkeypatch.setattr(runner, "_start_ray", ray_fails)
+    with pytest.raises(StudyFailed, match="not reachable") as caught:
+        runner._prepared_beside_ray(None, None, False, tracking_down)
+    assert isinstance(caught.value.__cause__, RuntimeError)
+    with pytest.raises(RuntimeError, match="Ray could not start"):  # the preparation went well
+        runner._prepared_beside_ray(None, None, False, lambda: "state")
