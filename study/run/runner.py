@@ -4,7 +4,8 @@
 resources), then start or join Ray while a thread checks the tracking store, builds (or checks)
 the data mix and opens the MLflow experiment, the study's parent run and the Optuna copy; run
 (or reuse) the reference-router trial, before or beside the search (``study.run.reference``),
-and the Optuna search with ASHA. ``resume_study(name)`` continues an interrupted study from its Tune experiment state.
+and the Optuna search with ASHA. ``resume_study(name)`` continues an interrupted study from its
+Tune experiment state.
 
 Layout of a study on the storage (local folder by default, ``s3://...`` on a cluster; any URI
 ``pyarrow.fs`` opens, ``study.run.storage``): ``<storage>/<name>/study.json`` (what resume needs),
