@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
 
 from ray.tune import Callback, Stopper
 
 from study import naming
 from study.run import storage as study_storage
-from study.run.runner import (StudyFailed, _result_loggers, _spool, _with_resources,
-                              fit_noting_interrupt, trial_context)
+from study.run.runner import (StudyFailed, _Background, _result_loggers, _spool,
+                              _with_resources, fit_noting_interrupt, trial_context)
 from study.spec.types import StudySpec
 from trainables.metric_names import GAPS
 
@@ -166,12 +165,10 @@ class ReferenceBeside:
         import ray
 
         self.stop_event, self.started = threading.Event(), threading.Event()
-        self._outcome: dict[str, Any] = {}
         self._need = {k: v for k, v in spec.resources.per_trial().items() if v > 0}
         self._free_before = ray.available_resources()
-        self._thread = threading.Thread(target=self._run, args=(spec, state), name="moe-study-reference",
-                                         daemon=True)
-        self._thread.start()
+        self._thread = _Background(run_reference, spec, state, stop=self.stop_event,
+                                   started=self.started, thread_name="moe-study-reference")
 
     def wait_started(self, timeout_s: float) -> bool:
         """Wait until the reference trial holds its resources (or its run ended), at most
@@ -186,8 +183,8 @@ class ReferenceBeside:
         longer than ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
         while not self.started.wait(0.2):
-            if self._holds_resources() or not self._thread.is_alive():
-                return self._thread.is_alive() or self.started.is_set()
+            if self._holds_resources() or self.ended:
+                return not self.ended or self.started.is_set()
             if time.monotonic() > deadline:
                 return False
         return True
@@ -198,27 +195,20 @@ class ReferenceBeside:
         import ray
 
         free = ray.available_resources()
-        return all(self._free_before.get(k, 0.0) - free.get(k, 0.0) >= v - 1e-9 for k, v in self._need.items())
-
-    def _run(self, spec: StudySpec, state: dict) -> None:
-        try:
-            self._outcome["metrics"] = run_reference(spec, state, stop=self.stop_event, started=self.started)
-        except BaseException as exc:  # noqa: BLE001 - handed to the main thread by join()
-            self._outcome["error"] = exc
+        return all(self._free_before.get(k, 0.0) - free.get(k, 0.0) >= need - 1e-9
+                   for k, need in self._need.items())
 
     def stop(self) -> None:
         self.stop_event.set()
 
     @property
     def ended(self) -> bool:
-        return not self._thread.is_alive()
+        return self._thread.ended
 
     def join(self) -> dict[str, float] | None:
-        while self._thread.is_alive():  # a timeout keeps the main thread responsive to Ctrl-C
-            self._thread.join(0.5)
-        if "error" in self._outcome:
-            raise self._outcome["error"]
-        return self._outcome.get("metrics")
+        """Wait for the run (Ctrl-C still reaches the main thread, which then stops it)."""
+        self._thread.wait()
+        return self._thread.outcome()
 
 
 def fill_gaps(tracking_uri: str, experiment_id: str, parent_run_id: str, reference: dict[str, float]) -> int:

@@ -343,20 +343,25 @@ def _prepared_beside_ray(spec: StudySpec, address: str | None, verbose: bool,
 
 
 class _Background:
-    """A function run in a daemon thread; ``result()`` waits for it (a short timeout at a time,
-    so Ctrl-C still reaches the main thread) and returns its value or raises its error."""
+    """A function run in a daemon thread of the driver, its value or error kept for the thread
+    that waits for it. ``wait()`` and ``result()`` join a short timeout at a time, so Ctrl-C
+    still reaches the main thread."""
 
-    def __init__(self, fn: Callable[..., Any], *args: Any):
+    def __init__(self, fn: Callable[..., Any], *args: Any, thread_name: str | None = None, **kwargs: Any):
         self._outcome: dict[str, Any] = {}
-        self._thread = threading.Thread(target=self._run, args=(fn, *args), daemon=True,
-                                        name=f"moe-study-{fn.__name__.strip('_')}")
+        self._thread = threading.Thread(target=self._run, args=(fn, args, kwargs), daemon=True,
+                                        name=thread_name or f"moe-study-{fn.__name__.strip('_')}")
         self._thread.start()
 
-    def _run(self, fn: Callable[..., Any], *args: Any) -> None:
+    def _run(self, fn: Callable[..., Any], args: tuple, kwargs: dict) -> None:
         try:
-            self._outcome["value"] = fn(*args)
-        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread by result()
+            self._outcome["value"] = fn(*args, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread by outcome()
             self._outcome["error"] = exc
+
+    @property
+    def ended(self) -> bool:
+        return not self._thread.is_alive()
 
     def wait(self) -> None:
         while self._thread.is_alive():
@@ -367,15 +372,21 @@ class _Background:
         """What the function raised, once it has ended (None if it returned)."""
         return self._outcome.get("error")
 
-    def result(self) -> Any:
-        try:
-            self.wait()
-        except KeyboardInterrupt:
-            self._thread.join()  # no write of it goes on behind the interrupted study's back
-            raise
+    def outcome(self) -> Any:
+        """Once it has ended: what the function returned, or raise what it raised."""
         if "error" in self._outcome:
             raise self._outcome["error"]
         return self._outcome["value"]
+
+    def result(self) -> Any:
+        """Wait, then ``outcome()``; after a Ctrl-C, wait for the function to end before the
+        interrupt goes on (no write of it goes on behind an interrupted study's back)."""
+        try:
+            self.wait()
+        except KeyboardInterrupt:
+            self._thread.join()
+            raise
+        return self.outcome()
 
 
 def _start_ray(spec: StudySpec, address: str | None, verbose: bool) -> contextlib.ExitStack:
@@ -465,9 +476,9 @@ def _prepare_resume(name: str, state: dict) -> None:
 
 def _execute(spec: StudySpec, state: dict, state_path: StorageFile, *, address: str | None, restore: bool,
              on_success: OnSuccess | None = None, verbose: bool = False,
-             ray_session: contextlib.ExitStack | None = None, started_at: float | None = None) -> int:
-    """The study's Ray part, on ``ray_session`` (started by ``_start_ray`` when None); its
-    duration counts from ``started_at`` (now when None)."""
+             ray_session: contextlib.ExitStack, started_at: float) -> int:
+    """The study's Ray part, on ``ray_session`` (``_prepared_beside_ray``); its duration counts
+    from ``started_at``."""
     import ray
     from mlflow.tracking import MlflowClient
 
@@ -476,9 +487,6 @@ def _execute(spec: StudySpec, state: dict, state_path: StorageFile, *, address: 
     _fail_tracking_requests_fast()
     name = state["name"]
     client = MlflowClient(state["tracking_uri"])
-    started_at = time.monotonic() if started_at is None else started_at
-    if ray_session is None:
-        ray_session = _start_ray(spec, address, verbose)
     status, code = "FAILED", 1
     beside = None  # the reference's run beside the search, when it has one
     try:
