@@ -155,8 +155,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--spec", default=str(REPO / "search_spaces" / "quick.yaml"))
     p.add_argument("--set", dest="sets", action="append", default=[], help="moe-study run --set, repeatable")
-    p.add_argument("--compare", action="store_true", help="reference first vs beside the search, one run each")
-    p.add_argument("--before", metavar="CHECKOUT", type=Path,
+    pair = p.add_mutually_exclusive_group()
+    pair.add_argument("--compare", action="store_true", help="reference first vs beside the search, one run each")
+    pair.add_argument("--before", metavar="CHECKOUT", type=Path,
                    help="first run the spec with the code of this checkout (git worktree add ... OLD), then "
                         "with this one, and print after / before")
     p.add_argument("--cores", type=float, default=float(os.cpu_count() or 1),
